@@ -1,0 +1,56 @@
+"""The public plugin API: everything a stage plugin may use from the core.
+
+Plugins import from here (and ``compose.hookimpl``), never from other core modules::
+
+    from compose import hookimpl
+    from compose.api import StageType, StageResult, load_schema_file
+"""
+
+from compose import hookimpl
+from compose.artifacts import load_artifact, record_transform, save_artifact, size_on_disk
+from compose.errors import ComposeError, DataError, ModelLoadError
+from compose.evaluation import Evaluation, evaluate
+from compose.modeling import count_parameters, task_model_kwargs
+from compose.progress import Progress
+from compose.rules import PlanView
+from compose.stage import FAMILIES, KNOWN_FACTS, Check, StageContext, StageResult, StageType
+from compose.tasks import Task
+from compose.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
+
+
+def load_schema_file(package: str, filename: str) -> dict:
+    """A JSON Schema shipped as package data (e.g. a third-party plugin's settings schema)."""
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files(package).joinpath(filename).read_text(encoding="utf-8"))
+
+
+__all__ = [
+    "FAMILIES",
+    "KNOWN_FACTS",
+    "Check",
+    "ComposeError",
+    "DataError",
+    "Evaluation",
+    "ModelLoadError",
+    "PlanView",
+    "Progress",
+    "StageContext",
+    "StageResult",
+    "StageType",
+    "Task",
+    "TrainingSetup",
+    "TrainingStep",
+    "TrainingSummary",
+    "count_parameters",
+    "evaluate",
+    "hookimpl",
+    "load_artifact",
+    "load_schema_file",
+    "record_transform",
+    "save_artifact",
+    "size_on_disk",
+    "task_model_kwargs",
+    "train_model",
+]

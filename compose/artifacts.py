@@ -1,0 +1,166 @@
+"""Save every stage's model in a form that reloads, and reload it.
+
+An artifact folder holds what ``save_pretrained`` writes (config.json and
+safetensors weights), the tokenizer, and ``compose-artifact.json``: the task kind
+and the list of structural *transforms* the model went through (pruned heads,
+quantized layers...). A stage that changes the model's structure records a
+transform with ``record_transform(model, stage, info)``; ``load_artifact`` builds
+the model from its config, lets each transform's stage type ``rebuild`` the
+structure, then loads the weights strictly. A model without transforms reloads
+with plain ``from_pretrained`` too.
+
+Writes go to a temporary folder that is renamed into place, so a killed run never
+leaves a half-written artifact that looks finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from compose.errors import ModelLoadError
+
+MANIFEST = "compose-artifact.json"
+FORMAT_VERSION = 1
+_TRANSFORMS_ATTR = "compose_transforms"
+
+
+def record_transform(model, stage: str, info: Mapping[str, Any]) -> None:
+    """Note that ``stage`` changed the model's structure; ``info`` (JSON-serialisable)
+    is handed back to that stage type's ``rebuild(model, info)`` when the artifact loads."""
+    transforms = list(getattr(model, _TRANSFORMS_ATTR, []))
+    transforms.append({"stage": stage, "info": json.loads(json.dumps(info))})
+    model.__dict__[_TRANSFORMS_ATTR] = transforms
+
+
+def transforms_of(model) -> list[dict]:
+    return copy.deepcopy(getattr(model, _TRANSFORMS_ATTR, []))
+
+
+def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapping | None = None) -> Path:
+    """Save atomically into ``directory`` (replacing an older one); return it."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "task_kind": task_kind,
+            "model_class": type(model).__name__,
+            "transforms": transforms_of(model),
+            **(dict(extra) if extra else {}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        if directory.exists():
+            old = directory.with_name(directory.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def size_on_disk(directory: Path, *, weights_only: bool = False) -> int:
+    """Bytes of the artifact's files (or of its weight files only)."""
+    total = 0
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and (not weights_only or path.suffix in (".safetensors", ".bin")):
+            total += path.stat().st_size
+    return total
+
+
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {"format_version": FORMAT_VERSION, "transforms": []}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_artifact(directory, host=None, task_kind: str | None = None):
+    """(model, tokenizer) from an artifact folder saved by ``save_artifact``.
+
+    ``host`` (a ``PluginHost``; default: the installed plugins) provides the
+    ``rebuild`` of every recorded transform.
+    """
+    import transformers
+    from safetensors.torch import load_file
+
+    from compose.modeling import auto_class
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory} is not a saved model (no config.json)")
+    manifest = read_manifest(directory)
+    kind = task_kind or manifest.get("task_kind") or "sequence-classification"
+    cls = auto_class(kind)
+    tokenizer = None
+    if (directory / "tokenizer_config.json").is_file():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    transforms = manifest.get("transforms", [])
+    if not transforms:
+        return cls.from_pretrained(directory, local_files_only=True), tokenizer
+    if host is None:
+        from compose.plugin_host import create_host
+
+        host = create_host()
+    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    if hasattr(config, "quantization_config"):
+        # The recorded transforms rebuild the quantized layers; transformers' own
+        # quantizer integration must not try to.
+        del config.quantization_config
+    model = cls.from_config(config)
+    for transform in transforms:
+        name = transform["stage"]
+        if name not in host.stages or host.stage(name).rebuild is None:
+            raise ModelLoadError(
+                f"{directory} was changed by stage '{name}', whose plugin is not installed "
+                "(or cannot rebuild it); install the plugin that provides it"
+            )
+        model = host.stage(name).rebuild(model, transform["info"])
+    model.__dict__[_TRANSFORMS_ATTR] = copy.deepcopy(transforms)
+    state = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(_tied_keys(model))
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{directory}: the weights do not match the rebuilt model "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    model.eval()
+    return model, tokenizer
+
+
+def _tied_keys(model) -> list[str]:
+    # transformers 5: a dict {tied key: source key}; 4.x: a list of keys
+    return list(getattr(model, "_tied_weights_keys", None) or [])

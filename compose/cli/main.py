@@ -1,0 +1,86 @@
+"""The `recipe` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from compose import __version__
+from compose.cli import apply, plan, plugins, schema, validate
+from compose.cli._common import CommandError, stderr
+from compose.quiet import quiet_libraries
+
+DESCRIPTION = """\
+recipe-compose: declarative 'train large, then compress' recipes for transformers.
+
+A recipe (YAML) names a model, a task with its data and metric, and an ordered list
+of stages (train, distill, prune-heads, gptq, or a third-party plugin's). `apply`
+validates the whole recipe first, then runs the stages in order and, after each,
+reports the metric, the metric retained against the baseline, parameters, size
+on disk, latency and time.
+"""
+
+EPILOG = """\
+start here:
+  recipe plugins                              what stages are installed
+  recipe validate recipes/minilm-sst2.yaml    check a recipe, run nothing
+  recipe plan recipes/minilm-sst2.yaml        the recipe with every default, stage by stage
+  recipe apply recipes/minilm-sst2.yaml       run it
+
+exit codes:
+  0  success (every gate passed)
+  1  a gate failed (the report is written)
+  2  the recipe is invalid, or a plugin failed to load (nothing ran)
+  3  a stage failed at run time (earlier stages' artifacts and the report are kept)
+
+environment:
+  RECIPE_COMPOSE_PLUGINS  comma-separated plugin names to load (empty: none)
+  RECIPE_COMPOSE_DEBUG=1  show Python tracebacks for failures
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recipe",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"recipe-compose {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (apply, validate, plan, plugins, schema):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    if args.command in ("apply",):
+        quiet_libraries()
+    try:
+        return args.handler(args)
+    except CommandError as exc:
+        stderr.print("[red]error:[/] ", end="")
+        stderr.print(str(exc), markup=False)
+        return exc.code
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/]")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: say so briefly unless debugging
+        if os.environ.get("RECIPE_COMPOSE_DEBUG"):
+            raise
+        stderr.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            "(set RECIPE_COMPOSE_DEBUG=1 for the traceback, and please report it)",
+            markup=False,
+        )
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

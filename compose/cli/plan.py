@@ -1,0 +1,66 @@
+"""recipe plan: show the resolved recipe and what each stage will do."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from compose.cli._common import dump_json, host_or_exit, print_problems
+from compose.errors import RecipeError
+from compose.executor import baseline_stage
+from compose.recipe import load_recipe
+from compose.report import EXIT_INVALID, EXIT_OK
+from compose.stage import describe_fact
+
+HELP = "show the resolved recipe (defaults filled in) and what each stage will do"
+EXAMPLE = """\
+example:
+  recipe plan recipes/minilm-sst2.yaml
+  recipe plan recipes/minilm-sst2.yaml stages.gptq.with.bits=3 --json
+
+Nothing runs and nothing is written. Exit code 2 if the recipe is invalid.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("plan", help=HELP, description=HELP, epilog=EXAMPLE,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key.path=value or ~key.path")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    host = host_or_exit()
+    try:
+        recipe = load_recipe(args.recipe, args.overrides, host)
+    except RecipeError as exc:
+        print_problems(exc.problems + exc.warnings)
+        return EXIT_INVALID
+    print_problems(recipe.warnings)
+    steps = []
+    for index, (stage, stage_type) in enumerate(zip(recipe.stages, recipe.stage_types), start=1):
+        what = stage_type.describe(stage["with"]) if stage_type.describe else stage_type.description
+        leaves = ", ".join(describe_fact(f, v) for f, v in stage_type.leaves.items())
+        steps.append({"index": index, "name": stage["name"], "uses": stage_type.name, "does": what,
+                      "leaves": leaves, "compresses": stage_type.compresses})  # fmt: skip
+    plan = {
+        "recipe": recipe.data,
+        "family": recipe.family,
+        "baseline": baseline_stage(recipe),
+        "steps": steps,
+    }
+    if args.json:
+        dump_json(plan)
+        return EXIT_OK
+    print(f"# recipe plan for {args.recipe}: model family {recipe.family}")
+    print(yaml.safe_dump(recipe.data, sort_keys=False), end="")
+    print("\n# what will run, in order:")
+    print(f"#  0. input: load the model and evaluate it on split '{recipe.data['evaluate']['split']}'")
+    for step in steps:
+        tail = f" (leaves the model {step['leaves']})" if step["leaves"] else ""
+        print(f"# {step['index']:2d}. {step['name']} [{step['uses']}]: {step['does']}{tail}")
+    print(f"# retained is measured against: {plan['baseline']}")
+    return EXIT_OK

@@ -1,0 +1,112 @@
+"""Read a task's data splits: local TSV/CSV/JSONL files, or Hugging Face datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from compose.errors import DataError
+
+_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[dict]:
+    """Rows of one split as dicts, checked to have ``columns``; limited/shuffled as the spec says."""
+    if "path" in spec:
+        rows = read_file(Path(spec["path"]), spec.get("format", "auto"), columns, name)
+    else:
+        rows = read_hf_dataset(spec, columns, name)
+    if not rows:
+        where = spec.get("path") or spec.get("dataset")
+        raise DataError(f"split '{name}' ({where}) has no rows")
+    limit = spec.get("limit")
+    if spec.get("shuffle"):
+        rows = rows[:]
+        random.Random(seed).shuffle(rows)
+    if limit is not None:
+        rows = rows[:limit]
+    return rows
+
+
+def read_file(path: Path, fmt: str, columns: list[str], split: str) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"split '{split}': no such data file {path}")
+    if fmt == "auto":
+        fmt = _FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(
+                f"split '{split}': cannot tell the format of {path.name} from its extension; "
+                "set format: tsv, csv or jsonl"
+            )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"split '{split}': {path} is not UTF-8 text (offset {exc.start})") from None
+    if fmt == "jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"split '{split}': {path}:{number}: not a JSON object: {exc}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"split '{split}': {path}:{number}: expected a JSON object per line")
+            _check_columns(row, columns, path, number, split)
+            rows.append(row)
+        return rows
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(
+        text.splitlines(), delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    )
+    header = reader.fieldnames or []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(
+            f"split '{split}': {path} has no column {', '.join(repr(m) for m in missing)} "
+            f"(its header: {', '.join(header) or 'empty'}); set task.text_column / task.label_column"
+        )
+    rows = []
+    for number, row in enumerate(reader, start=2):
+        if None in row or any(row.get(c) is None for c in columns):
+            raise DataError(f"split '{split}': {path}:{number}: the row has a different number of fields than the header")
+        rows.append(row)
+    return rows
+
+
+def _check_columns(row: dict, columns: list[str], path: Path, number: int, split: str) -> None:
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise DataError(
+            f"split '{split}': {path}:{number}: no key {', '.join(repr(m) for m in missing)} "
+            f"(it has: {', '.join(row)}); set task.text_column / task.label_column"
+        )
+
+
+def read_hf_dataset(spec: Mapping, columns: list[str], split: str) -> list[dict]:
+    try:
+        import datasets  # optional
+    except ImportError:
+        raise DataError(
+            f"split '{split}' names the Hugging Face dataset '{spec['dataset']}', but the `datasets` "
+            "package is not installed (pip install datasets), or give a local file with `path:`"
+        ) from None
+    try:
+        ds = datasets.load_dataset(spec["dataset"], spec.get("config"), split=spec["split"])
+    except Exception as exc:  # noqa: BLE001 - network, missing config, unknown split ...
+        raise DataError(
+            f"split '{split}': cannot load dataset '{spec['dataset']}' ({spec.get('config')}, "
+            f"split {spec['split']}): {type(exc).__name__}: {exc}"
+        ) from None
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"split '{split}': dataset '{spec['dataset']}' has no column {', '.join(missing)} "
+            f"(it has: {', '.join(ds.column_names)})"
+        )
+    return [dict(row) for row in ds]

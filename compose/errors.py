@@ -1,0 +1,67 @@
+"""Errors the CLI turns into messages and exit codes (never tracebacks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a recipe, located in the file the user edits."""
+
+    message: str
+    path: str = "$"  # JSON path, e.g. $.stages[2].with.bits
+    file: str | None = None
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+    severity: str = "error"  # or "warning"
+
+    def format(self) -> str:
+        where = self.file or "<recipe>"
+        if self.line is not None:
+            where += f":{self.line}:{self.column or 1}"
+        return f"{where}: {self.path}: {self.message}"
+
+    def to_json(self) -> dict:
+        return {
+            "severity": self.severity,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class ComposeError(Exception):
+    """Base class of the errors recipe-compose reports to the user."""
+
+
+class RecipeError(ComposeError):
+    """The recipe is invalid; nothing ran. Carries every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = [p for p in problems if p.severity == "error"]
+        self.warnings = [p for p in problems if p.severity != "error"]
+        super().__init__("\n".join(p.format() for p in self.problems))
+
+
+class PluginError(ComposeError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class StageFailed(ComposeError):
+    """A stage raised while it ran."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        self.stage = stage
+        self.cause = cause
+        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+
+
+class DataError(ComposeError):
+    """A data file is missing or malformed."""
+
+
+class ModelLoadError(ComposeError):
+    """A model or tokenizer could not be loaded."""

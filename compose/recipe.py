@@ -1,0 +1,237 @@
+"""Read a recipe: compose it, validate everything, fill in defaults, resolve paths.
+
+``load_recipe`` either returns a ``Recipe`` that is safe to run, or raises
+``RecipeError`` with every problem found (schema, plugins, rules between stages).
+Nothing heavy (no model, no data) is loaded here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+from compose.composition import CompositionError, apply_overrides, load_composed, path_base
+from compose.errors import Problem, RecipeError
+from compose.rules import check_families, check_order, run_stage_checks
+from compose.schema import fill_defaults, fill_recipe_defaults, recipe_schema
+from compose.stage import StageType
+from compose.validation import SchemaChecker, did_you_mean
+from compose.yaml_source import format_path, locate, to_plain
+
+#: model_type values of decoder-only architectures (others are read from the config).
+DECODER_MODEL_TYPES = {
+    "gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "opt", "qwen2", "qwen3",
+    "phi", "phi3", "gemma", "gemma2", "gemma3", "falcon", "bloom", "codegen", "olmo", "smollm3",
+}  # fmt: skip
+
+
+@dataclass
+class Recipe:
+    """A validated, fully resolved recipe."""
+
+    source: Path  # the recipe file
+    data: dict  # plain dicts and lists, defaults filled, paths absolute
+    family: str
+    stage_types: list[StageType]
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[dict]:
+        return self.data["stages"]
+
+
+def load_recipe(path, overrides=(), host=None, cwd: Path | None = None) -> Recipe:
+    path = Path(path)
+    cwd = cwd or Path.cwd()
+    try:
+        doc = load_composed(path)
+        doc = apply_overrides(doc, list(overrides), cwd)
+    except CompositionError as exc:
+        raise RecipeError(exc.problems) from None
+    return validate_document(doc, path, host)
+
+
+def validate_document(doc, path: Path, host) -> Recipe:
+    checker = SchemaChecker(doc)
+    schema = recipe_schema()
+    problems = checker.check(doc, schema)
+    stage_types: list[StageType | None] = []
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    known = host.stages if host is not None else {}
+    if isinstance(stages, list):
+        seen = {}
+        for i, stage in enumerate(stages):
+            stage_types.append(None)
+            if not isinstance(stage, dict):
+                continue
+            name = stage.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    problems.append(
+                        checker.problem(
+                            ("stages", i, "name"),
+                            f"stage name '{name}' is used twice (also stages[{seen[name]}]); names must be unique",
+                        )
+                    )
+                seen.setdefault(name, i)
+            uses = stage.get("uses")
+            if not isinstance(uses, str):
+                continue
+            if uses not in known:
+                installed = ", ".join(sorted(known)) or "none"
+                problems.append(
+                    checker.problem(
+                        ("stages", i, "uses"),
+                        f"no installed plugin provides stage '{uses}'{did_you_mean(uses, known)}; "
+                        f"installed: {installed} (see `recipe plugins`)",
+                    )
+                )
+                continue
+            stage_type = known[uses].stage
+            stage_types[i] = stage_type
+            settings = stage.get("with", {})
+            if isinstance(settings, dict):
+                problems.extend(checker.check(settings, stage_type.schema, prefix=("stages", i, "with")))
+        problems.extend(_check_references(doc, checker, seen))
+    if problems:
+        raise RecipeError(_sorted(problems))
+
+    data = to_plain(doc)
+    fill_recipe_defaults(data, schema)
+    for stage, stage_type in zip(data["stages"], stage_types):
+        fill_defaults(stage["with"], stage_type.schema)
+    _resolve_paths(doc, data, path)
+    family = model_family(data)
+    named = [(s["name"], t) for s, t in zip(data["stages"], stage_types)]
+    findings = check_families(named, family)
+    findings += check_order(named, data, {n: r.stage for n, r in known.items()})
+    findings += run_stage_checks(named, [s["with"] for s in data["stages"]], data, family)
+    located = [_finding_problem(checker, f) for f in findings]
+    errors = [p for p in located if p.severity == "error"]
+    warnings = [p for p in located if p.severity != "error"]
+    if errors:
+        raise RecipeError(errors + warnings)
+    return Recipe(path, data, family, stage_types, warnings)
+
+
+def _finding_problem(checker: SchemaChecker, finding) -> Problem:
+    if finding.stage_index < 0:
+        loc = locate(checker.document, ("stages",))
+        return Problem(finding.message, "$.stages", loc.file if loc else None, loc.line if loc else None,
+                       loc.column if loc else None, finding.severity)  # fmt: skip
+    path = ("stages", finding.stage_index) + tuple(finding.path)
+    p = checker.problem(path, finding.message)
+    return Problem(p.message, p.path, p.file, p.line, p.column, finding.severity)
+
+
+def _check_references(doc, checker: SchemaChecker, stage_names: dict) -> list[Problem]:
+    """Names that must refer to something else in the recipe: splits, gate stages."""
+    problems = []
+    task = doc.get("task") if isinstance(doc, dict) else None
+    splits = list(task.get("data", {})) if isinstance(task, dict) and isinstance(task.get("data"), dict) else None
+    evaluate = doc.get("evaluate", {})
+    if splits is not None and isinstance(evaluate, dict):
+        split = evaluate.get("split", "dev")
+        if isinstance(split, str) and split not in splits:
+            at = ("evaluate", "split") if "split" in evaluate else ("task", "data")
+            problems.append(
+                checker.problem(
+                    at,
+                    f"evaluation split '{split}' is not in task.data (it has: {', '.join(splits)})"
+                    f"{did_you_mean(split, splits)}; add it or set evaluate.split",
+                )
+            )
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    if splits is not None and isinstance(stages, list):
+        for i, stage in enumerate(stages):
+            settings = stage.get("with") if isinstance(stage, dict) else None
+            split = settings.get("split") if isinstance(settings, dict) else None
+            if isinstance(split, str) and split not in splits:
+                problems.append(
+                    checker.problem(
+                        ("stages", i, "with", "split"),
+                        f"split '{split}' is not in task.data (it has: {', '.join(splits)}){did_you_mean(split, splits)}",
+                    )
+                )
+    gates = doc.get("gates", []) if isinstance(doc, dict) else []
+    if isinstance(gates, list):
+        for i, gate in enumerate(gates):
+            name = gate.get("stage") if isinstance(gate, dict) else None
+            if isinstance(name, str) and name != "final" and name not in stage_names:
+                problems.append(
+                    checker.problem(
+                        ("gates", i, "stage"),
+                        f"gate refers to stage '{name}', which the recipe does not have"
+                        f"{did_you_mean(name, list(stage_names) + ['final'])}",
+                    )
+                )
+    return problems
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.file or "", p.line or 0, p.column or 0, p.path))
+
+
+def _resolve_paths(doc, data: dict, recipe_path: Path) -> None:
+    """Make relative `path` values absolute, against the file (or cwd) that wrote them."""
+    default_base = recipe_path.parent
+
+    def walk(located, plain):
+        if isinstance(plain, dict):
+            for key, value in plain.items():
+                sub = located.get(key) if isinstance(located, dict) else None
+                if key == "path" and isinstance(value, str):
+                    base = path_base(located, key) if located is not None else None
+                    plain[key] = str(((base or default_base) / value).resolve())
+                else:
+                    walk(sub, value)
+        elif isinstance(plain, list):
+            for i, item in enumerate(plain):
+                sub = located[i] if isinstance(located, list) and i < len(located) else None
+                walk(sub, item)
+
+    walk(doc, data)
+    if data["output"]["dir"] is None:
+        data["output"]["dir"] = str(Path("runs") / recipe_path.stem)
+
+
+def model_folder(model_spec: dict) -> Path | None:
+    """The local folder a model comes from (path or package), without running any code."""
+    if "path" in model_spec:
+        return Path(model_spec["path"])
+    if "package" in model_spec:
+        spec = find_spec(model_spec["package"]["name"])
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(list(spec.submodule_search_locations)[0]) / model_spec["package"]["folder"]
+    return None
+
+
+def model_config_dict(model_spec: dict) -> dict | None:
+    if "config" in model_spec:
+        return model_spec["config"]
+    folder = model_folder(model_spec)
+    if folder is not None and (folder / "config.json").is_file():
+        try:
+            return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def model_family(data: dict) -> str:
+    """encoder, decoder or encoder-decoder: from the task, else from the model's config."""
+    kind = data["task"]["kind"]
+    if kind == "causal-lm":
+        return "decoder"
+    if kind == "seq2seq":
+        return "encoder-decoder"
+    config = model_config_dict(data["model"]) or {}
+    if config.get("is_encoder_decoder"):
+        return "encoder-decoder"
+    architectures = " ".join(config.get("architectures") or [])
+    if config.get("model_type") in DECODER_MODEL_TYPES or "CausalLM" in architectures:
+        return "decoder"
+    return "encoder"

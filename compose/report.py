@@ -1,0 +1,175 @@
+"""The run report: one row per stage, the baseline, gates; as report.json and as a table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REPORT_FILE = "report.json"
+
+#: Exit codes of ``recipe apply`` (also in ``recipe --help`` and the README).
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_INVALID = 2
+EXIT_STAGE_FAILED = 3
+
+
+@dataclass
+class StageRow:
+    name: str
+    plugin: str | None
+    metric: str
+    value: float | None
+    params: int
+    size_bytes: int | None
+    weights_bytes: int | None
+    latency_ms: float | None
+    seconds: float
+    artifact: str | None
+    retained: float | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["metric"] = {"name": self.metric, "value": self.value}
+        return out
+
+
+@dataclass
+class GateResult:
+    stage: str
+    min_retained: float | None
+    min_metric: float | None
+    retained: float | None
+    value: float | None
+    passed: bool | None  # None: not evaluated (the run stopped before)
+
+
+@dataclass
+class Report:
+    recipe: str
+    run_dir: str
+    metric: str
+    higher_is_better: bool
+    baseline_stage: str | None = None
+    rows: list[StageRow] = field(default_factory=list)
+    gates: list[GateResult] = field(default_factory=list)
+    status: str = "running"  # running | passed | gate_failed | stage_failed
+    error: dict | None = None
+    seconds: float = 0.0
+
+    @property
+    def baseline(self) -> StageRow | None:
+        return next((r for r in self.rows if r.name == self.baseline_stage), None)
+
+    def retained(self, value: float | None) -> float | None:
+        base = self.baseline
+        if base is None or value is None or base.value is None:
+            return None
+        if any(map(math.isnan, (value, base.value))):
+            return None
+        if self.higher_is_better:
+            return value / base.value if base.value else None
+        return base.value / value if value else None
+
+    def refresh_retained(self) -> None:
+        for row in self.rows:
+            row.retained = self.retained(row.value)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def exit_code(self) -> int:
+        return {
+            "passed": EXIT_OK,
+            "gate_failed": EXIT_GATE_FAILED,
+            "stage_failed": EXIT_STAGE_FAILED,
+        }.get(self.status, EXIT_STAGE_FAILED)
+
+    def to_json(self) -> dict[str, Any]:
+        base = self.baseline
+        return {
+            "recipe": self.recipe,
+            "run_dir": self.run_dir,
+            "status": self.status,
+            "passed": self.passed,
+            "exit_code": self.exit_code if self.status != "running" else None,
+            "metric": {"name": self.metric, "higher_is_better": self.higher_is_better},
+            "baseline": (
+                {"stage": base.name, "metric": base.metric, "value": base.value} if base is not None else None
+            ),
+            "stages": [row.to_json() for row in self.rows],
+            "gates": [asdict(g) for g in self.gates],
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+    return str(n)
+
+
+def render_table(report: Report, console: Console) -> None:
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    table = Table(title=f"recipe-compose: {report.recipe}", title_justify="left")
+    table.add_column("stage")
+    table.add_column("plugin")
+    table.add_column(report.metric, justify="right")
+    table.add_column("retained", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("size on disk", justify="right")
+    table.add_column("latency/batch", justify="right")
+    table.add_column("time", justify="right")
+    for row in report.rows:
+        marker = " (baseline)" if row.name == report.baseline_stage else ""
+        table.add_row(
+            row.name + marker,
+            row.plugin or "-",
+            f"{row.value:.4f}" if row.value is not None else "-",
+            f"{100 * row.retained:.1f}%" if row.retained is not None else "-",
+            f"{row.params / 1e6:.2f}M",
+            _bytes(row.size_bytes),
+            f"{row.latency_ms:.1f} ms" if row.latency_ms is not None else "-",
+            f"{row.seconds:.1f} s",
+        )
+    console.print(table)
+    for gate in report.gates:
+        verdict = {True: "[green]passed[/]", False: "[red]FAILED[/]", None: "[yellow]not reached[/]"}[gate.passed]
+        wants = []
+        if gate.min_retained is not None:
+            got = f"{100 * gate.retained:.1f}%" if gate.retained is not None else "-"
+            wants.append(f"retained {got} >= {100 * gate.min_retained:.1f}%")
+        if gate.min_metric is not None:
+            op = ">=" if report.higher_is_better else "<="
+            got = f"{gate.value:.4f}" if gate.value is not None else "-"
+            wants.append(f"{report.metric} {got} {op} {gate.min_metric}")
+        console.print(f"gate on {gate.stage}: {', '.join(wants)}: {verdict}")
+    if report.error:
+        console.print(f"[red]error in stage '{report.error.get('stage')}':[/] {report.error.get('message')}")
+    console.print(f"report: {Path(report.run_dir) / REPORT_FILE}")

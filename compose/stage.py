@@ -1,0 +1,127 @@
+"""What a stage plugin declares (``StageType``) and what it receives (``StageContext``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+#: The model families a stage may support.
+FAMILIES = ("encoder", "decoder", "encoder-decoder")
+
+#: Facts about the model that stages need and leave behind, with the words used in
+#: messages. Plugins may use other fact names; they are shown as written.
+KNOWN_FACTS = {
+    "task_trained": "trained on the task",
+    "quantized": "quantized",
+    "heads_pruned": "head-pruned",
+    "distilled": "distilled",
+}
+
+
+def describe_fact(fact: str, value: bool) -> str:
+    words = KNOWN_FACTS.get(fact, fact.replace("_", " "))
+    return words if value else f"not {words}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A finding of a stage's ``check`` callable: an error blocks the run, a warning does not."""
+
+    message: str
+    severity: str = "error"  # or "warning"
+    path: tuple = ()  # inside the stage's `with:` settings, e.g. ("bits",)
+
+
+@dataclass(frozen=True)
+class StageType:
+    """A kind of stage a plugin provides. Register it from ``compose_register_stages``.
+
+    name:        what recipes write in ``uses:`` (lowercase, dashes).
+    run:         ``run(ctx: StageContext) -> StageResult | None``. Do the work on
+                 ``ctx.model``; return a ``StageResult`` to replace the model or
+                 tokenizer, or None when the model was changed in place.
+    schema:      JSON Schema (draft 2020-12) of the ``with:`` settings. Put every
+                 default here (``"default": ...``): ``ctx.settings`` arrives with
+                 them filled in, and ``recipe plan`` shows them. Forbid unknown
+                 keys with ``"additionalProperties": false``.
+    description: one line for ``recipe plugins`` and ``recipe plan``.
+    needs:       facts that must hold when the stage starts, e.g.
+                 ``{"task_trained": True, "quantized": False}``.
+    leaves:      facts that hold after it, e.g. ``{"quantized": True}``.
+    compresses:  True if the stage makes the model smaller or cheaper; the
+                 baseline for "retained" is the model entering the first such stage.
+    families:    model families the stage works on (see ``FAMILIES``).
+    trains:      True if the stage runs the shared training loop.
+    check:       optional ``check(settings, plan) -> iterable of Check`` for rules
+                 the schema cannot say (``plan`` is a ``compose.api.PlanView``).
+    describe:    optional ``describe(settings) -> str``: what the stage will do,
+                 for ``recipe plan``.
+    rebuild:     optional ``rebuild(model, info) -> model``: re-apply a structural
+                 change recorded with ``record_transform`` to a freshly built model,
+                 so that saved artifacts reload (head pruning, quantized layers).
+    """
+
+    name: str
+    run: Callable[["StageContext"], Any]
+    schema: Mapping[str, Any]
+    description: str
+    needs: Mapping[str, bool] = field(default_factory=dict)
+    leaves: Mapping[str, bool] = field(default_factory=dict)
+    compresses: bool = False
+    families: tuple = FAMILIES
+    trains: bool = False
+    check: Callable[..., Iterable[Check]] | None = None
+    describe: Callable[[Mapping[str, Any]], str] | None = None
+    rebuild: Callable[[Any, Mapping[str, Any]], Any] | None = None
+
+
+@dataclass
+class StageResult:
+    """What ``StageType.run`` may return.
+
+    model:     the model that later stages receive (e.g. the distilled student);
+               None keeps ``ctx.model``.
+    tokenizer: a replacement tokenizer; None keeps ``ctx.tokenizer``.
+    details:   JSON-serialisable facts for the report (``stages[i].details``).
+    """
+
+    model: Any = None
+    tokenizer: Any = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """Everything a stage receives.
+
+    name, plugin: the stage's name in the recipe and its plugin's stage type.
+    settings:     the ``with:`` settings, validated, with the schema's defaults.
+    model, tokenizer: the model as the previous stage left it.
+    task:         a ``compose.api.Task``: data splits, batches, the metric.
+    family:       "encoder", "decoder" or "encoder-decoder".
+    work_dir:     a folder for this stage's scratch files and checkpoints.
+    seed:         the seed for this stage.
+    device:       the torch device to compute on.
+    progress:     a ``compose.api.Progress``: ``with ctx.progress.track("step", total=n) as bar: bar.advance()``.
+    recipe:       the whole resolved recipe (plain dicts), read-only.
+    plugin_host:  the host, for ``load_artifact`` of saved models.
+    """
+
+    name: str
+    plugin: str
+    settings: Mapping[str, Any]
+    model: Any
+    tokenizer: Any
+    task: Any
+    family: str
+    work_dir: Path
+    seed: int
+    device: Any
+    progress: Any
+    recipe: Mapping[str, Any]
+    plugin_host: Any = None
+
+    def log(self, message: str) -> None:
+        """Print a line under the stage's progress (shown in the terminal, not in --json output)."""
+        self.progress.log(f"[{self.name}] {message}")

@@ -1,0 +1,184 @@
+"""The shared training loop: every stage that trains (train, distill, third-party) uses it.
+
+It runs through accelerate, so mixed precision, gradient accumulation and
+distributed data parallelism come from the ``Accelerator`` the
+``compose_training_setup`` hook lets plugins configure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from compose.evaluation import evaluate
+
+
+@dataclass
+class TrainingSetup:
+    """What ``compose_training_setup`` implementations may change before training starts.
+
+    stage:              name of the stage that trains.
+    settings:           the training settings (schemas/training.schema.json).
+    model:              the model to train; a hook may wrap or replace it.
+    accelerator_kwargs: keyword arguments for ``accelerate.Accelerator``.
+    on_step_end:        callables ``f(TrainingStep)`` run after every optimizer step.
+    """
+
+    stage: str
+    settings: dict
+    model: Any
+    accelerator_kwargs: dict = field(default_factory=dict)
+    on_step_end: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    stage: str
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    model: Any
+
+
+@dataclass
+class TrainingSummary:
+    steps: int
+    epochs: float
+    final_loss: float | None
+    seconds: float
+    history: list = field(default_factory=list)  # per-epoch evaluations
+
+    def to_json(self) -> dict:
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "final_loss": self.final_loss,
+            "seconds": round(self.seconds, 3),
+            "history": self.history,
+        }
+
+
+def default_loss(model, batch):
+    return model(**batch).loss
+
+
+def _decay_groups(modules: Iterable[torch.nn.Module], weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    seen = set()
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer(settings: dict, groups: list[dict]):
+    if settings["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=settings["learning_rate"], momentum=0.9)
+    return torch.optim.AdamW(groups, lr=settings["learning_rate"])
+
+
+def train_model(
+    ctx,
+    model=None,
+    settings: dict | None = None,
+    *,
+    loss_fn: Callable | None = None,
+    extra_modules: Iterable[torch.nn.Module] = (),
+) -> tuple[Any, TrainingSummary]:
+    """Train ``model`` (default ``ctx.model``) on ``settings['split']`` with the shared loop.
+
+    ``settings`` follows schemas/training.schema.json (default: ``ctx.settings``).
+    ``loss_fn(model, batch) -> loss`` replaces the model's own loss (distillation
+    passes one that also calls the teacher). ``extra_modules`` are trained along
+    with the model (e.g. projection layers of a loss). Returns the trained model
+    (unwrapped from any distributed wrapper) and a ``TrainingSummary``.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from transformers import get_scheduler
+
+    model = ctx.model if model is None else model
+    settings = dict(ctx.settings if settings is None else settings)
+    loss_fn = loss_fn or default_loss
+    extra_modules = list(extra_modules)
+
+    setup = TrainingSetup(
+        stage=ctx.name,
+        settings=settings,
+        model=model,
+        accelerator_kwargs={
+            "cpu": ctx.device.type == "cpu",
+            "gradient_accumulation_steps": settings["gradient_accumulation_steps"],
+        },
+    )
+    if ctx.plugin_host is not None:
+        ctx.plugin_host.hook.compose_training_setup(setup=setup)
+    model = setup.model
+    AcceleratorState._reset_state()  # each stage may ask for different precision
+    accelerator = Accelerator(**setup.accelerator_kwargs)
+
+    loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed)
+    if len(loader) == 0:
+        raise ValueError(f"split '{settings['split']}' has no rows to train on")
+    optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))
+    model, optimizer, loader, *extra_modules = accelerator.prepare(model, optimizer, loader, *extra_modules)
+    steps_per_epoch = max(1, math.ceil(len(loader) / settings["gradient_accumulation_steps"]))
+    total_steps = settings["max_steps"] or max(1, math.ceil(settings["epochs"] * steps_per_epoch))
+    scheduler = get_scheduler(
+        settings["scheduler"] if settings["scheduler"] != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(settings["warmup_ratio"] * total_steps),
+        num_training_steps=total_steps,
+    )
+    scheduler = accelerator.prepare(scheduler)
+    trainable = [p for m in [model, *extra_modules] for p in m.parameters() if p.requires_grad]
+
+    start = time.perf_counter()
+    step, epoch, window, last_loss = 0, 0, [], None
+    history = []
+    model.train()
+    with ctx.progress.track(f"{ctx.name}: training", total=total_steps) as bar:
+        while step < total_steps:
+            epoch += 1
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = loss_fn(model, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and settings["max_grad_norm"]:
+                        accelerator.clip_grad_norm_(trainable, settings["max_grad_norm"])
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                window.append(loss.detach().float().item())
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                last_loss = sum(window) / len(window)
+                window = []
+                bar.advance()
+                info = TrainingStep(ctx.name, step, total_steps, epoch, last_loss, model)
+                for callback in setup.on_step_end:
+                    callback(info)
+                if ctx.plugin_host is not None:
+                    ctx.plugin_host.hook.compose_training_step_end(step=info)
+                if step % settings["log_every"] == 0:
+                    bar.update(description=f"{ctx.name}: training (loss {last_loss:.4f})")
+                if step >= total_steps:
+                    break
+            if settings["eval_every_epoch"] and step < total_steps:  # the stage's own evaluation follows the last
+                result = evaluate(model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], accelerator.device,
+                                  ctx.progress, f"{ctx.name}: evaluating epoch {epoch}")  # fmt: skip
+                history.append({"epoch": epoch, "step": step, result.metric: result.value})
+                ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    epochs_done = step / steps_per_epoch
+    return model, TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history)
