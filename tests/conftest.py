@@ -48,12 +48,11 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + FILLER) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(folder)
+    words = SPECIAL + POSITIVE + NEGATIVE + FILLER
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
     return folder
 
 
@@ -124,3 +123,42 @@ def tiny_bert(tiny_tokenizer_dir):
 
     torch.manual_seed(0)
     return BertForSequenceClassification(config).eval(), AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture
+def make_context(write_recipe, host, tmp_path):
+    """make_context(stage_yaml, model, tokenizer, overrides=("model.fine_tuned=true",)) -> StageContext.
+
+    Validates a one-stage recipe over the tiny data (so the stage's settings get
+    their schema defaults) and returns the context the executor would give the
+    stage, for testing a stage's ``run`` directly.
+    """
+    import torch
+
+    from compose.progress import Progress
+    from compose.recipe import load_recipe
+    from compose.stage import StageContext
+    from compose.tasks import build_task
+
+    def make(stage_yaml: str, model, tokenizer, overrides=("model.fine_tuned=true",), config=None):
+        recipe = load_recipe(write_recipe(stage_yaml, config=config), list(overrides), host)
+        stage = recipe.stages[0]
+        work = tmp_path / "work"
+        work.mkdir(exist_ok=True)
+        return StageContext(
+            name=stage["name"],
+            plugin=stage["uses"],
+            settings=stage["with"],
+            model=model,
+            tokenizer=tokenizer,
+            task=build_task(recipe.data["task"], recipe.data["seed"]),
+            family=recipe.family,
+            work_dir=work,
+            seed=recipe.data["seed"],
+            device=torch.device("cpu"),
+            progress=Progress(enabled=False),
+            recipe=recipe.data,
+            plugin_host=host,
+        )
+
+    return make
