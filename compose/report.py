@@ -170,6 +170,4 @@ def render_table(report: Report, console: Console) -> None:
             got = f"{gate.value:.4f}" if gate.value is not None else "-"
             wants.append(f"{report.metric} {got} {op} {gate.min_metric}")
         console.print(f"gate on {gate.stage}: {', '.join(wants)}: {verdict}")
-    if report.error:
-        console.print(f"[red]error in stage '{report.error.get('stage')}':[/] {report.error.get('message')}")
     console.print(f"report: {Path(report.run_dir) / REPORT_FILE}")

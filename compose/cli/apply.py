@@ -69,6 +69,10 @@ def run(args) -> int:
     with progress:
         report = Executor(recipe, host, options).run()
     render_table(report, Console(stderr=args.json))
+    if report.error:
+        stderr.print(f"[red]error:[/] stage '{report.error['stage']}' failed: ", end="")
+        stderr.print(f"{report.error['type']}: {report.error['message']}", markup=False)
+        stderr.print("Earlier stages' artifacts and the report are kept.")
     if args.json:
         dump_json(report.to_json())
     return report.exit_code

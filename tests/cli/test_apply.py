@@ -1,0 +1,88 @@
+"""`recipe apply` end to end on a tiny real model: report, artifacts, exit codes."""
+
+import json
+
+from compose.artifacts import load_artifact
+from compose.cli.main import main
+
+TRAIN = "- {name: ft, uses: train, with: {epochs: 3, learning_rate: 3.0e-3, batch_size: 16}}\n"
+
+
+def test_apply_trains_reports_and_saves_reloadable_artifacts(write_recipe, tmp_path, capsys):
+    recipe = write_recipe(TRAIN, extra="gates:\n  - {min_metric: 0.8}\n")
+    out = tmp_path / "run"
+    assert main(["apply", str(recipe), "--output", str(out), "--json", "-q"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert printed == report
+    assert report["passed"] is True and report["exit_code"] == 0
+    assert [s["name"] for s in report["stages"]] == ["input", "ft"]
+    ft = report["stages"][1]
+    assert ft["plugin"] == "train" and ft["metric"]["name"] == "accuracy" and ft["metric"]["value"] >= 0.8
+    assert ft["retained"] == 1.0 and report["baseline"]["stage"] == "ft"  # no compressing stage: the final model
+    assert ft["params"] > 0 and ft["size_bytes"] > ft["weights_bytes"] > 0 and ft["latency_ms"] > 0
+    assert ft["details"]["training"]["steps"] == 48
+    assert report["gates"][0]["passed"] is True
+    assert (out / "recipe.resolved.yaml").read_text().startswith("# The fully resolved recipe")
+    model, tokenizer = load_artifact(ft["artifact"])
+    assert type(model).__name__ == "BertForSequenceClassification" and tokenizer is not None
+
+
+def test_failed_gate_exits_1_after_writing_the_report(write_recipe, tmp_path):
+    recipe = write_recipe(TRAIN, extra="gates:\n  - {stage: ft, min_metric: 1.01}\n")
+    out = tmp_path / "run"
+    assert main(["apply", str(recipe), "--output", str(out), "-q"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "gate_failed" and report["passed"] is False
+    assert report["gates"][0]["passed"] is False
+
+
+def test_invalid_recipe_exits_2_and_writes_nothing(write_recipe, tmp_path, capsys):
+    recipe = write_recipe("- {name: ft, uses: train, with: {epocks: 1}}\n")
+    out = tmp_path / "run"
+    assert main(["apply", str(recipe), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'epocks' (did you mean 'epochs'?)" in err and "nothing ran" in err
+    assert not out.exists()
+
+
+def test_stage_failure_exits_3_and_keeps_earlier_results(write_recipe, tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood film\t7\n", encoding="utf-8")
+    recipe = write_recipe(TRAIN + "- {name: more, uses: train, with: {split: extra, max_steps: 1}}\n")
+    out = tmp_path / "run"
+    code = main(["apply", str(recipe), f"task.data.extra.path={bad}", "--output", str(out), "-q"])
+    assert code == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "stage_failed" and report["error"]["stage"] == "more"
+    assert "label '7'" in report["error"]["message"]
+    assert [s["name"] for s in report["stages"]] == ["input", "ft"]
+    assert "stage 'more'" in capsys.readouterr().err
+
+
+def test_validate_and_plan(write_recipe, capsys):
+    recipe = write_recipe(TRAIN)
+    assert main(["validate", str(recipe)]) == 0
+    assert main(["plan", str(recipe), "stages.ft.with.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 2" in out and "learning_rate" in out and "1. ft [train]: train on split 'train' for 2 epoch(s)" in out
+
+
+def test_validate_json_lists_problems(write_recipe, capsys):
+    recipe = write_recipe("- {name: ft, uses: trian}\n")
+    assert main(["validate", str(recipe), "--json"]) == 2
+    result = json.loads(capsys.readouterr().out)
+    problem = result["recipes"][0]["problems"][0]
+    assert problem["path"] == "$.stages[0].uses" and "did you mean 'train'" in problem["message"]
+    assert problem["line"] == 13
+
+
+def test_schema_command(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "train" in schema["properties"]["stages"]["items"]["properties"]["uses"]["enum"]
+    assert main(["schema", "train"]) == 0
+    train = json.loads(capsys.readouterr().out)
+    assert train["properties"]["epochs"]["default"] == 1
+    assert main(["schema", "trian"]) == 2
+    assert "did you mean 'train'" in capsys.readouterr().err
