@@ -89,7 +89,7 @@ def _load(path: Path, chain: list[Path]) -> LocatedDict:
 
 #: Keys whose string values are file-system paths, resolved against the file
 #: that wrote them (so that a base recipe's paths keep working when extended).
-PATH_KEYS = {"path"}
+PATH_KEYS = {"path", "data_files"}
 
 
 def _anchor_paths(node, base_dir: Path):

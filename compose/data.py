@@ -97,7 +97,10 @@ def read_hf_dataset(spec: Mapping, columns: list[str], split: str) -> list[dict]
             "package is not installed (pip install datasets), or give a local file with `path:`"
         ) from None
     try:
-        ds = datasets.load_dataset(spec["dataset"], spec.get("config"), split=spec["split"])
+        kwargs = {"data_files": spec["data_files"]} if spec.get("data_files") else {}
+        if spec["dataset"] == "csv" and str(spec.get("data_files", "")).endswith(".tsv"):
+            kwargs["delimiter"] = "\t"
+        ds = datasets.load_dataset(spec["dataset"], spec.get("config"), split=spec["split"], **kwargs)
     except Exception as exc:  # noqa: BLE001 - network, missing config, unknown split ...
         raise DataError(
             f"split '{split}': cannot load dataset '{spec['dataset']}' ({spec.get('config')}, "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from compose.composition import CompositionError, apply_overrides, load_composed, path_base
+from compose.composition import PATH_KEYS, CompositionError, apply_overrides, load_composed, path_base
 from compose.errors import Problem, RecipeError
 from compose.rules import check_families, check_order, run_stage_checks
 from compose.schema import fill_defaults, fill_recipe_defaults, recipe_schema
@@ -182,7 +182,7 @@ def _resolve_paths(doc, data: dict, recipe_path: Path) -> None:
         if isinstance(plain, dict):
             for key, value in plain.items():
                 sub = located.get(key) if isinstance(located, dict) else None
-                if key == "path" and isinstance(value, str):
+                if key in PATH_KEYS and isinstance(value, str):
                     base = path_base(located, key) if located is not None else None
                     plain[key] = str(((base or default_base) / value).resolve())
                 else:
