@@ -13,7 +13,7 @@ from compose.evaluation import Evaluation, evaluate
 from compose.modeling import count_parameters, task_model_kwargs
 from compose.progress import Progress
 from compose.rules import PlanView
-from compose.stage import FAMILIES, KNOWN_FACTS, Check, StageContext, StageResult, StageType
+from compose.stage import FAMILIES, KNOWN_FACTS, Check, StageContext, StageResult, StageType, TrainingExtension
 from compose.tasks import Task
 from compose.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
 
@@ -40,6 +40,7 @@ __all__ = [
     "StageResult",
     "StageType",
     "Task",
+    "TrainingExtension",
     "TrainingSetup",
     "TrainingStep",
     "TrainingSummary",

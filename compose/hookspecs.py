@@ -45,6 +45,22 @@ def compose_register_stages(register):
     """
 
 
+@hookspec
+def compose_register_training_extensions(register):
+    """Declare settings that every training stage accepts (mixed precision, checkpointing...).
+
+    Called once for every plugin, when the plugin host is created, like
+    ``compose_register_stages``.
+
+    :param register: call ``register(TrainingExtension(...))`` once per setting
+        (see ``compose.api.TrainingExtension``). Its ``name`` becomes a key of the
+        shared training settings; a name that another plugin or the training loop
+        itself already uses is an error naming your plugin and its package.
+
+    :return: ignored.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Training: called by the shared training loop (``compose.api.train_model``),
 # which the ``train`` and ``distill`` stages, and any third-party stage that

@@ -17,8 +17,8 @@ import pluggy
 
 from compose import hookspecs
 from compose.errors import PluginError
-from compose.schema import inline_shared_refs
-from compose.stage import FAMILIES, StageType
+from compose.schema import inline_shared_refs, load_core_schema
+from compose.stage import FAMILIES, StageType, TrainingExtension
 
 ENTRY_POINT_GROUP = "recipe_compose"
 ENV_PLUGINS = "RECIPE_COMPOSE_PLUGINS"
@@ -41,6 +41,13 @@ class PluginInfo:
 class RegisteredStage:
     stage: StageType
     plugin: PluginInfo
+    raw_schema: dict  # as the plugin declared it, before shared settings are inlined
+
+
+@dataclass(frozen=True)
+class RegisteredExtension:
+    extension: TrainingExtension
+    plugin: PluginInfo
 
 
 class PluginHost:
@@ -51,6 +58,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self.stages: dict[str, RegisteredStage] = {}
+        self.training_extensions: dict[str, RegisteredExtension] = {}
 
     # -- loading -----------------------------------------------------------
 
@@ -93,17 +101,20 @@ class PluginHost:
         self.plugins[info.name] = info
         # Each plugin's registrations are collected separately, so that the host
         # knows (and can say in errors) which plugin provides which stage.
-        impls = [i for i in self.pm.hook.compose_register_stages.get_hookimpls() if i.plugin is plugin]
-        for impl in impls:
-            try:
-                register = lambda stage, _info=info: self._add_stage(stage, _info)  # noqa: E731
-                impl.function(**({"register": register} if "register" in impl.argnames else {}))
-            except PluginError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise PluginError(
-                    f"{info.label()} failed while registering its stages: {type(exc).__name__}: {exc}"
-                ) from exc
+        for hook, add in (
+            (self.pm.hook.compose_register_stages, self._add_stage),
+            (self.pm.hook.compose_register_training_extensions, self._add_extension),
+        ):
+            for impl in [i for i in hook.get_hookimpls() if i.plugin is plugin]:
+                try:
+                    register = lambda item, _info=info, _add=add: _add(item, _info)  # noqa: E731
+                    impl.function(**({"register": register} if "register" in impl.argnames else {}))
+                except PluginError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise PluginError(
+                        f"{info.label()} failed in {hook.name}: {type(exc).__name__}: {exc}"
+                    ) from exc
 
     def unregister(self, name: str) -> None:
         """Remove a plugin and the stage types it registered (for tests)."""
@@ -111,6 +122,9 @@ class PluginHost:
         self.plugins.pop(name, None)
         for stage_name in [k for k, v in self.stages.items() if v.plugin.name == name]:
             del self.stages[stage_name]
+        for ext_name in [k for k, v in self.training_extensions.items() if v.plugin.name == name]:
+            del self.training_extensions[ext_name]
+        self._inline_all()
 
     def _add_stage(self, stage: StageType, info: PluginInfo) -> None:
         if not isinstance(stage, StageType):
@@ -129,7 +143,8 @@ class PluginHost:
                 f"{info.label()}: stage '{stage.name}' names unknown model families {bad_families} "
                 f"(known: {', '.join(FAMILIES)})"
             )
-        schema = inline_shared_refs(dict(stage.schema))
+        raw = dict(stage.schema)
+        schema = self._inline(raw)
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
@@ -141,7 +156,42 @@ class PluginHost:
         if schema.get("type", "object") != "object":
             raise PluginError(f"{info.label()}: stage '{stage.name}' settings schema must describe an object")
         object.__setattr__(stage, "schema", schema)
-        self.stages[stage.name] = RegisteredStage(stage, info)
+        self.stages[stage.name] = RegisteredStage(stage, info, raw)
+
+    def _add_extension(self, extension: TrainingExtension, info: PluginInfo) -> None:
+        if not isinstance(extension, TrainingExtension):
+            raise PluginError(f"{info.label()} registered {extension!r}, which is not a compose.api.TrainingExtension")
+        own = load_core_schema("training.schema.json")["properties"]
+        if extension.name in own:
+            raise PluginError(
+                f"{info.label()} registers training setting '{extension.name}', which the training loop itself uses"
+            )
+        if extension.name in self.training_extensions:
+            first = self.training_extensions[extension.name].plugin
+            raise PluginError(
+                f"{info.label()} registers training setting '{extension.name}', which {first.label()} already "
+                f"provides; uninstall one of them or limit loading with {ENV_PLUGINS}"
+            )
+        try:
+            jsonschema.Draft202012Validator.check_schema(dict(extension.schema))
+        except jsonschema.SchemaError as exc:
+            raise PluginError(
+                f"{info.label()}: training setting '{extension.name}' declares an invalid schema: {exc.message}"
+            ) from None
+        if "default" not in extension.schema:
+            raise PluginError(
+                f"{info.label()}: training setting '{extension.name}' needs a `default` (the value meaning 'off')"
+            )
+        self.training_extensions[extension.name] = RegisteredExtension(extension, info)
+        self._inline_all()
+
+    def _inline(self, raw: dict) -> dict:
+        return inline_shared_refs(raw, {n: r.extension.schema for n, r in self.training_extensions.items()})
+
+    def _inline_all(self) -> None:
+        """Re-inline every stage's shared settings (a training extension was added or removed)."""
+        for registered in self.stages.values():
+            object.__setattr__(registered.stage, "schema", self._inline(registered.raw_schema))
 
     # -- queries -----------------------------------------------------------
 

@@ -107,7 +107,8 @@ def validate_document(doc, path: Path, host) -> Recipe:
     named = [(s["name"], t) for s, t in zip(data["stages"], stage_types)]
     findings = check_families(named, family)
     findings += check_order(named, data, {n: r.stage for n, r in known.items()})
-    findings += run_stage_checks(named, [s["with"] for s in data["stages"]], data, family)
+    extensions = {n: r.extension for n, r in host.training_extensions.items()} if host is not None else {}
+    findings += run_stage_checks(named, [s["with"] for s in data["stages"]], data, family, extensions)
     located = [_finding_problem(checker, f) for f in findings]
     errors = [p for p in located if p.severity == "error"]
     warnings = [p for p in located if p.severity != "error"]

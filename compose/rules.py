@@ -14,7 +14,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from compose.stage import Check, StageType, describe_fact
+from compose.schema import training_settings_paths
+from compose.stage import Check, StageType, TrainingExtension, describe_fact
 
 #: Up to this many stages, every order is tried to find one that works.
 MAX_PERMUTED_STAGES = 8
@@ -141,19 +142,38 @@ def check_families(named: list[tuple[str, StageType]], family: str) -> list[Rule
 
 
 def run_stage_checks(
-    named: list[tuple[str, StageType]], settings: list[Mapping], recipe: Mapping, family: str
+    named: list[tuple[str, StageType]],
+    settings: list[Mapping],
+    recipe: Mapping,
+    family: str,
+    extensions: Mapping[str, TrainingExtension] | None = None,
 ) -> list[RuleFinding]:
+    """Each stage type's own ``check``, and the checks of the training extensions it uses."""
     facts = initial_facts(recipe)
     stages = tuple((name, stage.name, s) for (name, stage), s in zip(named, settings))
     findings = []
     for index, ((name, stage), stage_settings) in enumerate(zip(named, settings)):
+        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe)
+        checks = []
         if stage.check is not None:
-            view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe)
-            for found in stage.check(stage_settings, view) or ():
+            checks.append((stage.check, stage_settings, ()))
+        for at in training_settings_paths(stage.schema):
+            training = _get(stage_settings, at)
+            for ext_name, ext in (extensions or {}).items():
+                value = training.get(ext_name) if isinstance(training, Mapping) else None
+                if ext.check is not None and value != ext.schema.get("default"):
+                    checks.append((ext.check, value, at + (ext_name,)))
+        for check, value, at in checks:
+            for found in check(value, view) or ():
                 if isinstance(found, str):
                     found = Check(found)
-                findings.append(
-                    RuleFinding(index, f"stage '{name}': {found.message}", found.severity, ("with",) + tuple(found.path))
-                )
+                path = ("with",) + tuple(at) + tuple(found.path)
+                findings.append(RuleFinding(index, f"stage '{name}': {found.message}", found.severity, path))
         facts.update(stage.leaves)
     return findings
+
+
+def _get(settings: Mapping, path: tuple):
+    for key in path:
+        settings = settings.get(key) if isinstance(settings, Mapping) else None
+    return settings

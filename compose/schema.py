@@ -10,6 +10,8 @@ from typing import Any, Mapping
 #: ``{"$ref": "compose:training"}`` in a plugin schema inlines the shared training
 #: settings (schemas/training.schema.json), so stages that train take the same keys.
 SHARED_REFS = {"compose:training": "training.schema.json"}
+#: Marks the inlined training settings, so that the core can find them in any stage's settings.
+TRAINING_MARKER = "x-compose-training"
 
 
 def load_core_schema(filename: str) -> dict:
@@ -22,20 +24,45 @@ def recipe_schema() -> dict:
     return load_core_schema("recipe.schema.json")
 
 
-def inline_shared_refs(schema):
-    """Replace ``{"$ref": "compose:..."}`` with the shared schema it names."""
+def inline_shared_refs(schema, training_extensions: Mapping[str, Mapping] | None = None):
+    """Replace ``{"$ref": "compose:..."}`` with the shared schema it names.
+
+    ``training_extensions`` (name -> value schema) are added to the inlined
+    training settings as further properties.
+    """
     if isinstance(schema, dict):
         ref = schema.get("$ref")
         if isinstance(ref, str) and ref in SHARED_REFS:
             shared = load_core_schema(SHARED_REFS[ref])
             shared.pop("$schema", None)
             shared.pop("$id", None)
-            rest = {k: inline_shared_refs(v) for k, v in schema.items() if k != "$ref"}
+            if ref == "compose:training":
+                shared[TRAINING_MARKER] = True
+                for name, sub in (training_extensions or {}).items():
+                    shared["properties"][name] = {
+                        k: copy.deepcopy(v) for k, v in sub.items() if k not in ("$schema", "$id")
+                    }
+            rest = {k: inline_shared_refs(v, training_extensions) for k, v in schema.items() if k != "$ref"}
             return {**shared, **rest}
-        return {k: inline_shared_refs(v) for k, v in schema.items()}
+        return {k: inline_shared_refs(v, training_extensions) for k, v in schema.items()}
     if isinstance(schema, list):
-        return [inline_shared_refs(v) for v in schema]
+        return [inline_shared_refs(v, training_extensions) for v in schema]
     return schema
+
+
+def training_settings_paths(schema, prefix: tuple = ()) -> list[tuple]:
+    """Where in settings of this schema the shared training settings sit (() = at the top)."""
+    if not isinstance(schema, dict):
+        return []
+    if schema.get(TRAINING_MARKER):
+        return [prefix]
+    found = []
+    for key, sub in schema.get("properties", {}).items():
+        found += training_settings_paths(sub, prefix + (key,))
+    for keyword in ("anyOf", "oneOf"):
+        for sub in schema.get(keyword, []):
+            found += [p for p in training_settings_paths(sub, prefix) if p not in found]
+    return found
 
 
 def combined_schema(stage_schemas: Mapping[str, Mapping[str, Any]]) -> dict:

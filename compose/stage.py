@@ -125,3 +125,29 @@ class StageContext:
     def log(self, message: str) -> None:
         """Print a line under the stage's progress (shown in the terminal, not in --json output)."""
         self.progress.log(f"[{self.name}] {message}")
+
+
+@dataclass(frozen=True)
+class TrainingExtension:
+    """A setting every training stage accepts, provided by a plugin (``amp``, ``checkpointing``...).
+
+    Register it from ``compose_register_training_extensions``. Its key appears in
+    the shared training settings (``train``'s ``with:``, ``distill``'s
+    ``with.training:``...), so a recipe turns it on with one line, and the same
+    key on a stage that does not train is an unknown-key error.
+
+    name:        the settings key, e.g. "amp".
+    schema:      JSON Schema of the value. Give a ``default`` that means "off"
+                 (null or false): ``setup`` only runs for other values.
+    setup:       ``setup(training_setup, value)``: adjust the ``TrainingSetup``
+                 (accelerator kwargs, the model, step callbacks) before training starts.
+    description: one line for ``recipe plugins``.
+    check:       optional ``check(value, plan) -> iterable of Check``, run at
+                 validation time for each training stage that sets the key.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    setup: Callable[[Any, Any], None]
+    description: str
+    check: Callable[..., Iterable[Check]] | None = None

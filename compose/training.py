@@ -26,6 +26,8 @@ class TrainingSetup:
     model:              the model to train; a hook may wrap or replace it.
     accelerator_kwargs: keyword arguments for ``accelerate.Accelerator``.
     on_step_end:        callables ``f(TrainingStep)`` run after every optimizer step.
+    on_train_end:       callables ``f(model)`` run on the trained (unwrapped) model,
+                        e.g. to undo a training-only change.
     """
 
     stage: str
@@ -33,6 +35,7 @@ class TrainingSetup:
     model: Any
     accelerator_kwargs: dict = field(default_factory=dict)
     on_step_end: list = field(default_factory=list)
+    on_train_end: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,10 @@ def train_model(
         },
     )
     if ctx.plugin_host is not None:
+        for name, registered in ctx.plugin_host.training_extensions.items():
+            value = settings.get(name, registered.extension.schema["default"])
+            if value != registered.extension.schema["default"]:
+                registered.extension.setup(setup, value)
         ctx.plugin_host.hook.compose_training_setup(setup=setup)
     model = setup.model
     AcceleratorState._reset_state()  # each stage may ask for different precision
@@ -179,6 +186,8 @@ def train_model(
                 history.append({"epoch": epoch, "step": step, result.metric: result.value})
                 ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
     model = accelerator.unwrap_model(model)
+    for callback in setup.on_train_end:
+        callback(model)
     model.eval()
     epochs_done = step / steps_per_epoch
     return model, TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history)

@@ -44,6 +44,11 @@ def listing(host) -> list[dict]:
                     {"name": s, "description": host.stage(s).description, "families": list(host.stage(s).families)}
                     for s in stages
                 ],
+                "training_settings": [
+                    {"name": n, "description": r.extension.description}
+                    for n, r in sorted(host.training_extensions.items())
+                    if r.plugin.name == name
+                ],
             }
         )
     return out
@@ -56,12 +61,14 @@ def run(args) -> int:
         dump_json({"plugins": plugins})
         return EXIT_OK
     table = Table(title="installed recipe-compose plugins", title_justify="left")
-    for column in ("plugin", "package", "version", "stages", "description"):
+    for column in ("plugin", "package", "version", "provides", "description"):
         table.add_column(column)
     for p in plugins:
-        for i, s in enumerate(p["stages"] or [{"name": "-", "description": ""}]):
+        provided = [(f"stage {s['name']}", s["description"]) for s in p["stages"]]
+        provided += [(f"training setting {t['name']}:", t["description"]) for t in p["training_settings"]]
+        for i, (what, description) in enumerate(provided or [("-", "")]):
             first = i == 0
             table.add_row(p["name"] if first else "", p["package"] if first else "",
-                          p["version"] if first else "", s["name"], s["description"])  # fmt: skip
+                          p["version"] if first else "", what, description)  # fmt: skip
     Console().print(table)
     return EXIT_OK
