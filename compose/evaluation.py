@@ -8,6 +8,8 @@ from typing import Mapping
 
 import torch
 
+from compose.distributed import current_ranks, gather_objects
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -30,7 +32,9 @@ def _to(batch: dict, device) -> dict:
 @torch.no_grad()
 def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, description="evaluating") -> Evaluation:
     """Run the model over ``settings['split']`` (``evaluate:`` section of the recipe)."""
-    loader = task.batches(settings["split"], tokenizer, settings["batch_size"], limit=settings.get("limit"))
+    ranks = current_ranks()
+    shard = (ranks.rank, ranks.world_size) if ranks.distributed else None
+    loader = task.batches(settings["split"], tokenizer, settings["batch_size"], limit=settings.get("limit"), shard=shard)
     was_training = model.training
     model.eval()
     state = task.new_metric_state()
@@ -58,7 +62,13 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
             bar_cm.__exit__(None, None, None)
         model.train(was_training)
     metric_name = settings.get("metric") or task.spec.get("metric")
-    value = task.compute_metric(state, metric_name)
     timed_batches = timings[1:] or timings  # the first batch warms up (unless it is the only one)
     latency = 1000 * sum(timed_batches) / len(timed_batches) if timed_batches else None
+    if ranks.distributed:  # every example was evaluated by exactly one rank
+        gathered = gather_objects((state, latency, examples))
+        state = task.merge_metric_states([g[0] for g in gathered])
+        latencies = [g[1] for g in gathered if g[1] is not None]
+        latency = sum(latencies) / len(latencies) if latencies else None
+        examples = sum(g[2] for g in gathered)
+    value = task.compute_metric(state, metric_name)
     return Evaluation(metric_name, value, task.metric.higher_is_better, latency, examples)

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from compose.artifacts import save_artifact, size_on_disk
+from compose.distributed import Ranks, init_ranks
 from compose.errors import ComposeError, StageFailed
 from compose.evaluation import evaluate
 from compose.modeling import count_parameters, load_model, load_tokenizer
@@ -52,6 +53,7 @@ class Executor:
         self.run_dir = Path(self.options.output_dir or recipe.data["output"]["dir"])
         self.progress = self.options.progress or Progress(enabled=False)
         self.device = pick_device()
+        self.ranks = Ranks()
 
     # -- helpers -----------------------------------------------------------
 
@@ -60,7 +62,7 @@ class Executor:
 
     def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None) -> StageRow:
         artifact = size = weights = None
-        if self.recipe.data["output"]["save_artifacts"]:
+        if self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
             artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind)
             size = size_on_disk(artifact)
             weights = size_on_disk(artifact, weights_only=True)
@@ -82,7 +84,8 @@ class Executor:
 
     def _write(self, report: Report) -> None:
         report.refresh_retained()
-        write_json_atomic(self.run_dir / REPORT_FILE, report.to_json())
+        if self.ranks.is_main:
+            write_json_atomic(self.run_dir / REPORT_FILE, report.to_json())
 
     def _check_gates(self, report: Report, final: bool) -> bool:
         """Evaluate the gates that can be evaluated now; False if one failed."""
@@ -114,15 +117,13 @@ class Executor:
         import transformers
 
         data = self.recipe.data
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = self.run_dir / RESOLVED_RECIPE
-        tmp = resolved.with_name(resolved.name + ".partial")
-        tmp.write_text(
-            f"# The fully resolved recipe (defaults filled in) that produced this run.\n"
-            f"# Source: {self.recipe.source}\n" + yaml.safe_dump(data, sort_keys=False),
-            encoding="utf-8",
-        )
-        tmp.replace(resolved)
+        self.ranks = init_ranks(self.device)
+        if self.ranks.distributed:
+            from accelerate import PartialState
+
+            self.device = PartialState().device  # cuda:LOCAL_RANK on GPUs, cpu otherwise
+        if self.ranks.is_main:
+            self._write_resolved_recipe()
 
         task = build_task(data["task"], data["seed"])
         report = Report(
@@ -172,6 +173,17 @@ class Executor:
                 report.error = report.error or {"stage": None, "type": "Interrupted", "message": "the run stopped"}
             self._write(report)
         return report
+
+    def _write_resolved_recipe(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = self.run_dir / RESOLVED_RECIPE
+        tmp = resolved.with_name(resolved.name + ".partial")
+        tmp.write_text(
+            f"# The fully resolved recipe (defaults filled in) that produced this run.\n"
+            f"# Source: {self.recipe.source}\n" + yaml.safe_dump(self.recipe.data, sort_keys=False),
+            encoding="utf-8",
+        )
+        tmp.replace(resolved)
 
     def _run_stage(self, index, stage, stage_type, model, tokenizer, task):
         import transformers

@@ -95,6 +95,10 @@ class Report:
             "stage_failed": EXIT_STAGE_FAILED,
         }.get(self.status, EXIT_STAGE_FAILED)
 
+    @staticmethod
+    def from_json(data: dict) -> "Report":
+        return report_from_json(data)
+
     def to_json(self) -> dict[str, Any]:
         base = self.baseline
         return {
@@ -112,6 +116,27 @@ class Report:
             "error": self.error,
             "seconds": round(self.seconds, 3),
         }
+
+
+def report_from_json(data: dict) -> Report:
+    """A Report read back from report.json."""
+    rows = []
+    for stage in data.get("stages", []):
+        fields = {k: v for k, v in stage.items() if k in StageRow.__dataclass_fields__}
+        fields["metric"], fields["value"] = stage["metric"]["name"], stage["metric"]["value"]
+        rows.append(StageRow(**fields))
+    return Report(
+        recipe=data["recipe"],
+        run_dir=data["run_dir"],
+        metric=data["metric"]["name"],
+        higher_is_better=data["metric"]["higher_is_better"],
+        baseline_stage=(data.get("baseline") or {}).get("stage"),
+        rows=rows,
+        gates=[GateResult(**g) for g in data.get("gates", [])],
+        status=data["status"],
+        error=data.get("error"),
+        seconds=data.get("seconds", 0.0),
+    )
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

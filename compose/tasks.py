@@ -74,15 +74,19 @@ class Task(abc.ABC):
         seed: int | None = None,
         limit: int | None = None,
         with_labels: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> DataLoader:
         """A DataLoader of tokenized, padded batches of a split: dicts of tensors for ``model(**batch)``.
 
         With ``shuffle`` the order is drawn from ``seed`` (default: the recipe's),
-        anew each epoch.
+        anew each epoch. ``shard=(rank, world_size)`` keeps every world_size-th
+        row from ``rank`` on (evaluation across processes).
         """
         rows = self.rows(split)
         if limit is not None:
             rows = rows[:limit]
+        if shard is not None:
+            rows = rows[shard[0] :: shard[1]]
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None
         return DataLoader(
             rows,
@@ -105,6 +109,14 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def new_metric_state(self) -> dict:
         """Implemented by each task."""
+
+    def merge_metric_states(self, states: list[dict]) -> dict:
+        """One state from several processes' states (default: concatenate lists, add numbers)."""
+        merged = self.new_metric_state()
+        for state in states:
+            for key, value in state.items():
+                merged[key] = merged[key] + value
+        return merged
 
     @abc.abstractmethod
     def update_metric(self, state: dict, outputs, batch: dict) -> None:

@@ -7,6 +7,7 @@ distributed data parallelism come from the ``Accelerator`` the
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from compose.distributed import gather_objects
 from compose.evaluation import evaluate
 
 
@@ -55,6 +57,9 @@ class TrainingSummary:
     final_loss: float | None
     seconds: float
     history: list = field(default_factory=list)  # per-epoch evaluations
+    processes: int = 1
+    #: With several processes: whether every rank ended with bit-identical parameters.
+    parameters_in_sync: bool | None = None
 
     def to_json(self) -> dict:
         return {
@@ -63,7 +68,19 @@ class TrainingSummary:
             "final_loss": self.final_loss,
             "seconds": round(self.seconds, 3),
             "history": self.history,
+            "processes": self.processes,
+            "parameters_in_sync": self.parameters_in_sync,
         }
+
+
+def parameters_digest(model) -> str:
+    """A hash of every parameter's bytes (to compare replicas across processes)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def default_loss(model, batch):
@@ -139,11 +156,14 @@ def train_model(
     model, optimizer, loader, *extra_modules = accelerator.prepare(model, optimizer, loader, *extra_modules)
     steps_per_epoch = max(1, math.ceil(len(loader) / settings["gradient_accumulation_steps"]))
     total_steps = settings["max_steps"] or max(1, math.ceil(settings["epochs"] * steps_per_epoch))
+    # accelerate steps a prepared scheduler once per process for every optimizer step
+    # (the global batch is num_processes times larger), so the schedule is counted that way.
+    scale = accelerator.num_processes
     scheduler = get_scheduler(
         settings["scheduler"] if settings["scheduler"] != "constant" else "constant_with_warmup",
         optimizer,
-        num_warmup_steps=int(settings["warmup_ratio"] * total_steps),
-        num_training_steps=total_steps,
+        num_warmup_steps=int(settings["warmup_ratio"] * total_steps) * scale,
+        num_training_steps=total_steps * scale,
     )
     scheduler = accelerator.prepare(scheduler)
     trainable = [p for m in [model, *extra_modules] for p in m.parameters() if p.requires_grad]
@@ -190,4 +210,9 @@ def train_model(
         callback(model)
     model.eval()
     epochs_done = step / steps_per_epoch
-    return model, TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history)
+    summary = TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history)
+    if accelerator.num_processes > 1:
+        digests = gather_objects(parameters_digest(model))
+        summary.processes = len(digests)
+        summary.parameters_in_sync = len(set(digests)) == 1
+    return model, summary

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -10,7 +14,8 @@ from rich.console import Console
 from compose.cli._common import CommandError, dump_json, host_or_exit, print_problems, stderr
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
-from compose.report import EXIT_INVALID
+from compose.distributed import launched_world_size
+from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, Report
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\
@@ -25,9 +30,17 @@ stages are addressed by name or index (stages.gptq.with.bits=3, stages.0.with.ep
 Writes into the run folder (output.dir, or --output): recipe.resolved.yaml,
 report.json (rewritten after every stage) and stages/NN-NAME/model/ for each stage.
 
+Several processes (data-parallel training over gloo on CPU, nccl on GPUs):
+  recipe apply --nproc 2 recipes/minilm-sst2.yaml
+  torchrun --nproc_per_node 2 -m compose.cli.main apply recipes/minilm-sst2.yaml
+Only rank 0 writes artifacts and the report; every rank evaluates its share.
+
 exit codes: 0 success, 1 a gate failed, 2 the recipe is invalid (nothing ran),
             3 a stage failed at run time
 """
+
+#: Set in the processes that `recipe apply --nproc N` launches.
+LAUNCHED_ENV = "RECIPE_COMPOSE_LAUNCHED"
 
 
 def add_parser(subparsers) -> None:
@@ -38,9 +51,40 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", "-o", type=Path, help="run folder (default: the recipe's output.dir)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout (progress goes to stderr)")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress view")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="run on N processes on this machine (through torch.distributed.run)")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub to run, if the recipe also sets model.trust_remote_code")  # fmt: skip
     p.set_defaults(handler=run)
+
+
+def launch(args, recipe) -> Report | None:
+    """Run this same command on ``args.nproc`` processes with torch.distributed.run; read the report."""
+    run_dir = Path(args.output or recipe.data["output"]["dir"])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+        "-m", "compose.cli.main", "apply", args.recipe, *args.overrides, "--output", str(run_dir),
+    ]  # fmt: skip
+    if args.quiet:
+        command.append("--quiet")
+    if args.trust_remote_code:
+        command.append("--trust-remote-code")
+    stale = run_dir / REPORT_FILE
+    if stale.exists():
+        stale.unlink()  # so that a report read afterwards is this run's
+    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    finished = subprocess.run(command, env=env, check=False)
+    try:
+        data = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stderr.print(f"[red]error:[/] the {args.nproc} processes ended (exit {finished.returncode}) without a report")
+        return None
+    report = Report.from_json(data)
+    if report.status == "running":  # a rank died and the launcher stopped the others
+        report.status = "stage_failed"
+        report.error = {"stage": None, "type": "ProcessFailed",
+                        "message": f"a process failed (exit {finished.returncode}); its error is shown above"}  # fmt: skip
+    return report
 
 
 def run(args) -> int:
@@ -64,10 +108,18 @@ def run(args) -> int:
             f"{args.recipe}: the recipe sets model.trust_remote_code, which also needs --trust-remote-code "
             "on the command line; nothing ran"
         )
-    progress = Progress(console=Console(stderr=True), enabled=not args.quiet)
-    options = RunOptions(output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress)
-    with progress:
-        report = Executor(recipe, host, options).run()
+    if args.nproc > 1 and launched_world_size() == 1:
+        report = launch(args, recipe)
+        if report is None:
+            return EXIT_STAGE_FAILED
+    else:
+        rank = int(os.environ.get("RANK", "0"))
+        progress = Progress(console=Console(stderr=True), enabled=not args.quiet and rank == 0)
+        options = RunOptions(output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress)
+        with progress:
+            report = Executor(recipe, host, options).run()
+        if rank != 0 or os.environ.get(LAUNCHED_ENV):
+            return report.exit_code  # the launching process prints the report
     render_table(report, Console(stderr=args.json))
     if report.error:
         stderr.print(f"[red]error:[/] stage '{report.error['stage']}' failed: ", end="")
