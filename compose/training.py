@@ -28,8 +28,18 @@ class TrainingSetup:
     model:              the model to train; a hook may wrap or replace it.
     accelerator_kwargs: keyword arguments for ``accelerate.Accelerator``.
     on_step_end:        callables ``f(TrainingStep)`` run after every optimizer step.
-    on_train_end:       callables ``f(model)`` run on the trained (unwrapped) model,
-                        e.g. to undo a training-only change.
+    on_train_end:       callables ``f(model) -> model | None`` run on the trained
+                        (unwrapped) model, e.g. to undo a training-only change; a
+                        returned model replaces it (e.g. gathered from shards).
+    prepare_model:      False if the hook parallelised the model itself, so that
+                        accelerate must not wrap it (no DDP).
+    data_shard:         ``(index, count)``: each process reads every count-th batch
+                        row from index on, instead of accelerate's split across all
+                        processes (tensor parallelism: ranks of a group share data).
+    clip_grad_norm:     ``f(parameters, max_norm)`` replacing accelerate's clipping
+                        (parameters sharded over several device meshes).
+    evaluate_between_epochs: False where evaluation cannot run mid-training.
+    notes:              JSON-serialisable facts for the report (``details.training.setup``).
     """
 
     stage: str
@@ -38,6 +48,11 @@ class TrainingSetup:
     accelerator_kwargs: dict = field(default_factory=dict)
     on_step_end: list = field(default_factory=list)
     on_train_end: list = field(default_factory=list)
+    prepare_model: bool = True
+    data_shard: tuple | None = None
+    clip_grad_norm: Callable | None = None
+    evaluate_between_epochs: bool = True
+    notes: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class TrainingSummary:
     seconds: float
     history: list = field(default_factory=list)  # per-epoch evaluations
     processes: int = 1
+    setup: dict = field(default_factory=dict)  # TrainingSetup.notes
     #: With several processes: whether every rank ended with bit-identical parameters.
     parameters_in_sync: bool | None = None
 
@@ -69,6 +85,7 @@ class TrainingSummary:
             "seconds": round(self.seconds, 3),
             "history": self.history,
             "processes": self.processes,
+            "setup": self.setup,
             "parameters_in_sync": self.parameters_in_sync,
         }
 
@@ -149,11 +166,18 @@ def train_model(
     AcceleratorState._reset_state()  # each stage may ask for different precision
     accelerator = Accelerator(**setup.accelerator_kwargs)
 
-    loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed)
+    loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed,
+                              shard=setup.data_shard)  # fmt: skip
     if len(loader) == 0:
         raise ValueError(f"split '{settings['split']}' has no rows to train on")
     optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))
-    model, optimizer, loader, *extra_modules = accelerator.prepare(model, optimizer, loader, *extra_modules)
+    prepared = accelerator.prepare(optimizer, *extra_modules)
+    optimizer, *extra_modules = prepared if extra_modules else (prepared,)
+    if setup.prepare_model:
+        model = accelerator.prepare(model)
+    if setup.data_shard is None:
+        loader = accelerator.prepare(loader)
+    clip = setup.clip_grad_norm or accelerator.clip_grad_norm_
     steps_per_epoch = max(1, math.ceil(len(loader) / settings["gradient_accumulation_steps"]))
     total_steps = settings["max_steps"] or max(1, math.ceil(settings["epochs"] * steps_per_epoch))
     # accelerate steps a prepared scheduler once per process for every optimizer step
@@ -180,7 +204,7 @@ def train_model(
                     loss = loss_fn(model, batch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and settings["max_grad_norm"]:
-                        accelerator.clip_grad_norm_(trainable, settings["max_grad_norm"])
+                        clip(trainable, settings["max_grad_norm"])
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -200,18 +224,20 @@ def train_model(
                     bar.update(description=f"{ctx.name}: training (loss {last_loss:.4f})")
                 if step >= total_steps:
                     break
-            if settings["eval_every_epoch"] and step < total_steps:  # the stage's own evaluation follows the last
+            between = settings["eval_every_epoch"] and setup.evaluate_between_epochs
+            if between and step < total_steps:  # the stage's own evaluation follows the last
                 result = evaluate(model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], accelerator.device,
                                   ctx.progress, f"{ctx.name}: evaluating epoch {epoch}")  # fmt: skip
                 history.append({"epoch": epoch, "step": step, result.metric: result.value})
                 ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
     model = accelerator.unwrap_model(model)
     for callback in setup.on_train_end:
-        callback(model)
+        model = callback(model) or model
     model.eval()
     epochs_done = step / steps_per_epoch
-    summary = TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history)
-    if accelerator.num_processes > 1:
+    summary = TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history,
+                              setup=setup.notes)  # fmt: skip
+    if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
         digests = gather_objects(parameters_digest(model))
         summary.processes = len(digests)
         summary.parameters_in_sync = len(set(digests)) == 1

@@ -8,6 +8,7 @@ from compose.api import Check, TrainingExtension, TrainingSetup, load_schema_fil
 
 def setup(training: TrainingSetup, value: str) -> None:
     training.accelerator_kwargs["mixed_precision"] = value
+    training.notes["amp"] = value
 
 
 def cuda_available() -> bool:

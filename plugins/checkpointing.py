@@ -14,7 +14,12 @@ def setup(training: TrainingSetup, value: bool) -> None:
             "remove `checkpointing: true` from this stage"
         )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    training.on_train_end.append(lambda trained: trained.gradient_checkpointing_disable())
+    training.on_train_end.append(_disable)
+    training.notes["checkpointing"] = True
+
+
+def _disable(model) -> None:
+    model.gradient_checkpointing_disable()
 
 
 @hookimpl
