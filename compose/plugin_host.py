@@ -96,9 +96,19 @@ class PluginHost:
             info = PluginInfo(name=name, package="(registered directly)", version="?", module=name)
         try:
             self.pm.register(plugin, name=info.name)
+            self.pm.check_pending()  # a misspelt hook name is an error, not silently ignored
         except (pluggy.PluginValidationError, ValueError) as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
             raise PluginError(f"{info.label()} cannot be registered: {exc}") from exc
         self.plugins[info.name] = info
+        try:
+            self._collect(plugin, info)
+        except PluginError:
+            self.unregister(info.name)  # all or nothing: no half-registered plugin stays
+            raise
+
+    def _collect(self, plugin, info: PluginInfo) -> None:
         # Each plugin's registrations are collected separately, so that the host
         # knows (and can say in errors) which plugin provides which stage.
         for hook, add in (

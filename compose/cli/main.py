@@ -56,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides (key=value, ~key) may also come after options: `recipe apply r.yaml -q a.b=1`.
+    target = "overrides" if hasattr(args, "overrides") else "recipes" if hasattr(args, "recipes") else None
+    if extra and target and all("=" in e or e.startswith("~") for e in extra):
+        getattr(args, target).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
