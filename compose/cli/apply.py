@@ -15,6 +15,7 @@ from compose.cli._common import CommandError, dump_json, host_or_exit, print_pro
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
 from compose.distributed import launched_world_size
+from compose.executor import RESOLVED_RECIPE
 from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, Report
 
 HELP = "validate a recipe, then run its stages in order and report each one"
@@ -56,6 +57,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub to run, if the recipe also sets model.trust_remote_code")  # fmt: skip
     p.set_defaults(handler=run)
+
+
+def is_safe_run_dir(run_dir: Path) -> bool:
+    """A folder we may write into: new, empty, or an earlier run's (it has our marker files)."""
+    if not run_dir.exists():
+        return True
+    if not run_dir.is_dir():
+        return False
+    entries = {p.name for p in run_dir.iterdir()}
+    return not entries or bool(entries & {REPORT_FILE, RESOLVED_RECIPE})
 
 
 def launch(args, recipe) -> Report | None:
@@ -107,6 +118,12 @@ def run(args) -> int:
         raise CommandError(
             f"{args.recipe}: the recipe sets model.trust_remote_code, which also needs --trust-remote-code "
             "on the command line; nothing ran"
+        )
+    run_dir = Path(args.output or recipe.data["output"]["dir"])
+    if not is_safe_run_dir(run_dir):
+        raise CommandError(
+            f"the run folder {run_dir} already holds files that are not from a recipe-compose run; "
+            "nothing ran (so that nothing there is overwritten): choose another --output or output.dir"
         )
     if args.nproc > 1 and launched_world_size() == 1:
         report = launch(args, recipe)

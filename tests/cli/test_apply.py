@@ -86,3 +86,12 @@ def test_schema_command(capsys):
     assert train["properties"]["epochs"]["default"] == 1
     assert main(["schema", "trian"]) == 2
     assert "did you mean 'train'" in capsys.readouterr().err
+
+
+def test_a_folder_with_other_files_is_never_used_as_run_folder(write_recipe, tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work", encoding="utf-8")
+    assert main(["apply", str(write_recipe(TRAIN)), "--output", str(precious), "-q"]) == 2
+    assert "not from a recipe-compose run" in capsys.readouterr().err
+    assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
