@@ -15,11 +15,10 @@ from compose.evaluation import evaluate
 from compose.modeling import count_parameters, load_model, load_tokenizer
 from compose.progress import Progress
 from compose.recipe import Recipe
-from compose.report import REPORT_FILE, GateResult, Report, StageRow, write_json_atomic
+from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, write_json_atomic
 from compose.stage import StageContext, StageResult
 from compose.tasks import build_task
 
-RESOLVED_RECIPE = "recipe.resolved.yaml"
 INPUT_ROW = "input"
 
 

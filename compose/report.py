@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPORT_FILE = "report.json"
+RESOLVED_RECIPE = "recipe.resolved.yaml"
 
 #: Exit codes of ``recipe apply`` (also in ``recipe --help`` and the README).
 EXIT_OK = 0

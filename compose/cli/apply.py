@@ -15,8 +15,7 @@ from compose.cli._common import CommandError, dump_json, host_or_exit, print_pro
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
 from compose.distributed import launched_world_size
-from compose.executor import RESOLVED_RECIPE
-from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, Report
+from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, RESOLVED_RECIPE, Report
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\

@@ -8,7 +8,6 @@ import yaml
 
 from compose.cli._common import dump_json, host_or_exit, print_problems
 from compose.errors import RecipeError
-from compose.executor import baseline_stage
 from compose.recipe import load_recipe
 from compose.report import EXIT_INVALID, EXIT_OK
 from compose.stage import describe_fact
@@ -33,6 +32,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from compose.executor import baseline_stage
+
     host = host_or_exit()
     try:
         recipe = load_recipe(args.recipe, args.overrides, host)
