@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from compose.artifacts import save_artifact, size_on_disk
+from compose.artifacts import load_artifact, save_artifact, size_on_disk
 from compose.distributed import Ranks, init_ranks
 from compose.errors import ComposeError, StageFailed
 from compose.evaluation import evaluate
 from compose.modeling import count_parameters, load_model, load_tokenizer
 from compose.progress import Progress
 from compose.recipe import Recipe
-from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, write_json_atomic
+from compose.fingerprint import evaluation_fingerprint, stage_fingerprints
+from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, row_from_json, write_json_atomic
 from compose.stage import StageContext, StageResult
 from compose.tasks import build_task
 
 INPUT_ROW = "input"
+#: Written beside each finished stage's model: its fingerprint and its report row.
+STAGE_RECORD = "stage.json"
 
 
 @dataclass
@@ -27,6 +31,7 @@ class RunOptions:
     output_dir: Path | None = None
     allow_remote_code: bool = False
     progress: Progress | None = None
+    fresh: bool = False  # ignore finished stages of an earlier run in the same folder
 
 
 def pick_device():
@@ -138,25 +143,48 @@ class Executor:
         )
         started = time.perf_counter()
         stages_bar = self.progress.add_bar("stages", total=len(self.recipe.stages) + 1)
+        names = [INPUT_ROW] + [s["name"] for s in self.recipe.stages]
+        self.fingerprints = stage_fingerprints(self.recipe, self.host)
+        self.eval_fingerprint = evaluation_fingerprint(self.recipe)
+        current = INPUT_ROW
         try:
-            transformers.set_seed(data["seed"])
-            stages_bar.update(description="loading the model")
-            t0 = time.perf_counter()
-            tokenizer = load_tokenizer(data["model"])
-            model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code)
-            model.to(self.device)
-            report.rows.append(self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0))
+            cached = [] if self.options.fresh else self._cached_rows(names)
+            report.rows.extend(cached)
+            stages_bar.advance(len(cached))
+            if len(cached) == len(names):
+                model = tokenizer = None  # every stage is reused: nothing to load
+            elif cached:
+                stages_bar.update(description=f"reusing {len(cached) - 1} finished stage(s)")
+                model, tokenizer = load_artifact(cached[-1].artifact, self.host)
+                model.to(self.device)
+            else:
+                transformers.set_seed(data["seed"])
+                stages_bar.update(description="loading the model")
+                t0 = time.perf_counter()
+                tokenizer = load_tokenizer(data["model"])
+                model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code)
+                model.to(self.device)
+                row = self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0)
+                self._record(0, row)
+                report.rows.append(row)
+                stages_bar.advance()
             self._write(report)
-            stages_bar.advance()
+            stopped = not self._check_gates(report, final=False)
             for index, (stage, stage_type) in enumerate(zip(self.recipe.stages, self.recipe.stage_types), start=1):
+                if stopped:
+                    break
+                if index < len(cached):
+                    continue
+                current = stage["name"]
                 stages_bar.update(description=f"stage {index}/{len(self.recipe.stages)}: {stage['name']}")
                 model, tokenizer, row = self._run_stage(index, stage, stage_type, model, tokenizer, task)
+                self._record(index, row)
                 report.rows.append(row)
                 self._write(report)
                 stages_bar.advance()
-                if not self._check_gates(report, final=False):
-                    report.status = "gate_failed"
-                    break
+                stopped = not self._check_gates(report, final=False)
+            if stopped:
+                report.status = "gate_failed"
             else:
                 report.status = "passed" if self._check_gates(report, final=True) else "gate_failed"
         except StageFailed as exc:
@@ -164,14 +192,54 @@ class Executor:
             report.error = {"stage": exc.stage, "type": type(exc.cause).__name__, "message": str(exc.cause)}
         except ComposeError as exc:  # model, tokenizer or data could not be loaded
             report.status = "stage_failed"
-            report.error = {"stage": INPUT_ROW, "type": type(exc).__name__, "message": str(exc)}
+            report.error = {"stage": current, "type": type(exc).__name__, "message": str(exc)}
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into it by the CLI
+            report.status = "interrupted"
+            report.error = {
+                "stage": current,
+                "type": "Interrupted",
+                "message": "the run was interrupted; `recipe apply` on the same run folder resumes "
+                "after the last finished stage",
+            }
         finally:
             report.seconds = time.perf_counter() - started
-            if report.status == "running":  # interrupted by something we do not handle here
+            if report.status == "running":  # stopped by something we do not handle here
                 report.status = "stage_failed"
-                report.error = report.error or {"stage": None, "type": "Interrupted", "message": "the run stopped"}
+                report.error = report.error or {"stage": current, "type": "Stopped", "message": "the run stopped"}
             self._write(report)
         return report
+
+    # -- resuming ------------------------------------------------------------
+
+    def _record(self, index: int, row: StageRow) -> None:
+        """Note a finished stage (after its artifact is in place), so a later run can reuse it."""
+        if not self.ranks.is_main or row.artifact is None:
+            return
+        record = {"fingerprint": self.fingerprints[index], "evaluation": self.eval_fingerprint,
+                  "row": row.to_json()}  # fmt: skip
+        write_json_atomic(self._artifact_dir(index, row.name) / STAGE_RECORD, record)
+
+    def _cached_rows(self, names: list[str]) -> list[StageRow]:
+        """Rows of the leading stages an earlier run in this folder finished with the same fingerprints."""
+        if not self.recipe.data["output"]["save_artifacts"]:
+            return []
+        rows = []
+        for index, name in enumerate(names):
+            path = self._artifact_dir(index, name) / STAGE_RECORD
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                break
+            if record.get("fingerprint") != self.fingerprints[index]:
+                break
+            if record.get("evaluation") != self.eval_fingerprint:
+                break
+            row = row_from_json(record["row"])
+            if not row.artifact or not Path(row.artifact, "config.json").is_file():
+                break
+            row.reused = True
+            rows.append(row)
+        return rows
 
     def _write_resolved_recipe(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

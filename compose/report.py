@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_INVALID = 2
 EXIT_STAGE_FAILED = 3
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -36,6 +37,7 @@ class StageRow:
     artifact: str | None
     retained: float | None = None
     details: dict = field(default_factory=dict)
+    reused: bool = False  # taken from an earlier run in the same folder (same fingerprint)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -62,7 +64,7 @@ class Report:
     baseline_stage: str | None = None
     rows: list[StageRow] = field(default_factory=list)
     gates: list[GateResult] = field(default_factory=list)
-    status: str = "running"  # running | passed | gate_failed | stage_failed
+    status: str = "running"  # running | passed | gate_failed | stage_failed | interrupted
     error: dict | None = None
     seconds: float = 0.0
 
@@ -94,6 +96,7 @@ class Report:
             "passed": EXIT_OK,
             "gate_failed": EXIT_GATE_FAILED,
             "stage_failed": EXIT_STAGE_FAILED,
+            "interrupted": EXIT_INTERRUPTED,
         }.get(self.status, EXIT_STAGE_FAILED)
 
     @staticmethod
@@ -113,19 +116,22 @@ class Report:
                 {"stage": base.name, "metric": base.metric, "value": base.value} if base is not None else None
             ),
             "stages": [row.to_json() for row in self.rows],
+            "reused_stages": [row.name for row in self.rows if row.reused],
             "gates": [asdict(g) for g in self.gates],
             "error": self.error,
             "seconds": round(self.seconds, 3),
         }
 
 
+def row_from_json(stage: dict) -> StageRow:
+    fields = {k: v for k, v in stage.items() if k in StageRow.__dataclass_fields__}
+    fields["metric"], fields["value"] = stage["metric"]["name"], stage["metric"]["value"]
+    return StageRow(**fields)
+
+
 def report_from_json(data: dict) -> Report:
     """A Report read back from report.json."""
-    rows = []
-    for stage in data.get("stages", []):
-        fields = {k: v for k, v in stage.items() if k in StageRow.__dataclass_fields__}
-        fields["metric"], fields["value"] = stage["metric"]["name"], stage["metric"]["value"]
-        rows.append(StageRow(**fields))
+    rows = [row_from_json(stage) for stage in data.get("stages", [])]
     return Report(
         recipe=data["recipe"],
         run_dir=data["run_dir"],
@@ -174,6 +180,7 @@ def render_table(report: Report, console: Console) -> None:
     table.add_column("time", justify="right")
     for row in report.rows:
         marker = " (baseline)" if row.name == report.baseline_stage else ""
+        marker += " (reused)" if row.reused else ""
         table.add_row(
             row.name + marker,
             row.plugin or "-",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,13 @@ Several processes (data-parallel training over gloo on CPU, nccl on GPUs):
   torchrun --nproc_per_node 2 -m compose.cli.main apply recipes/minilm-sst2.yaml
 Only rank 0 writes artifacts and the report; every rank evaluates its share.
 
+Resuming: a run folder remembers each finished stage with a fingerprint of all that
+determined it (recipe up to that stage, model and data bytes, plugin versions,
+seed). Applying again into the same folder reuses the stages whose fingerprints
+match and reruns from the first that differs; --fresh reruns everything.
+
 exit codes: 0 success, 1 a gate failed, 2 the recipe is invalid (nothing ran),
-            3 a stage failed at run time
+            3 a stage failed at run time, 130 interrupted (SIGINT/SIGTERM; apply again to resume)
 """
 
 #: Set in the processes that `recipe apply --nproc N` launches.
@@ -51,6 +57,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", "-o", type=Path, help="run folder (default: the recipe's output.dir)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout (progress goes to stderr)")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress view")
+    p.add_argument("--fresh", action="store_true",
+                   help="rerun every stage, ignoring finished stages of an earlier run in the run folder")  # fmt: skip
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="run on N processes on this machine (through torch.distributed.run)")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true",
@@ -83,21 +91,33 @@ def launch(args, recipe) -> Report | None:
     if stale.exists():
         stale.unlink()  # so that a report read afterwards is this run's
     env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    finished = subprocess.run(command, env=env, check=False)
+    if args.fresh:
+        command.append("--fresh")
+    child = subprocess.Popen(command, env=env)
+    try:
+        returncode = child.wait()
+    except KeyboardInterrupt:  # pass the interruption on, and let the processes write their report
+        child.send_signal(signal.SIGTERM)
+        returncode = child.wait()
     try:
         data = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        stderr.print(f"[red]error:[/] the {args.nproc} processes ended (exit {finished.returncode}) without a report")
+        stderr.print(f"[red]error:[/] the {args.nproc} processes ended (exit {returncode}) without a report")
         return None
     report = Report.from_json(data)
     if report.status == "running":  # a rank died and the launcher stopped the others
         report.status = "stage_failed"
         report.error = {"stage": None, "type": "ProcessFailed",
-                        "message": f"a process failed (exit {finished.returncode}); its error is shown above"}  # fmt: skip
+                        "message": f"a process failed (exit {returncode}); its error is shown above"}  # fmt: skip
     return report
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the run as cleanly as Ctrl-C
     from compose.executor import Executor, RunOptions
     from compose.progress import Progress
     from compose.report import render_table
@@ -131,7 +151,8 @@ def run(args) -> int:
     else:
         rank = int(os.environ.get("RANK", "0"))
         progress = Progress(console=Console(stderr=True), enabled=not args.quiet and rank == 0)
-        options = RunOptions(output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress)
+        options = RunOptions(output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress,
+                             fresh=args.fresh)  # fmt: skip
         with progress:
             report = Executor(recipe, host, options).run()
         if rank != 0 or os.environ.get(LAUNCHED_ENV):

@@ -33,6 +33,7 @@ exit codes:
   1  a gate failed (the report is written)
   2  the recipe is invalid, or a plugin failed to load (nothing ran)
   3  a stage failed at run time (earlier stages' artifacts and the report are kept)
+  130 interrupted by SIGINT/SIGTERM (finished stages are kept; apply again to resume)
 
 environment:
   RECIPE_COMPOSE_PLUGINS  comma-separated plugin names to load (empty: none)

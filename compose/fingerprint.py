@@ -1,0 +1,95 @@
+"""Fingerprints of everything that determines each stage's result, for resuming runs.
+
+A stage's fingerprint chains the previous stage's with the stage's own recipe
+entry (name, plugin, settings with defaults) and its plugin's package and
+version. The first link covers the model source (the bytes of a local model's
+files), the task with the bytes of its data files, and the seed. Evaluation
+settings have a fingerprint of their own: changing them re-evaluates, it does
+not retrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from compose.recipe import Recipe, model_folder
+
+_CHUNK = 1 << 20
+_file_cache: dict[tuple, str] = {}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (memoised on path, size and modification time)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _file_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        _file_cache[key] = digest.hexdigest()
+    return _file_cache[key]
+
+
+def folder_digest(folder: Path) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return _hash([(str(p.relative_to(folder)), file_digest(p)) for p in files])
+
+
+def _source_digest(spec: Mapping) -> Any:
+    if "hub" in spec:
+        return {"hub": spec["hub"], "revision": spec.get("revision")}
+    if "config" in spec:
+        return {"config": spec["config"]}
+    folder = model_folder(spec)
+    if folder is None or not folder.is_dir():
+        return {"missing": str(folder)}
+    return {"folder": folder_digest(folder)}
+
+
+def _data_digest(task: Mapping) -> dict:
+    out = {}
+    for split, spec in task["data"].items():
+        source = dict(spec)
+        for key in ("path", "data_files"):
+            if spec.get(key) and Path(spec[key]).is_file():
+                source[key] = file_digest(Path(spec[key]))
+        out[split] = source
+    return out
+
+
+def stage_fingerprints(recipe: Recipe, host) -> list[str]:
+    """Fingerprints of the input row and of every stage, in order."""
+    data = recipe.data
+    model = data["model"]
+    base = {
+        "model": {k: v for k, v in model.items() if k not in ("path", "package", "hub", "revision", "config")},
+        "source": _source_digest(model),
+        "tokenizer": _source_digest(model["tokenizer"]) if model.get("tokenizer") else None,
+        "task": {**{k: v for k, v in data["task"].items() if k != "data"}, "data": _data_digest(data["task"])},
+        "seed": data["seed"],
+    }
+    fingerprints = [_hash(base)]
+    for index, stage in enumerate(data["stages"], start=1):
+        plugin = host.stages[stage["uses"]].plugin if host is not None and stage["uses"] in host.stages else None
+        link = {
+            "previous": fingerprints[-1],
+            "index": index,
+            "stage": stage,
+            "plugin": [plugin.package, plugin.version] if plugin else None,
+        }
+        fingerprints.append(_hash(link))
+    return fingerprints
+
+
+def evaluation_fingerprint(recipe: Recipe) -> str:
+    data = recipe.data
+    split = data["evaluate"]["split"]
+    return _hash({"evaluate": data["evaluate"], "split": _data_digest({"data": {split: data["task"]["data"][split]}})})
