@@ -105,14 +105,15 @@ def _why(exc: BaseException) -> str:
 def count_parameters(model) -> int:
     """Parameters the model computes with, counting packed quantized weights at their logical size.
 
-    A layer whose weight is stored packed (no ``weight`` parameter but
+    A layer whose weight is stored packed (no ``weight`` tensor but
     ``in_features``/``out_features``, as GPTQ's quantized linear layers have) counts
     ``in_features * out_features`` (+ bias).
     """
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if weight is None and hasattr(module, "in_features") and hasattr(module, "out_features"):
+        packed = not isinstance(weight, torch.Tensor)  # absent, or a packing's metadata object
+        if packed and hasattr(module, "in_features") and hasattr(module, "out_features"):
             if isinstance(getattr(module, "in_features"), int) and isinstance(getattr(module, "out_features"), int):
                 total += module.in_features * module.out_features
                 bias = getattr(module, "bias", None)
