@@ -31,6 +31,8 @@ class PlanView:
     index:     the position of the stage being checked.
     facts:     the facts about the model when the stage starts.
     recipe:    the whole resolved recipe (plain dicts).
+    model_config: the model's config.json as a dict, where it can be read without
+               loading the model (inline config, local folder, package); else None.
     """
 
     family: str
@@ -39,6 +41,7 @@ class PlanView:
     index: int
     facts: Mapping[str, bool]
     recipe: Mapping[str, Any] = field(default_factory=dict)
+    model_config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,18 +152,23 @@ def run_stage_checks(
     extensions: Mapping[str, TrainingExtension] | None = None,
 ) -> list[RuleFinding]:
     """Each stage type's own ``check``, and the checks of the training extensions it uses."""
+    from compose.recipe import model_config_dict
+
+    model_config = model_config_dict(recipe["model"])
     facts = initial_facts(recipe)
     stages = tuple((name, stage.name, s) for (name, stage), s in zip(named, settings))
     findings = []
     for index, ((name, stage), stage_settings) in enumerate(zip(named, settings)):
-        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe)
+        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe, model_config)
         checks = []
         if stage.check is not None:
             checks.append((stage.check, stage_settings, ()))
         for at in training_settings_paths(stage.schema):
             training = _get(stage_settings, at)
+            if not isinstance(training, Mapping):
+                continue  # e.g. an optional training block left out (recovery: null)
             for ext_name, ext in (extensions or {}).items():
-                value = training.get(ext_name) if isinstance(training, Mapping) else None
+                value = training.get(ext_name, ext.schema.get("default"))
                 if ext.check is not None and value != ext.schema.get("default"):
                     checks.append((ext.check, value, at + (ext_name,)))
         for check, value, at in checks:

@@ -206,5 +206,6 @@ def test_apply_train_then_gptq_end_to_end(write_recipe, tmp_path, capsys):
     assert q["details"]["linear_bytes_ratio"] <= 1 / 6 and q["details"]["bits"] == 4
     assert ft["metric"]["value"] >= 0.9 and q["retained"] >= 0.95
     assert q["weights_bytes"] < ft["weights_bytes"]
+    assert q["params"] == ft["params"]  # packed layers count at their logical size
     model, tokenizer = load_artifact(q["artifact"])
     assert len(_packed(model)) == 2 * LINEARS_PER_BLOCK and tokenizer is not None
