@@ -230,7 +230,7 @@ def train_model(
                                   ctx.progress, f"{ctx.name}: evaluating epoch {epoch}")  # fmt: skip
                 history.append({"epoch": epoch, "step": step, result.metric: result.value})
                 ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no autocast left on forward
     for callback in setup.on_train_end:
         model = callback(model) or model
     model.eval()

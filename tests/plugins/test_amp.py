@@ -57,3 +57,13 @@ def test_amp_on_a_stage_that_does_not_train_is_an_unknown_key(write_recipe):
     host.register(Quantizer())
     with pytest.raises(RecipeError, match="unknown key 'amp'"):
         load_recipe(write_recipe("- {name: q, uses: quantize, with: {amp: bf16}}"), host=host)
+
+
+def test_the_trained_model_runs_in_fp32_again_after_bf16_training(make_context, tiny_bert):
+    _, trained = activation_dtypes(make_context, tiny_bert, "{max_steps: 1, amp: bf16}")
+    seen = []
+    query = trained.bert.encoder.layer[0].attention.self.query
+    handle = query.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    trained(input_ids=torch.tensor([[2, 5, 6, 3]]))
+    handle.remove()
+    assert seen == [torch.float32]  # evaluation and later stages are not silently in bf16
