@@ -83,4 +83,4 @@ class Progress:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)

@@ -36,7 +36,7 @@ def print_problems(problems: list[Problem], *, as_json: bool = False) -> None:
     for p in problems:
         style = "red" if p.severity == "error" else "yellow"
         stderr.print(f"[{style}]{p.severity}[/]: ", end="")
-        stderr.print(p.format(), markup=False)
+        stderr.print(p.format(), markup=False, soft_wrap=True)
 
 
 def dump_json(data) -> None:

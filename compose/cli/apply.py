@@ -160,7 +160,7 @@ def run(args) -> int:
     render_table(report, Console(stderr=args.json))
     if report.error:
         stderr.print(f"[red]error:[/] stage '{report.error['stage']}' failed: ", end="")
-        stderr.print(f"{report.error['type']}: {report.error['message']}", markup=False)
+        stderr.print(f"{report.error['type']}: {report.error['message']}", markup=False, soft_wrap=True)
         stderr.print("Earlier stages' artifacts and the report are kept.")
     if args.json:
         dump_json(report.to_json())

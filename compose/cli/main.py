@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         return args.handler(args)
     except CommandError as exc:
         stderr.print("[red]error:[/] ", end="")
-        stderr.print(str(exc), markup=False)
+        stderr.print(str(exc), markup=False, soft_wrap=True)
         return exc.code
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
