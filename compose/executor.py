@@ -274,6 +274,7 @@ class Executor:
             progress=self.progress,
             recipe=self.recipe.data,
             plugin_host=self.host,
+            fingerprint=self.fingerprints[index],
         )
         started = time.perf_counter()
         try:

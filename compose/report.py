@@ -41,7 +41,7 @@ class StageRow:
 
     def to_json(self) -> dict:
         out = asdict(self)
-        out["metric"] = {"name": self.metric, "value": self.value}
+        out["metric"] = {"name": self.metric, "value": out.pop("value")}
         return out
 
 

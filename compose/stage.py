@@ -106,6 +106,8 @@ class StageContext:
     progress:     a ``compose.api.Progress``: ``with ctx.progress.track("step", total=n) as bar: bar.advance()``.
     recipe:       the whole resolved recipe (plain dicts), read-only.
     plugin_host:  the host, for ``load_artifact`` of saved models.
+    fingerprint:  identifies everything that determines this stage's result
+                  (a checkpoint in ``work_dir`` is only resumed when it matches).
     """
 
     name: str
@@ -121,6 +123,7 @@ class StageContext:
     progress: Any
     recipe: Mapping[str, Any]
     plugin_host: Any = None
+    fingerprint: str = ""
 
     def log(self, message: str) -> None:
         """Print a line under the stage's progress (shown in the terminal, not in --json output)."""

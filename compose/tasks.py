@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any, Mapping
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from compose.data import read_split
 from compose.errors import DataError
@@ -87,12 +87,11 @@ class Task(abc.ABC):
             rows = rows[:limit]
         if shard is not None:
             rows = rows[shard[0] :: shard[1]]
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None
+        sampler = EpochShuffle(len(rows), self.seed if seed is None else seed) if shuffle else None
         return DataLoader(
             rows,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             collate_fn=partial(self.collate, tokenizer=tokenizer, with_labels=with_labels),
         )
 
@@ -125,6 +124,27 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def compute_metric(self, state: dict, name: str | None = None) -> float:
         """Implemented by each task."""
+
+
+class EpochShuffle(Sampler):
+    """A new order on every pass, drawn from (seed, pass number) alone.
+
+    So a training run resumed at pass ``epoch`` (set the attribute before
+    iterating) sees exactly the order an uninterrupted run saw.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 class SequenceClassificationTask(Task):

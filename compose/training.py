@@ -11,10 +11,12 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
+from compose import checkpoint
 from compose.distributed import gather_objects
 from compose.evaluation import evaluate
 
@@ -74,6 +76,7 @@ class TrainingSummary:
     history: list = field(default_factory=list)  # per-epoch evaluations
     processes: int = 1
     setup: dict = field(default_factory=dict)  # TrainingSetup.notes
+    resumed_from_step: int | None = None  # the in-stage checkpoint this run resumed from
     #: With several processes: whether every rank ended with bit-identical parameters.
     parameters_in_sync: bool | None = None
 
@@ -86,6 +89,7 @@ class TrainingSummary:
             "history": self.history,
             "processes": self.processes,
             "setup": self.setup,
+            "resumed_from_step": self.resumed_from_step,
             "parameters_in_sync": self.parameters_in_sync,
         }
 
@@ -168,6 +172,7 @@ def train_model(
 
     loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed,
                               shard=setup.data_shard)  # fmt: skip
+    sampler = loader.sampler  # its pass number fixes the order (see EpochShuffle)
     if len(loader) == 0:
         raise ValueError(f"split '{settings['split']}' has no rows to train on")
     optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))
@@ -195,11 +200,31 @@ def train_model(
     start = time.perf_counter()
     step, epoch, window, last_loss = 0, 0, [], None
     history = []
+    every = settings["checkpoint_every"] if setup.prepare_model and ctx.work_dir is not None else None
+    folder = Path(ctx.work_dir) / checkpoint.FOLDER if every else None
+    position = checkpoint.find(folder, ctx.fingerprint) if every else None
+    skip, random_state = 0, None
+    if position is not None:  # resume a killed run of this same stage
+        random_state = checkpoint.restore(folder, accelerator.unwrap_model(model), [accelerator.unwrap_model(m) for m in extra_modules],
+                           optimizer, scheduler)  # fmt: skip
+        step, epoch, skip, last_loss = position.step, position.epoch - 1, position.batches_in_epoch, position.last_loss
+        sampler.epoch = epoch  # replay the interrupted pass in the same order
+        accelerator.step = skip  # where gradient accumulation was in that pass
+        ctx.log(f"resuming from the checkpoint at step {step}")
     model.train()
     with ctx.progress.track(f"{ctx.name}: training", total=total_steps) as bar:
+        bar.advance(step)
         while step < total_steps:
             epoch += 1
+            consumed = 0
             for batch in loader:
+                consumed += 1
+                if skip:  # batches the checkpointed run had already trained on
+                    skip -= 1
+                    continue
+                if random_state is not None:  # dropout draws as the uninterrupted run's
+                    torch.set_rng_state(random_state)
+                    random_state = None
                 with accelerator.accumulate(model):
                     loss = loss_fn(model, batch)
                     accelerator.backward(loss)
@@ -224,19 +249,27 @@ def train_model(
                     bar.update(description=f"{ctx.name}: training (loss {last_loss:.4f})")
                 if step >= total_steps:
                     break
+                if every and step % every == 0:
+                    if accelerator.is_main_process:
+                        checkpoint.save(folder, ctx.fingerprint, checkpoint.Position(step, epoch, consumed, last_loss),
+                                        accelerator.unwrap_model(model),
+                                        [accelerator.unwrap_model(m) for m in extra_modules], optimizer, scheduler)  # fmt: skip
+                    accelerator.wait_for_everyone()
             between = settings["eval_every_epoch"] and setup.evaluate_between_epochs
             if between and step < total_steps:  # the stage's own evaluation follows the last
                 result = evaluate(model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], accelerator.device,
                                   ctx.progress, f"{ctx.name}: evaluating epoch {epoch}")  # fmt: skip
                 history.append({"epoch": epoch, "step": step, result.metric: result.value})
                 ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
+    if folder is not None and accelerator.is_main_process:
+        checkpoint.remove(folder)  # the stage's artifact is the result now
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no autocast left on forward
     for callback in setup.on_train_end:
         model = callback(model) or model
     model.eval()
     epochs_done = step / steps_per_epoch
     summary = TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history,
-                              setup=setup.notes)  # fmt: skip
+                              setup=setup.notes, resumed_from_step=position.step if position else None)  # fmt: skip
     if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
         digests = gather_objects(parameters_digest(model))
         summary.processes = len(digests)

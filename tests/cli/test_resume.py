@@ -97,3 +97,34 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path, 
         got, want = weights(run, stage), weights(reference, stage)
         assert got.keys() == want.keys()
         assert all((got[k] == want[k]).all() for k in want), stage
+
+
+def test_a_long_stage_killed_mid_way_resumes_from_its_checkpoint(write_recipe, tmp_path):
+    stage = ("- {name: long, uses: train, with: {max_steps: 200, batch_size: 16, learning_rate: 1.0e-3, "
+             "checkpoint_every: 10, eval_every_epoch: false}}\n")  # fmt: skip
+    recipe = write_recipe(stage)
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(reference), "-q"], check=True, timeout=600)
+
+    child = subprocess.Popen([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    meta = run / "stages" / "01-long" / "work" / "checkpoint" / "meta.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and child.poll() is None:
+        try:
+            if json.loads(meta.read_text())["step"] >= 30:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    killed_at = json.loads(meta.read_text())["step"]
+    assert killed_at < 200, "the stage finished before it could be killed"
+
+    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"], check=True, timeout=600)
+    training = report_of(run)["stages"][1]["details"]["training"]
+    assert training["resumed_from_step"] >= killed_at and training["steps"] == 200
+    assert not meta.parent.exists()  # removed once the stage finished
+    got, want = weights(run, "long"), weights(reference, "long")
+    assert all((got[k] == want[k]).all() for k in want)  # exactly the uninterrupted result

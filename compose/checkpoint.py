@@ -1,0 +1,78 @@
+"""Checkpoints inside a training stage, so that a killed stage resumes where it was.
+
+A checkpoint is a folder in the stage's work folder: the weights (safetensors), the
+optimizer and schedule state and the random state (``torch.save``, read back with
+``weights_only=True``), and ``meta.json`` with the step, the pass over the data and
+the stage's fingerprint. It is written under a temporary name and renamed into place;
+only a checkpoint whose fingerprint matches the stage's is ever resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+FOLDER = "checkpoint"
+
+
+@dataclass(frozen=True)
+class Position:
+    step: int  # optimizer steps done
+    epoch: int  # passes over the data started (1-based)
+    batches_in_epoch: int  # batches of that pass already consumed
+    last_loss: float | None
+
+
+def save(folder: Path, fingerprint: str, position: Position, model, modules, optimizer, scheduler) -> None:
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    for index, module in enumerate(modules):
+        save_model(module, str(tmp / f"module{index}.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+        tmp / "state.pt",
+    )
+    meta = {"fingerprint": fingerprint, **position.__dict__}
+    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find(folder: Path, fingerprint: str) -> Position | None:
+    """The position of a resumable checkpoint for this fingerprint, if there is one."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not fingerprint or meta.get("fingerprint") != fingerprint:
+        return None
+    return Position(meta["step"], meta["epoch"], meta["batches_in_epoch"], meta["last_loss"])
+
+
+def restore(folder: Path, model, modules, optimizer, scheduler) -> torch.Tensor:
+    """Load the states; return the random state, to set right before the next batch trains
+    (creating the data iterator draws from the random state, so it cannot be set earlier)."""
+    folder = Path(folder)
+    load_model(model, str(folder / "model.safetensors"))
+    for index, module in enumerate(modules):
+        load_model(module, str(folder / f"module{index}.safetensors"))
+    state = torch.load(folder / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["rng"]
+
+
+def remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
