@@ -71,38 +71,24 @@ class _Builder:
         self.loader = loader
         self.count = 0
 
+    def fail(self, message: str, path: str, node) -> YamlSourceError:
+        mark = node.start_mark
+        return YamlSourceError(Problem(message, path, self.file, mark.line + 1, mark.column + 1))
+
     def build(self, node, depth=0, path="$"):
         self.count += 1
         if self.count > MAX_NODES:
-            raise YamlSourceError(
-                Problem(
-                    f"the file expands to more than {MAX_NODES} values (deeply nested "
-                    "aliases?); recipes this large are refused",
-                    path,
-                    self.file,
-                    node.start_mark.line + 1,
-                    node.start_mark.column + 1,
-                )
+            raise self.fail(
+                f"the file expands to more than {MAX_NODES} values (deeply nested aliases?); "
+                "recipes this large are refused",
+                path,
+                node,
             )
         if depth > MAX_DEPTH:
-            raise YamlSourceError(
-                Problem(
-                    f"nesting deeper than {MAX_DEPTH} levels is refused",
-                    path,
-                    self.file,
-                    node.start_mark.line + 1,
-                    node.start_mark.column + 1,
-                )
-            )
+            raise self.fail(f"nesting deeper than {MAX_DEPTH} levels is refused", path, node)
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
-            raise YamlSourceError(
-                Problem(
-                    f"the tag {node.tag} is not allowed (only plain YAML values are allowed in a recipe)",
-                    path,
-                    self.file,
-                    node.start_mark.line + 1,
-                    node.start_mark.column + 1,
-                )
+            raise self.fail(
+                f"the tag {node.tag} is not allowed (only plain YAML values are allowed in a recipe)", path, node
             )
         if isinstance(node, yaml.MappingNode):
             explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
@@ -113,24 +99,16 @@ class _Builder:
             for index, (key_node, value_node) in enumerate(node.value):
                 key = self.build(key_node, depth + 1, path)
                 if isinstance(key, (dict, list)):
-                    raise YamlSourceError(
-                        Problem("a mapping key must be a plain value", path, self.file,
-                                key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-                    )
+                    raise self.fail("a mapping key must be a plain value", path, key_node)
                 if not isinstance(key, str):
                     key = str(key) if not isinstance(key, bool) else str(key).lower()
                 child_path = f"{path}.{key}"
                 if key in out and index >= merged and out.key_locations[key] is not None:
                     first = out.key_locations[key]
-                    raise YamlSourceError(
-                        Problem(
-                            f"duplicate key '{key}' (first written at line {first.line}); "
-                            "delete one of them",
-                            child_path,
-                            self.file,
-                            key_node.start_mark.line + 1,
-                            key_node.start_mark.column + 1,
-                        )
+                    raise self.fail(
+                        f"duplicate key '{key}' (first written at line {first.line}); delete one of them",
+                        child_path,
+                        key_node,
                     )
                 out[key] = self.build(value_node, depth + 1, child_path)
                 # keys brought in by a merge (<<) may be overridden without complaint
@@ -149,15 +127,7 @@ class _Builder:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            raise YamlSourceError(
-                Problem(
-                    f"{exc.problem} (only plain YAML values are allowed in a recipe)",
-                    path,
-                    self.file,
-                    node.start_mark.line + 1,
-                    node.start_mark.column + 1,
-                )
-            ) from None
+            raise self.fail(f"{exc.problem} (only plain YAML values are allowed in a recipe)", path, node) from None
 
 
 def parse_yaml_text(text: str, file: str):
