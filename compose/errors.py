@@ -65,3 +65,36 @@ class DataError(ComposeError):
 
 class ModelLoadError(ComposeError):
     """A model or tokenizer could not be loaded."""
+
+
+class OutOfMemory(ComposeError):
+    """A stage ran out of memory."""
+
+
+class DiskFull(ComposeError):
+    """The disk filled up while a stage's results were written."""
+
+
+def explain_failure(exc: BaseException, run_dir=None) -> BaseException:
+    """Out-of-memory and disk-full failures as messages that say what to do; others unchanged."""
+    import errno
+
+    oom_types = (MemoryError,)
+    try:
+        import torch
+
+        oom_types += (torch.OutOfMemoryError,)
+    except (ImportError, AttributeError):  # pragma: no cover - older torch
+        pass
+    if isinstance(exc, oom_types):
+        return OutOfMemory(
+            f"out of memory ({exc}); lower the stage's batch_size, or turn on `checkpointing: true` "
+            "for stages that train; finished stages are kept, so `recipe apply` resumes after them"
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" in {run_dir}" if run_dir else ""
+        return DiskFull(
+            f"the disk is full{where} ({exc.strerror}); the partial files were removed and finished stages "
+            "are kept: free some space and run `recipe apply` again to resume"
+        )
+    return exc

@@ -11,7 +11,7 @@ import yaml
 
 from compose.artifacts import load_artifact, save_artifact, size_on_disk
 from compose.distributed import Ranks, init_ranks
-from compose.errors import ComposeError, StageFailed
+from compose.errors import ComposeError, StageFailed, explain_failure
 from compose.evaluation import evaluate
 from compose.modeling import count_parameters, load_model, load_tokenizer
 from compose.progress import Progress
@@ -282,7 +282,7 @@ class Executor:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - reported as a failed stage, exit code 3
-            raise StageFailed(name, exc) from exc
+            raise StageFailed(name, explain_failure(exc, self.run_dir)) from exc
         seconds = time.perf_counter() - started
         if result is not None and not isinstance(result, StageResult):
             raise StageFailed(name, TypeError(f"plugin returned {type(result).__name__}, expected StageResult or None"))
@@ -294,5 +294,5 @@ class Executor:
         except ComposeError:
             raise
         except Exception as exc:  # noqa: BLE001 - saving or evaluating the stage's model failed
-            raise StageFailed(name, exc) from exc
+            raise StageFailed(name, explain_failure(exc, self.run_dir)) from exc
         return model, tokenizer, row

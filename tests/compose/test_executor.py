@@ -1,0 +1,39 @@
+"""The executor with plugins that misbehave, and models that cannot be loaded."""
+
+import json
+
+from compose import hookimpl
+from compose.api import StageType
+from compose.cli.main import main
+from compose.executor import Executor, RunOptions
+from compose.plugin_host import create_host
+from compose.recipe import load_recipe
+
+
+class Exploding:
+    @hookimpl
+    def compose_register_stages(self, register):
+        def run(ctx):
+            raise RuntimeError("the plugin broke half-way")
+
+        register(StageType("explode", run, {"type": "object"}, "raises mid-stage"))
+
+
+def test_a_plugin_raising_mid_stage_fails_that_stage_and_keeps_earlier_ones(write_recipe, tmp_path):
+    host = create_host()
+    host.register(Exploding())
+    stages = "- {name: ft, uses: train, with: {max_steps: 2}}\n- {name: boom, uses: explode}\n"
+    recipe = load_recipe(write_recipe(stages), host=host)
+    report = Executor(recipe, host, RunOptions(output_dir=tmp_path / "run")).run()
+    assert report.exit_code == 3 and report.status == "stage_failed"
+    assert report.error == {"stage": "boom", "type": "RuntimeError", "message": "the plugin broke half-way"}
+    assert (tmp_path / "run" / "stages" / "01-ft" / "model" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][1]["name"] == "ft"
+
+
+def test_a_model_folder_that_does_not_exist_exits_3_with_the_cause(write_recipe, tmp_path, capsys):
+    recipe = write_recipe("- {name: ft, uses: train, with: {max_steps: 2}}\n")
+    overrides = [f"model.path={tmp_path / 'no-such-model'}", "~model.config", "~model.tokenizer"]
+    assert main(["apply", str(recipe), *overrides, "--output", str(tmp_path / "run"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "no-such-model does not exist" in err and "Traceback" not in err
