@@ -58,10 +58,11 @@ def agreement_and_kl(base_dir: str, other_dir: str) -> dict:
     import torch
 
     from compose.api import load_artifact
+    from compose.plugin_host import create_host
     from compose.recipe import load_recipe
     from compose.tasks import build_task
 
-    recipe = load_recipe(RECIPES / "compress.yaml")
+    recipe = load_recipe(RECIPES / "compress.yaml", host=create_host())
     task = build_task(recipe.data["task"], recipe.data["seed"])
     base, tokenizer = load_artifact(base_dir)
     other, _ = load_artifact(other_dir)
