@@ -78,6 +78,9 @@ def stage(report: dict, index: int = 1) -> dict:
 
 
 def main() -> None:
+    from compose.quiet import quiet_libraries
+
+    quiet_libraries()
     started = time.time()
     base = apply("base")
     reports = {name: apply(name) for name in QUANTIZED + PRUNED + DISTILLED}
