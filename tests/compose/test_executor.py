@@ -37,3 +37,14 @@ def test_a_model_folder_that_does_not_exist_exits_3_with_the_cause(write_recipe,
     assert main(["apply", str(recipe), *overrides, "--output", str(tmp_path / "run"), "-q"]) == 3
     err = capsys.readouterr().err
     assert "no-such-model does not exist" in err and "Traceback" not in err
+
+
+def test_a_hub_model_while_offline_exits_3_naming_the_cause(write_recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = write_recipe("- {name: ft, uses: train, with: {max_steps: 2}}\n")
+    overrides = ["model.hub=someone/a-model-that-is-not-cached", "~model.config", "~model.tokenizer"]
+    assert main(["apply", str(recipe), *overrides, "--output", str(tmp_path / "run"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "someone/a-model-that-is-not-cached" in err and "Traceback" not in err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["error"]["stage"] == "input"
