@@ -15,9 +15,9 @@ from compose.cli.main import main
 
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
 STAGES = """\
-- {name: a, uses: train, with: {max_steps: 12, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}
-- {name: b, uses: train, with: {max_steps: 12, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}
-- {name: c, uses: train, with: {max_steps: 12, batch_size: 16, learning_rate: 5.0e-4, eval_every_epoch: false}}
+- {name: a, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}
+- {name: b, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}
+- {name: c, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 5.0e-4, eval_every_epoch: false}}
 """
 
 
@@ -77,7 +77,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path, 
     deadline = time.time() + 300
     while not list(run.glob("stages/01-a/stage.json")) and time.time() < deadline and child.poll() is None:
         time.sleep(0.05)
-    time.sleep(random.Random(int(how)).uniform(0.0, 1.5))
+    time.sleep(random.Random(int(how)).uniform(0.0, 0.5))  # stage b takes longer than that
     child.send_signal(how)
     code = child.wait(timeout=300)
     assert code != 0, "the run finished before the signal arrived"
