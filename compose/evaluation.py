@@ -9,6 +9,7 @@ from typing import Mapping
 import torch
 
 from compose.distributed import current_ranks, gather_objects
+from compose.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -41,25 +42,22 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
     timings = []
     examples = 0
     timed = settings.get("latency_batches", 20)
-    bar_cm = progress.track(description, total=len(loader)) if progress is not None else None
-    bar = bar_cm.__enter__() if bar_cm is not None else None
+    progress = progress or Progress(enabled=False)
     try:
-        for index, batch in enumerate(loader):
-            batch = _to(batch, device)
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            _sync(device)
-            start = time.perf_counter()
-            outputs = model(**inputs)
-            _sync(device)
-            if index <= timed:
-                timings.append(time.perf_counter() - start)
-            task.update_metric(state, outputs, batch)
-            examples += len(next(iter(inputs.values())))
-            if bar is not None:
+        with progress.track(description, total=len(loader)) as bar:
+            for index, batch in enumerate(loader):
+                batch = _to(batch, device)
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                _sync(device)
+                start = time.perf_counter()
+                outputs = model(**inputs)
+                _sync(device)
+                if index <= timed:
+                    timings.append(time.perf_counter() - start)
+                task.update_metric(state, outputs, batch)
+                examples += len(next(iter(inputs.values())))
                 bar.advance()
     finally:
-        if bar_cm is not None:
-            bar_cm.__exit__(None, None, None)
         model.train(was_training)
     metric_name = settings.get("metric") or task.spec.get("metric")
     timed_batches = timings[1:] or timings  # the first batch warms up (unless it is the only one)

@@ -99,10 +99,6 @@ class Report:
             "interrupted": EXIT_INTERRUPTED,
         }.get(self.status, EXIT_STAGE_FAILED)
 
-    @staticmethod
-    def from_json(data: dict) -> "Report":
-        return report_from_json(data)
-
     def to_json(self) -> dict[str, Any]:
         base = self.baseline
         return {

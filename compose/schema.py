@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from importlib import resources
 from typing import Any, Mapping
@@ -15,9 +16,14 @@ TRAINING_MARKER = "x-compose-training"
 
 
 def load_core_schema(filename: str) -> dict:
-    """A schema file shipped in schemas/ (installed as ``compose.schemas``)."""
+    """A schema file shipped in schemas/ (installed as ``compose.schemas``); a fresh copy each call."""
+    return inline_shared_refs(copy.deepcopy(_read_schema(filename)))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_schema(filename: str) -> dict:
     text = resources.files("compose.schemas").joinpath(filename).read_text(encoding="utf-8")
-    return inline_shared_refs(json.loads(text))
+    return json.loads(text)
 
 
 def recipe_schema() -> dict:

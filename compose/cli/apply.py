@@ -13,10 +13,10 @@ from pathlib import Path
 from rich.console import Console
 
 from compose.cli._common import CommandError, dump_json, host_or_exit, print_problems, stderr
+from compose.distributed import launched_world_size
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
-from compose.distributed import launched_world_size
-from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, RESOLVED_RECIPE, Report
+from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, RESOLVED_RECIPE, Report, report_from_json
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\
@@ -104,7 +104,7 @@ def launch(args, recipe) -> Report | None:
     except (OSError, ValueError):
         stderr.print(f"[red]error:[/] the {args.nproc} processes ended (exit {returncode}) without a report")
         return None
-    report = Report.from_json(data)
+    report = report_from_json(data)
     if report.status == "running":  # a rank died and the launcher stopped the others
         report.status = "stage_failed"
         report.error = {"stage": None, "type": "ProcessFailed",
