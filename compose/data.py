@@ -1,4 +1,4 @@
-"""Read a task's data splits: local TSV/CSV/JSONL files, or Hugging Face datasets."""
+"""Read a task's data splits: local TSV/CSV/JSONL/plain-text files, or Hugging Face datasets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Mapping
 
 from compose.errors import DataError
 
-_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
+            ".txt": "text", ".raw": "text", ".tokens": "text"}  # fmt: skip
 
 
 def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[dict]:
@@ -40,12 +41,19 @@ def read_file(path: Path, fmt: str, columns: list[str], split: str) -> list[dict
         if fmt is None:
             raise DataError(
                 f"split '{split}': cannot tell the format of {path.name} from its extension; "
-                "set format: tsv, csv or jsonl"
+                "set format: tsv, csv, jsonl or text"
             )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"split '{split}': {path} is not UTF-8 text (offset {exc.start})") from None
+    if fmt == "text":  # one row per line, under the task's text column (WikiText and the like)
+        if len(columns) != 1:
+            raise DataError(
+                f"split '{split}': {path} is plain text (one column), but the task reads "
+                f"{', '.join(repr(c) for c in columns)}; use a TSV, CSV or JSONL file"
+            )
+        return [{columns[0]: line} for line in text.splitlines()]
     if fmt == "jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):

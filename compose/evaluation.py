@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 
 from compose.distributed import current_ranks, gather_objects
 from compose.progress import Progress
+from compose.tasks import METRICS
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Evaluation:
     higher_is_better: bool
     latency_ms: float | None  # mean forward time per batch (first batch excluded as warm-up)
     examples: int
+    metrics: dict = field(default_factory=dict)  # every metric the task computes, by name
 
 
 def _sync(device) -> None:
@@ -50,7 +52,7 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 _sync(device)
                 start = time.perf_counter()
-                outputs = model(**inputs)
+                outputs = task.predict(model, inputs, tokenizer)
                 _sync(device)
                 if index <= timed:
                     timings.append(time.perf_counter() - start)
@@ -59,7 +61,7 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
                 bar.advance()
     finally:
         model.train(was_training)
-    metric_name = settings.get("metric") or task.spec.get("metric")
+    metric_name = settings.get("metric") or task.metric_name
     timed_batches = timings[1:] or timings  # the first batch warms up (unless it is the only one)
     latency = 1000 * sum(timed_batches) / len(timed_batches) if timed_batches else None
     if ranks.distributed:  # every example was evaluated by exactly one rank
@@ -69,4 +71,6 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
         latency = sum(latencies) / len(latencies) if latencies else None
         examples = sum(g[2] for g in gathered)
     value = task.compute_metric(state, metric_name)
-    return Evaluation(metric_name, value, task.metric.higher_is_better, latency, examples)
+    metrics = {name: task.compute_metric(state, name) for name in task.metric_names}
+    higher = METRICS[metric_name].higher_is_better
+    return Evaluation(metric_name, value, higher, latency, examples, metrics)

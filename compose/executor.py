@@ -19,7 +19,7 @@ from compose.recipe import Recipe
 from compose.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, row_from_json, write_json_atomic
 from compose.stage import StageContext, StageResult
-from compose.tasks import build_task
+from compose.tasks import METRICS, build_task
 
 INPUT_ROW = "input"
 #: Written beside each finished stage's model: its fingerprint and its report row.
@@ -81,6 +81,7 @@ class Executor:
             size_bytes=size,
             weights_bytes=weights,
             latency_ms=result.latency_ms,
+            metrics=result.metrics,
             seconds=round(seconds, 3),
             artifact=str(artifact) if artifact else None,
             details=details or {},
@@ -133,8 +134,8 @@ class Executor:
         report = Report(
             recipe=str(self.recipe.source),
             run_dir=str(self.run_dir),
-            metric=data["evaluate"]["metric"] or data["task"]["metric"],
-            higher_is_better=task.metric.higher_is_better,
+            metric=data["evaluate"]["metric"] or task.metric_name,
+            higher_is_better=METRICS[data["evaluate"]["metric"] or task.metric_name].higher_is_better,
             baseline_stage=baseline_stage(self.recipe),
             gates=[
                 GateResult(g.get("stage", "final"), g.get("min_retained"), g.get("min_metric"), None, None, None)
@@ -161,8 +162,9 @@ class Executor:
                 transformers.set_seed(data["seed"])
                 stages_bar.update(description="loading the model")
                 t0 = time.perf_counter()
-                tokenizer = load_tokenizer(data["model"])
-                model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code)
+                tokenizer = load_tokenizer(data["model"], task)
+                model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code,
+                                   tokenizer=tokenizer)  # fmt: skip
                 model.to(self.device)
                 row = self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0)
                 self._record(0, row)

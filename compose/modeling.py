@@ -59,10 +59,47 @@ def _source(spec: Mapping[str, Any]) -> tuple[str, dict]:
     raise ModelLoadError("the recipe gives no model source")
 
 
-def load_tokenizer(model_spec: Mapping[str, Any]):
+#: Special tokens of a tokenizer trained by ``model.tokenizer.train`` (T5's ids for the first three).
+TRAINED_SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>"}
+
+
+def train_tokenizer(texts: list[str], settings: Mapping[str, Any]):
+    """A byte-level BPE tokenizer learned from ``texts`` (deterministic for the same texts).
+
+    Every text it encodes with special tokens ends in ``</s>``; ``<unk>`` in the
+    text (as in WikiText's .tokens files) stays one token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(TRAINED_SPECIAL_TOKENS.values())
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=settings["vocab_size"],
+        min_frequency=settings["min_frequency"],
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    eos = tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **TRAINED_SPECIAL_TOKENS)
+
+
+def load_tokenizer(model_spec: Mapping[str, Any], task=None):
+    """The recipe's tokenizer: loaded from its source, or trained on the task's data (``train``)."""
     from transformers import AutoTokenizer
 
     spec = model_spec.get("tokenizer") or model_spec
+    if "train" in spec:
+        if task is None:
+            raise ModelLoadError("model.tokenizer.train needs the task's data")
+        return train_tokenizer(task.texts(spec["train"]["split"]), spec["train"])
     source, kwargs = _source(spec)
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
@@ -70,14 +107,35 @@ def load_tokenizer(model_spec: Mapping[str, Any]):
         raise ModelLoadError(f"cannot load the tokenizer from {source}: {_why(exc)}") from None
 
 
-def load_model(model_spec: Mapping[str, Any], task, *, allow_remote_code: bool = False):
-    """The model for the task, with its task head sized for the task."""
+def tokenizer_config_kwargs(tokenizer, settings: Mapping[str, Any], task_kind: str) -> dict:
+    """Config entries a model built from ``config`` takes from its tokenizer, unless the recipe gives them:
+    the vocabulary size and the special token ids (and T5's decoder start, its padding token)."""
+    if tokenizer is None:
+        return {}
+    wanted = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    if task_kind == "seq2seq":
+        wanted["decoder_start_token_id"] = tokenizer.pad_token_id
+    return {k: v for k, v in wanted.items() if v is not None and k not in settings}
+
+
+def load_model(model_spec: Mapping[str, Any], task, *, allow_remote_code: bool = False, tokenizer=None):
+    """The model for the task, with its task head sized for the task.
+
+    Built from ``config``, it takes its vocabulary size and special token ids from
+    ``tokenizer`` where the config does not give them.
+    """
     import transformers
 
     cls = auto_class(task.kind)
     trust = bool(model_spec.get("trust_remote_code")) and allow_remote_code
     if "config" in model_spec:
         settings = dict(model_spec["config"])
+        settings.update(tokenizer_config_kwargs(tokenizer, settings, task.kind))
         model_type = settings.pop("model_type")
         try:
             config = transformers.AutoConfig.for_model(model_type, **settings, **task_model_kwargs(task))

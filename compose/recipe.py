@@ -17,6 +17,7 @@ from compose.errors import Problem, RecipeError
 from compose.rules import check_families, check_order, run_stage_checks
 from compose.schema import fill_defaults, fill_recipe_defaults, recipe_schema
 from compose.stage import StageType
+from compose.tasks import TASK_METRICS
 from compose.validation import SchemaChecker, did_you_mean
 from compose.yaml_source import format_path, locate, to_plain
 
@@ -144,6 +145,8 @@ def _check_references(doc, checker: SchemaChecker, stage_names: dict) -> list[Pr
                     f"{did_you_mean(split, splits)}; add it or set evaluate.split",
                 )
             )
+    if isinstance(task, dict):
+        problems.extend(_check_task(doc, task, checker, splits))
     stages = doc.get("stages") if isinstance(doc, dict) else None
     if splits is not None and isinstance(stages, list):
         for i, stage in enumerate(stages):
@@ -168,6 +171,47 @@ def _check_references(doc, checker: SchemaChecker, stage_names: dict) -> list[Pr
                         f"{did_you_mean(name, list(stage_names) + ['final'])}",
                     )
                 )
+    return problems
+
+
+def _check_task(doc: dict, task: dict, checker: SchemaChecker, splits) -> list[Problem]:
+    """What task.kind decides: which metrics exist, which settings a seq2seq task needs."""
+    problems = []
+    kind = task.get("kind")
+    if kind not in TASK_METRICS:
+        return problems  # the schema reports it
+    names = TASK_METRICS[kind]
+    evaluate = doc.get("evaluate") if isinstance(doc.get("evaluate"), dict) else {}
+    for where, metric in ((("task", "metric"), task.get("metric")), (("evaluate", "metric"), evaluate.get("metric"))):
+        if isinstance(metric, str) and metric not in names:
+            problems.append(
+                checker.problem(
+                    where,
+                    f"a {kind} task has no metric '{metric}' (it has: {', '.join(names)}){did_you_mean(metric, names)}; "
+                    f"null picks {names[0]}",
+                )
+            )
+    if kind == "seq2seq" and task.get("targets") is None and task.get("target_column") is None:
+        problems.append(
+            checker.problem(
+                ("task", "kind"),
+                "a seq2seq task needs its target text: set task.targets (label value -> text, e.g. "
+                "{0: negative, 1: positive}) or task.target_column",
+            )
+        )
+    tokenizer = doc.get("model", {}).get("tokenizer") if isinstance(doc.get("model"), dict) else None
+    trained = tokenizer.get("train") if isinstance(tokenizer, dict) else None
+    if isinstance(trained, dict) and splits is not None:
+        split = trained.get("split", "train")
+        if isinstance(split, str) and split not in splits:
+            at = ("model", "tokenizer", "train", "split") if "split" in trained else ("model", "tokenizer", "train")
+            problems.append(
+                checker.problem(
+                    at,
+                    f"the tokenizer is to be trained on split '{split}', which task.data does not have "
+                    f"(it has: {', '.join(splits)}){did_you_mean(split, splits)}",
+                )
+            )
     return problems
 
 

@@ -36,6 +36,7 @@ class StageRow:
     seconds: float
     artifact: str | None
     retained: float | None = None
+    metrics: dict = field(default_factory=dict)  # every metric the task computes (perplexity, next_token_accuracy...)
     details: dict = field(default_factory=dict)
     reused: bool = False  # taken from an earlier run in the same folder (same fingerprint)
 
@@ -162,6 +163,12 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
+def _number(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+
+
 def render_table(report: Report, console: Console) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 120)
@@ -170,6 +177,9 @@ def render_table(report: Report, console: Console) -> None:
     table.add_column("plugin")
     table.add_column(report.metric, justify="right")
     table.add_column("retained", justify="right")
+    others = [m for m in dict.fromkeys(k for r in report.rows for k in r.metrics) if m != report.metric]
+    for name in others:
+        table.add_column(name, justify="right")
     table.add_column("params", justify="right")
     table.add_column("size on disk", justify="right")
     table.add_column("latency/batch", justify="right")
@@ -180,8 +190,9 @@ def render_table(report: Report, console: Console) -> None:
         table.add_row(
             row.name + marker,
             row.plugin or "-",
-            f"{row.value:.4f}" if row.value is not None else "-",
+            _number(row.value),
             f"{100 * row.retained:.1f}%" if row.retained is not None else "-",
+            *(_number(row.metrics.get(name)) for name in others),
             f"{row.params / 1e6:.2f}M",
             _bytes(row.size_bytes),
             f"{row.latency_ms:.1f} ms" if row.latency_ms is not None else "-",

@@ -7,6 +7,7 @@ Stages receive it as ``ctx.task``; its public methods are part of the plugin API
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping
@@ -28,6 +29,9 @@ METRICS = {
     "accuracy": MetricInfo("accuracy"),
     "f1": MetricInfo("f1"),
     "matthews": MetricInfo("matthews"),
+    "perplexity": MetricInfo("perplexity", higher_is_better=False),
+    "next_token_accuracy": MetricInfo("next_token_accuracy"),
+    "exact_match": MetricInfo("exact_match"),
 }
 
 
@@ -35,6 +39,8 @@ class Task(abc.ABC):
     """Base class: a task over named data splits. See ``SequenceClassificationTask``."""
 
     kind: str = ""
+    #: The metrics this task computes; the first is its default (``task.metric: null``).
+    metric_names: tuple[str, ...] = ()
 
     def __init__(self, spec: Mapping[str, Any], seed: int):
         self.spec = spec
@@ -82,7 +88,7 @@ class Task(abc.ABC):
         anew each epoch. ``shard=(rank, world_size)`` keeps every world_size-th
         row from ``rank`` on (evaluation across processes).
         """
-        rows = self.rows(split)
+        rows = self.examples(split, tokenizer)
         if limit is not None:
             rows = rows[:limit]
         if shard is not None:
@@ -95,15 +101,33 @@ class Task(abc.ABC):
             collate_fn=partial(self.collate, tokenizer=tokenizer, with_labels=with_labels),
         )
 
+    def examples(self, split: str, tokenizer) -> list:
+        """The items ``batches`` draws from (default: the split's rows; causal-lm: token blocks)."""
+        return self.rows(split)
+
+    def texts(self, split: str) -> list[str]:
+        """All text of a split a tokenizer should learn from (sources, and targets where there are)."""
+        return [str(r[self.spec["text_column"]]) for r in self.rows(split)]
+
     @abc.abstractmethod
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         """Implemented by each task."""
 
+    def predict(self, model, inputs: dict, tokenizer):
+        """What evaluation runs on a batch's inputs (no labels); ``update_metric`` gets it.
+        Default: the model's forward pass. seq2seq generates."""
+        return model(**inputs)
+
     # -- metric ------------------------------------------------------------
 
     @property
+    def metric_name(self) -> str:
+        """``task.metric``, or the task's own metric when that is null."""
+        return self.spec.get("metric") or self.metric_names[0]
+
+    @property
     def metric(self) -> MetricInfo:
-        return METRICS[self.spec.get("metric", "accuracy")]
+        return METRICS[self.metric_name]
 
     @abc.abstractmethod
     def new_metric_state(self) -> dict:
@@ -151,6 +175,7 @@ class SequenceClassificationTask(Task):
     """Single-text or text-pair classification; labels are the values in ``task.labels``."""
 
     kind = "sequence-classification"
+    metric_names = ("accuracy", "f1", "matthews")
 
     @property
     def labels(self) -> list:
@@ -208,7 +233,7 @@ class SequenceClassificationTask(Task):
         state["labels"].append(batch["labels"].cpu())
 
     def compute_metric(self, state: dict, name: str | None = None) -> float:
-        name = name or self.spec.get("metric", "accuracy")
+        name = name or self.metric_name
         if not state["predictions"]:
             return float("nan")
         predictions = torch.cat(state["predictions"])
@@ -246,7 +271,180 @@ def _matthews(predictions, labels, n) -> float:
     return (numerator / denominator).item() if denominator > 0 else 0.0
 
 
-TASKS = {SequenceClassificationTask.kind: SequenceClassificationTask}
+class CausalLMTask(Task):
+    """Next-token prediction over running text, in blocks of ``block_size`` tokens.
+
+    Each non-blank row is tokenized and followed by the tokenizer's end-of-text
+    token; the stream is cut into blocks (the last, partial block is dropped, so
+    every example has the same length). Metrics: perplexity (exp of the mean
+    next-token loss over every predicted token) and next_token_accuracy.
+    """
+
+    kind = "causal-lm"
+    metric_names = ("perplexity", "next_token_accuracy")
+
+    def __init__(self, spec, seed):
+        super().__init__(spec, seed)
+        self._blocks: dict[tuple, list] = {}
+
+    def columns(self) -> list[str]:
+        return [self.spec["text_column"]]
+
+    def examples(self, split: str, tokenizer) -> list:
+        key = (split, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+        if key not in self._blocks:
+            size = self.spec["block_size"]
+            eos = tokenizer.eos_token_id
+            stream: list[int] = []
+            lines = [t for t in self.texts(split) if t.strip()]
+            for ids in tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []:
+                stream.extend(ids)
+                if eos is not None:
+                    stream.append(eos)
+            blocks = [stream[i : i + size] for i in range(0, len(stream) - size + 1, size)]
+            if not blocks:
+                raise DataError(
+                    f"split '{split}' has {len(stream)} tokens, fewer than one block of task.block_size="
+                    f"{size}; lower task.block_size or give more text"
+                )
+            self._blocks[key] = blocks
+        return self._blocks[key]
+
+    def collate(self, rows: list, tokenizer, with_labels: bool = True) -> dict:
+        input_ids = torch.tensor(rows, dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if with_labels:
+            batch["labels"] = input_ids.clone()
+        return batch
+
+    def new_metric_state(self) -> dict:
+        return {"nll": 0.0, "tokens": 0, "correct": 0}
+
+    def update_metric(self, state: dict, outputs, batch: dict) -> None:
+        logits = (outputs.logits if hasattr(outputs, "logits") else outputs)[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+        state["nll"] += losses[keep].sum().item()
+        state["tokens"] += int(keep.sum())
+        state["correct"] += int(((logits.argmax(-1) == targets) & keep).sum())
+
+    def compute_metric(self, state: dict, name: str | None = None) -> float:
+        name = name or self.metric_name
+        if not state["tokens"]:
+            return float("nan")
+        if name == "perplexity":
+            return math.exp(min(state["nll"] / state["tokens"], 700.0))
+        if name == "next_token_accuracy":
+            return state["correct"] / state["tokens"]
+        raise ValueError(f"unknown metric {name!r} for {self.kind}")
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What a seq2seq model generated for a batch (token ids), and the tokenizer to read it."""
+
+    sequences: torch.Tensor
+    tokenizer: Any
+
+
+class Seq2SeqTask(Task):
+    """Text in, text out. The target is ``targets[label]`` (a classification dataset as
+    text-to-text, e.g. SST-2 -> "positive"/"negative") or the text of ``target_column``.
+    Evaluation generates greedily; exact_match compares the stripped text."""
+
+    kind = "seq2seq"
+    metric_names = ("exact_match",)
+
+    def columns(self) -> list[str]:
+        return [self.spec["text_column"], self._target_source()]
+
+    def _target_source(self) -> str:
+        return self.spec["target_column"] or self.spec["label_column"]
+
+    def target(self, row: dict) -> str:
+        value = row[self._target_source()]
+        if self.spec["targets"] is None:
+            return str(value).strip()
+        return self.spec["targets"][str(value).strip()]
+
+    def _check_rows(self, split: str, rows: list[dict]) -> None:
+        targets = self.spec["targets"]
+        if targets is None:
+            return
+        column = self.spec["label_column"]
+        for number, row in enumerate(rows, start=1):
+            if str(row[column]).strip() not in targets:
+                raise DataError(
+                    f"split '{split}': row {number} has label {row[column]!r}, which task.targets does not map "
+                    f"(it maps: {', '.join(targets)}); fix the data or add it to task.targets"
+                )
+
+    def examples(self, split: str, tokenizer) -> list:
+        targets = self.spec["targets"]
+        if targets:
+            limit = self.spec["max_target_length"]
+            lengths = {text: len(tokenizer(text)["input_ids"]) for text in targets.values()}
+            long = {text: n for text, n in lengths.items() if n > limit}
+            if long:
+                raise DataError(
+                    f"task.max_target_length is {limit} tokens, but the target "
+                    + ", ".join(f"'{t}' takes {n}" for t, n in long.items())
+                    + f" (with the end-of-sequence token); set task.max_target_length to {max(long.values())} or more"
+                )
+        return self.rows(split)
+
+    def texts(self, split: str) -> list[str]:
+        rows = self.rows(split)
+        return [self.spec["source_prefix"] + str(r[self.spec["text_column"]]) for r in rows] + [
+            self.target(r) for r in rows
+        ]
+
+    def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
+        sources = [self.spec["source_prefix"] + str(r[self.spec["text_column"]]) for r in rows]
+        batch = dict(tokenizer(sources, truncation=True, max_length=self.spec["max_length"], padding=True,
+                               return_tensors="pt"))  # fmt: skip
+        batch.pop("token_type_ids", None)
+        if with_labels:
+            targets = tokenizer([self.target(r) for r in rows], truncation=True,
+                                max_length=self.spec["max_target_length"], padding=True, return_tensors="pt")  # fmt: skip
+            labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+            batch["labels"] = labels
+        return batch
+
+    def predict(self, model, inputs: dict, tokenizer) -> "Generated":
+        sequences = model.generate(
+            **inputs,
+            max_new_tokens=self.spec["max_target_length"],
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return Generated(sequences, tokenizer)
+
+    def new_metric_state(self) -> dict:
+        return {"correct": 0, "total": 0}
+
+    def update_metric(self, state: dict, outputs: "Generated", batch: dict) -> None:
+        tokenizer = outputs.tokenizer
+        predicted = tokenizer.batch_decode(outputs.sequences, skip_special_tokens=True)
+        labels = batch["labels"].masked_fill(batch["labels"] == -100, tokenizer.pad_token_id)
+        expected = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        for guess, truth in zip(predicted, expected):
+            state["correct"] += int(guess.strip() == truth.strip())
+            state["total"] += 1
+
+    def compute_metric(self, state: dict, name: str | None = None) -> float:
+        name = name or self.metric_name
+        if name != "exact_match":
+            raise ValueError(f"unknown metric {name!r} for {self.kind}")
+        return state["correct"] / state["total"] if state["total"] else float("nan")
+
+
+TASKS = {task.kind: task for task in (SequenceClassificationTask, CausalLMTask, Seq2SeqTask)}
+
+#: task.kind -> the metrics it can report (the first is its default).
+TASK_METRICS = {kind: task.metric_names for kind, task in TASKS.items()}
 
 
 def build_task(spec: Mapping[str, Any], seed: int) -> Task:

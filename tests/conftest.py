@@ -34,6 +34,38 @@ TINY_BERT = {
 }
 
 
+#: A Llama-style decoder (the `decoder` family): 2 layers, 4 heads of 8 dims, no grouped KV.
+#: vocab_size and the special token ids come from the tokenizer (see compose.modeling).
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+#: A T5 (the `encoder-decoder` family): 2 encoder and 2 decoder blocks, 4 heads of 8 dims.
+TINY_T5 = {
+    "model_type": "t5",
+    "d_model": 32,
+    "d_kv": 8,
+    "num_heads": 4,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "d_ff": 64,
+}
+
+#: family -> (the default tiny config, task.kind)
+FAMILY_SETUP = {
+    "encoder": (TINY_BERT, "sequence-classification"),
+    "decoder": (TINY_LLAMA, "causal-lm"),
+    "encoder-decoder": (TINY_T5, "seq2seq"),
+}
+TARGETS = {0: "negative", 1: "positive"}
+
+
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
     """Sentences whose label is which word list dominates them: learnable by a tiny model."""
     rng = random.Random(seed)
@@ -65,9 +97,69 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "", config: dict | None = None) -> str:
-    """A recipe over the tiny model and data; ``stages`` is the YAML of the stage list."""
-    config = config or TINY_BERT
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory) -> Path:
+    """train.txt / dev.txt: running text (one sentiment sentence per line) for causal-lm."""
+    folder = tmp_path_factory.mktemp("text")
+    for name, n, seed in (("train", 400, 3), ("dev", 80, 4)):
+        lines = [s for s, _ in sentiment_rows(n, seed)]
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer (the kind `model.tokenizer.train` builds) for the decoder and T5."""
+    from compose.modeling import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("bpe")
+    texts = [s for s, _ in sentiment_rows(400, 3)] + list(TARGETS.values()) * 20
+    train_tokenizer(texts, {"vocab_size": 320, "min_frequency": 1}).save_pretrained(folder)
+    return folder
+
+
+def task_yaml(family: str, data_dir: Path, text_dir: Path | None) -> str:
+    if family == "decoder":
+        return textwrap.dedent(
+            f"""\
+            task:
+              kind: causal-lm
+              data:
+                train: {{path: {text_dir / 'train.txt'}}}
+                dev: {{path: {text_dir / 'dev.txt'}}}
+              text_column: text
+              block_size: 16
+            """
+        )
+    if family == "encoder-decoder":
+        return textwrap.dedent(
+            f"""\
+            task:
+              kind: seq2seq
+              data:
+                train: {{path: {data_dir / 'train.tsv'}}}
+                dev: {{path: {data_dir / 'dev.tsv'}}}
+              targets: {{0: negative, 1: positive}}
+              max_length: 16
+              max_target_length: 8
+            """
+        )
+    return textwrap.dedent(
+        f"""\
+        task:
+          kind: sequence-classification
+          data:
+            train: {{path: {data_dir / 'train.tsv'}}}
+            dev: {{path: {data_dir / 'dev.tsv'}}}
+          max_length: 16
+        """
+    )
+
+
+def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "", config: dict | None = None,
+                family: str = "encoder", text_dir: Path | None = None) -> str:  # fmt: skip
+    """A recipe over the tiny model and data of a family; ``stages`` is the YAML of the stage list."""
+    config = config or FAMILY_SETUP[family][0]
     config_yaml = ", ".join(f"{k}: {v}" for k, v in config.items())
     return (
         textwrap.dedent(
@@ -75,13 +167,12 @@ def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "
             model:
               config: {{{config_yaml}}}
               tokenizer: {{path: {tokenizer_dir}}}
-            task:
-              kind: sequence-classification
-              data:
-                train: {{path: {data_dir / 'train.tsv'}}}
-                dev: {{path: {data_dir / 'dev.tsv'}}}
-              max_length: 16
-            evaluate: {{batch_size: 32, latency_batches: 2}}
+            """
+        )
+        + task_yaml(family, data_dir, text_dir)
+        + textwrap.dedent(
+            """\
+            evaluate: {batch_size: 32, latency_batches: 2}
             seed: 0
             """
         )
@@ -92,12 +183,19 @@ def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "
 
 
 @pytest.fixture
-def write_recipe(tmp_path, tiny_data_dir, tiny_tokenizer_dir):
-    """write_recipe(stages_yaml, extra_yaml="", name="recipe.yaml", config=None) -> Path."""
+def write_recipe(tmp_path, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tiny_bpe_tokenizer_dir):
+    """write_recipe(stages_yaml, extra_yaml="", name="recipe.yaml", config=None, family="encoder") -> Path.
 
-    def write(stages: str, extra: str = "", name: str = "recipe.yaml", config: dict | None = None) -> Path:
+    family: encoder (tiny BERT, sequence-classification), decoder (tiny Llama,
+    causal-lm on running text) or encoder-decoder (tiny T5, seq2seq sentiment).
+    """
+
+    def write(stages: str, extra: str = "", name: str = "recipe.yaml", config: dict | None = None,
+              family: str = "encoder") -> Path:  # fmt: skip
+        tokenizer = tiny_tokenizer_dir if family == "encoder" else tiny_bpe_tokenizer_dir
         path = tmp_path / name
-        path.write_text(recipe_text(tiny_data_dir, tiny_tokenizer_dir, stages, extra, config), encoding="utf-8")
+        path.write_text(recipe_text(tiny_data_dir, tokenizer, stages, extra, config, family, tiny_text_dir),
+                        encoding="utf-8")  # fmt: skip
         return path
 
     return write
@@ -125,9 +223,38 @@ def tiny_bert(tiny_tokenizer_dir):
     return BertForSequenceClassification(config).eval(), AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
+def _tiny_model(cls_name: str, config: dict, tokenizer_dir: Path, task_kind: str):
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    import transformers
+    from compose.modeling import tokenizer_config_kwargs
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    settings = dict(config)
+    model_type = settings.pop("model_type")
+    settings.update(tokenizer_config_kwargs(tokenizer, settings, task_kind))
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(AutoConfig.for_model(model_type, **settings))
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def tiny_llama(tiny_bpe_tokenizer_dir):
+    """(model, tokenizer): a randomly initialised tiny LlamaForCausalLM (the decoder family)."""
+    return _tiny_model("LlamaForCausalLM", TINY_LLAMA, tiny_bpe_tokenizer_dir, "causal-lm")
+
+
+@pytest.fixture
+def tiny_t5(tiny_bpe_tokenizer_dir):
+    """(model, tokenizer): a randomly initialised tiny T5ForConditionalGeneration (encoder-decoder)."""
+    return _tiny_model("T5ForConditionalGeneration", TINY_T5, tiny_bpe_tokenizer_dir, "seq2seq")
+
+
 @pytest.fixture
 def make_context(write_recipe, host, tmp_path):
-    """make_context(stage_yaml, model, tokenizer, overrides=("model.fine_tuned=true",)) -> StageContext.
+    """make_context(stage_yaml, model, tokenizer, overrides=("model.fine_tuned=true",), config=None,
+    family="encoder") -> StageContext.
 
     Validates a one-stage recipe over the tiny data (so the stage's settings get
     their schema defaults) and returns the context the executor would give the
@@ -140,8 +267,9 @@ def make_context(write_recipe, host, tmp_path):
     from compose.stage import StageContext
     from compose.tasks import build_task
 
-    def make(stage_yaml: str, model, tokenizer, overrides=("model.fine_tuned=true",), config=None):
-        recipe = load_recipe(write_recipe(stage_yaml, config=config), list(overrides), host)
+    def make(stage_yaml: str, model, tokenizer, overrides=("model.fine_tuned=true",), config=None,
+             family: str = "encoder"):  # fmt: skip
+        recipe = load_recipe(write_recipe(stage_yaml, config=config, family=family), list(overrides), host)
         stage = recipe.stages[0]
         work = tmp_path / "work"
         work.mkdir(exist_ok=True)

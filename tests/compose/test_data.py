@@ -52,7 +52,15 @@ def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(DataError, match="no such data file"):
         read_split("train", {"path": str(tmp_path / "nope.tsv"), "format": "auto"}, ["a"], 0)
     with pytest.raises(DataError, match="set format"):
-        read_split("train", {"path": str(write(tmp_path, "a.txt", "a\n1\n")), "format": "auto"}, ["a"], 0)
+        read_split("train", {"path": str(write(tmp_path, "a.dat", "a\n1\n")), "format": "auto"}, ["a"], 0)
+
+
+def test_a_text_file_gives_one_row_per_line_under_the_text_column(tmp_path):
+    path = write(tmp_path, "wiki.tokens", " = Title = \n\n Some text .\n")
+    assert read_split("train", {"path": str(path), "format": "auto"}, ["text"], 0) == [
+        {"text": " = Title = "}, {"text": ""}, {"text": " Some text ."}]  # fmt: skip
+    with pytest.raises(DataError, match="plain text"):
+        read_split("train", {"path": str(path), "format": "text"}, ["sentence", "label"], 0)
 
 
 def test_labels_outside_the_label_set_name_the_row(tmp_path):
