@@ -12,8 +12,11 @@ import copy
 from compose import hookimpl
 from compose.api import Check, TrainingExtension, TrainingSetup, load_schema_file
 
-#: Families whose blocks this plugin knows how to split for tensor parallelism.
-TENSOR_PARALLEL_FAMILIES = ("encoder",)
+#: Families whose blocks this plugin knows how to split for tensor parallelism. T5
+#: (encoder-decoder) is left out: its attention reshapes to the config's full head
+#: count and adds a relative position bias computed for every head, so a block
+#: holding half the heads cannot run unchanged. ddp and fsdp work for every family.
+TENSOR_PARALLEL_FAMILIES = ("encoder", "decoder")
 
 
 def normalise(value) -> dict:
@@ -33,20 +36,49 @@ def check(value, plan) -> list[Check]:
     return found
 
 
-def bert_blocks(model):
-    """The transformer blocks of a BERT-class model, and the tensor-parallel plan of one block."""
+def blocks_and_plan(model):
+    """(transformer blocks, tensor-parallel plan of one block or None, (heads, kv heads, FFN width)).
+
+    BERT-class encoders, Llama-style decoders (q/k/v/o_proj, gate/up/down_proj) and
+    T5 (both stacks; no tensor-parallel plan, see TENSOR_PARALLEL_FAMILIES).
+    """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+    config = model.config
     base = getattr(model, model.base_model_prefix, model)
-    plan = {
-        "attention.self.query": ColwiseParallel(),
-        "attention.self.key": ColwiseParallel(),
-        "attention.self.value": ColwiseParallel(),
-        "attention.output.dense": RowwiseParallel(),
-        "intermediate.dense": ColwiseParallel(),
-        "output.dense": RowwiseParallel(),
-    }
-    return list(base.encoder.layer), plan
+    if hasattr(getattr(base, "encoder", None), "layer"):  # BERT-class
+        plan = {
+            "attention.self.query": ColwiseParallel(),
+            "attention.self.key": ColwiseParallel(),
+            "attention.self.value": ColwiseParallel(),
+            "attention.output.dense": RowwiseParallel(),
+            "intermediate.dense": ColwiseParallel(),
+            "output.dense": RowwiseParallel(),
+        }
+        heads = config.num_attention_heads
+        return list(base.encoder.layer), plan, (heads, heads, config.intermediate_size)
+    layers = getattr(base, "layers", None)
+    if layers is not None and hasattr(layers[0], "self_attn") and hasattr(layers[0].self_attn, "q_proj"):
+        plan = {
+            "self_attn.q_proj": ColwiseParallel(),
+            "self_attn.k_proj": ColwiseParallel(),
+            "self_attn.v_proj": ColwiseParallel(),
+            "self_attn.o_proj": RowwiseParallel(),
+            "mlp.gate_proj": ColwiseParallel(),
+            "mlp.up_proj": ColwiseParallel(),
+            "mlp.down_proj": RowwiseParallel(),
+        }
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        return list(layers), plan, (heads, kv_heads, config.intermediate_size)
+    if getattr(config, "is_encoder_decoder", False) and hasattr(model, "encoder") and hasattr(model, "decoder"):
+        blocks = list(getattr(model.encoder, "block", [])) + list(getattr(model.decoder, "block", []))
+        if blocks:
+            return blocks, None, None
+    raise ValueError(
+        f"parallel: cannot find the transformer blocks of {type(model).__name__} "
+        "(it knows BERT-class encoders, Llama-style decoders and T5); use ddp"
+    )
 
 
 def clip_across_meshes(parameters, max_norm: float) -> None:
@@ -96,14 +128,16 @@ def setup(training: TrainingSetup, value) -> None:
 
     device = "cuda" if training.accelerator_kwargs.get("cpu") is False else "cpu"
     model = training.model
-    blocks, plan = bert_blocks(model)
+    blocks, plan, widths = blocks_and_plan(model)
     tp = world if strategy == "tp" else 1 if strategy == "fsdp" else settings["tensor_parallel"]
     if tp is None or world % tp:
         raise ValueError(f"parallel: tensor_parallel={tp} must divide the number of processes ({world})")
-    heads = model.config.num_attention_heads
-    if tp > 1 and (heads % tp or model.config.intermediate_size % tp):
+    if tp > 1 and plan is None:
+        raise ValueError(f"parallel: {strategy} cannot split {type(model).__name__}; use ddp or fsdp")
+    if tp > 1 and any(width % tp for width in widths):
+        heads, kv_heads, ffn = widths
         raise ValueError(
-            f"parallel: {heads} attention heads and FFN size {model.config.intermediate_size} must both be "
+            f"parallel: {heads} attention heads, {kv_heads} key/value heads and FFN size {ffn} must all be "
             f"divisible by tensor_parallel={tp}"
         )
     training.on_train_end.append(gather_into(copy.deepcopy(model)))

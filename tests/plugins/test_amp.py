@@ -67,3 +67,17 @@ def test_the_trained_model_runs_in_fp32_again_after_bf16_training(make_context, 
     trained(input_ids=torch.tensor([[2, 5, 6, 3]]))
     handle.remove()
     assert seen == [torch.float32]  # evaluation and later stages are not silently in bf16
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])
+def test_bf16_on_decoders_and_t5(make_context, tiny_llama, tiny_t5, family):
+    model, tokenizer = tiny_llama if family == "decoder" else tiny_t5
+    ctx = make_context("- {name: ft, uses: train, with: {max_steps: 2, amp: bf16}}", model, tokenizer,
+                       overrides=(), family=family)  # fmt: skip
+    dtypes = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    handle = linear.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    trained, summary = train_model(ctx)
+    handle.remove()
+    assert set(dtypes) == {torch.bfloat16} and all(p.dtype == torch.float32 for p in trained.parameters())
+    assert summary.steps == 2

@@ -14,8 +14,8 @@ RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
 TRAIN = "- {{name: ft, uses: train, with: {{epochs: 4, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
 
 
-def apply(write_recipe, tmp_path, parallel: str, nproc: int) -> dict:
-    recipe = write_recipe(TRAIN.format(parallel=parallel))
+def apply(write_recipe, tmp_path, parallel: str, nproc: int, family: str = "encoder", train: str = TRAIN) -> dict:
+    recipe = write_recipe(train.format(parallel=parallel), family=family)
     out = tmp_path / "run"
     done = subprocess.run(
         [RECIPE_BIN, "apply", "--nproc", str(nproc), str(recipe), "--output", str(out), "--json", "-q"],
@@ -59,3 +59,25 @@ def test_one_process_trains_as_usual(make_context, tiny_bert):
     ctx = make_context(TRAIN.format(parallel="tp").replace("epochs: 4", "max_steps: 2"), model, tokenizer, overrides=())
     trained, summary = train_model(ctx)
     assert summary.steps == 2 and summary.processes == 1
+
+
+SHORT = "- {{name: ft, uses: train, with: {{max_steps: 6, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
+
+
+def test_tensor_parallel_splits_a_llama_decoder_and_gathers_it_back(write_recipe, tmp_path):
+    report = apply(write_recipe, tmp_path, "tp", 2, family="decoder", train=SHORT)
+    row = report["stages"][-1]
+    training = row["details"]["training"]
+    assert training["setup"]["parallel"]["mesh"] == {"dp": 1, "tp": 2}
+    assert training["setup"]["parallel"]["sharded_parameters"] == 2 * 7  # q, k, v, o, gate, up, down per layer
+    assert training["parameters_in_sync"] is True
+    assert row["metric"]["value"] < report["stages"][0]["metric"]["value"]  # perplexity went down
+
+
+def test_fsdp_trains_t5_and_tensor_parallel_is_refused_before_anything_runs(write_recipe, tmp_path, host):
+    report = apply(write_recipe, tmp_path, "fsdp", 2, family="encoder-decoder", train=SHORT)
+    training = report["stages"][-1]["details"]["training"]
+    assert training["setup"]["parallel"]["mesh"] == {"dp": 2, "tp": 1} and training["parameters_in_sync"] is True
+    recipe = write_recipe(SHORT.format(parallel="tp"), name="tp.yaml", family="encoder-decoder")
+    with pytest.raises(RecipeError, match="tp is not available for encoder-decoder models.*use ddp or fsdp"):
+        load_recipe(recipe, host=host)
