@@ -7,7 +7,7 @@ import os
 import sys
 
 from compose import __version__
-from compose.cli import apply, plan, plugins, schema, validate
+from compose.cli import apply, compare, plan, plugins, schema, validate
 from compose.cli._common import CommandError, stderr
 from compose.quiet import quiet_libraries
 
@@ -27,6 +27,7 @@ start here:
   recipe validate recipes/minilm-sst2.yaml    check a recipe, run nothing
   recipe plan recipes/minilm-sst2.yaml        the recipe with every default, stage by stage
   recipe apply recipes/minilm-sst2.yaml       run it
+  recipe compare runs/a runs/b                two finished runs side by side, and a plot
 
 exit codes:
   0  success (every gate passed)
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"recipe-compose {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (apply, validate, plan, plugins, schema):
+    for module in (apply, validate, plan, plugins, schema, compare):
         module.add_parser(sub)
     return parser
 

@@ -1,0 +1,93 @@
+"""recipe compare: finished runs side by side, and a plot of every stage (PNG)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from compose.cli._common import CommandError, dump_json
+from compose.compare import CompareError, best_final, comparison, load_runs, plot
+from compose.report import EXIT_OK, _bytes, _number
+
+HELP = "compare finished runs side by side and plot metric against size on disk"
+EXAMPLE = """\
+example:
+  recipe compare runs/llama-small runs/llama-large-then-compress
+  recipe compare a/report.json b/report.json --label small --label large --plot cmp.png
+  recipe compare runs/a runs/b --json            # machine-readable
+
+Each argument is a run folder (or its report.json) of the same task. The final
+models are printed side by side (metric, retained, parameters, size on disk,
+latency, training steps, time), then every stage of every run. The plot has one
+point per stage per run: retained metric vs size on disk, and the metric itself
+vs size on disk. It is written to the first run's folder as compare.png unless
+--plot says where; it needs matplotlib (pip install 'recipe-compose[plot]').
+Exit code 0, or 2 if a report cannot be read or the runs measure different metrics.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("compare", help=HELP, description=HELP, epilog=EXAMPLE,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("reports", nargs="+", metavar="RUN", help="run folders or report.json files")
+    p.add_argument("--label", action="append", metavar="NAME", help="a name per run, in order (default: recipe file name)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="where to draw the plot (default: FIRST_RUN/compare.png)")
+    p.add_argument("--no-plot", action="store_true", help="print the comparison only")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    try:
+        runs = load_runs(args.reports, args.label)
+        target = None
+        if not args.no_plot:
+            target = plot(runs, args.plot or runs[0].path.parent / "compare.png")
+    except CompareError as exc:
+        raise CommandError(str(exc)) from None
+    data = comparison(runs)
+    data["plot"] = str(target) if target else None
+    if args.json:
+        dump_json(data)
+        return EXIT_OK
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    metric = data["metric"]["name"]
+    side = Table(title=f"final models ({metric}{'' if data['metric']['higher_is_better'] else ', lower is better'})",
+                 title_justify="left")  # fmt: skip
+    side.add_column("")
+    for r in runs:
+        side.add_column(r.label, justify="right")
+    finals = [r.final for r in runs]
+    side.add_row("final stage", *[f.name for f in finals])
+    side.add_row(metric, *[_number(f.value) for f in finals])
+    for name in dict.fromkeys(k for f in finals for k in f.metrics if k != metric):
+        side.add_row(name, *[_number(f.metrics.get(name)) for f in finals])
+    side.add_row("retained (own baseline)", *[f"{100 * f.retained:.1f}%" if f.retained is not None else "-" for f in finals])
+    side.add_row("baseline", *[r.report.baseline_stage or "-" for r in runs])
+    side.add_row("params", *[f"{f.params / 1e6:.2f}M" for f in finals])
+    side.add_row("size on disk", *[_bytes(f.size_bytes) for f in finals])
+    side.add_row("latency/batch", *[f"{f.latency_ms:.1f} ms" if f.latency_ms is not None else "-" for f in finals])
+    side.add_row("training steps", *[str(r.training_steps) for r in runs])
+    side.add_row("run time", *[f"{r.report.seconds:.0f} s" for r in runs])
+    side.add_row("status", *[r.report.status for r in runs])
+    console.print(side)
+    stages = Table(title="every stage", title_justify="left")
+    for column in ("run", "stage", metric, "retained", "params", "size on disk"):
+        stages.add_column(column, justify="left" if column in ("run", "stage") else "right")
+    for r in runs:
+        for row in r.report.rows:
+            stages.add_row(r.label, row.name, _number(row.value),
+                           f"{100 * row.retained:.1f}%" if row.retained is not None else "-",
+                           f"{row.params / 1e6:.2f}M", _bytes(row.size_bytes))  # fmt: skip
+    console.print(stages)
+    best = best_final(runs)
+    if best is not None:
+        console.print(f"best final {metric}: {best.label} ({_number(best.final.value)})")
+    if target:
+        console.print(f"plot: {target}")
+    return EXIT_OK
