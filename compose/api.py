@@ -7,7 +7,7 @@ Plugins import from here (and ``compose.hookimpl``), never from other core modul
 """
 
 from compose import hookimpl
-from compose.artifacts import load_artifact, record_transform, save_artifact, size_on_disk
+from compose.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
 from compose.errors import ComposeError, DataError, ModelLoadError
 from compose.evaluation import Evaluation, evaluate
 from compose.modeling import count_parameters, task_model_kwargs
@@ -54,4 +54,5 @@ __all__ = [
     "size_on_disk",
     "task_model_kwargs",
     "train_model",
+    "transforms_of",
 ]

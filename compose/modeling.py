@@ -88,7 +88,9 @@ def train_tokenizer(texts: list[str], settings: Mapping[str, Any]):
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **TRAINED_SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_input_names=["input_ids", "attention_mask"], **TRAINED_SPECIAL_TOKENS
+    )
 
 
 def load_tokenizer(model_spec: Mapping[str, Any], task=None):

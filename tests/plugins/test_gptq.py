@@ -1,7 +1,10 @@
-"""The `gptq` stage on a small real BERT with the real GPTQModel engine.
+"""The `gptq` stage with the real GPTQModel engine, on the three model families.
 
-The model is TINY_BERT widened to hidden 128 / FFN 256 so that group size 128 fits
-the layers' in_features (GPTQModel's kernels accept groups of 16..1024).
+Encoder: TINY_BERT widened to hidden 128 / FFN 256 so that group size 128 fits the
+layers' in_features (GPTQModel's kernels accept groups of 16..1024). Decoder: the
+tiny Llama (GPTQModel's own LlamaQModel path) and a tiny GPT-2 (GPT2QModel, Conv1D
+layers). Encoder-decoder: the tiny T5 (block walk over the encoder, then the decoder).
+Those have widths 32/64, so they use group size 32.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from safetensors.torch import load_file
 
 from compose.api import load_artifact, save_artifact
 from compose.cli.main import main
+from compose.errors import RecipeError
+from compose.plugins import _gptq_layers
 from compose.recipe import load_recipe
 
 #: conftest's TINY_BERT (same vocabulary and depth), 4x wider.
@@ -209,3 +214,215 @@ def test_apply_train_then_gptq_end_to_end(write_recipe, tmp_path, capsys):
     assert q["params"] == ft["params"]  # packed layers count at their logical size
     model, tokenizer = load_artifact(q["artifact"])
     assert len(_packed(model)) == 2 * LINEARS_PER_BLOCK and tokenizer is not None
+
+
+# -- decoder and encoder-decoder ------------------------------------------------------------
+
+LLAMA_LINEARS = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}  # fmt: skip
+T5_SELF_ATTENTION = {"layer.0.SelfAttention." + x for x in "qkvo"}
+T5_ENCODER_LINEARS = T5_SELF_ATTENTION | {"layer.1.DenseReluDense.wi", "layer.1.DenseReluDense.wo"}
+T5_DECODER_LINEARS = (T5_SELF_ATTENTION | {"layer.1.EncDecAttention." + x for x in "qkvo"}
+                      | {"layer.2.DenseReluDense.wi", "layer.2.DenseReluDense.wo"})  # fmt: skip
+
+
+def _outputs(model, ctx, split="dev"):
+    """(logits of every batch, mean loss) of ``model`` on ``split``."""
+    logits, losses = [], []
+    with torch.no_grad():
+        for batch in ctx.task.batches(split, ctx.tokenizer, 32):
+            out = model(**batch)
+            logits.append(out.logits)
+            losses.append(out.loss)
+    return torch.cat(logits), torch.stack(losses).mean().item()
+
+
+def _relative(reference, other):
+    return ((other - reference).norm() / reference.norm()).item()
+
+
+def _run_family(make_context, model, tokenizer, family, settings):
+    ctx = make_context(f"- {{name: q, uses: gptq, with: {{{settings}}}}}", model, tokenizer, family=family)
+    return ctx, ctx.plugin_host.stage("gptq").run(ctx)
+
+
+def test_decoder_goes_through_gptqmodels_llama_definition_and_reloads(make_context, tiny_llama, tmp_path):
+    model, tokenizer = tiny_llama
+    fp32_logits = fp32_loss = None
+    results = {}
+    for method in ("rtn", "gptq"):
+        ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "decoder",
+                                  f"method: {method}, bits: 4, group_size: 32, samples: 64")  # fmt: skip
+        if fp32_logits is None:
+            fp32_logits, fp32_loss = _outputs(model, ctx)
+        results[method] = (result, *_outputs(result.model, ctx))
+    result, q_logits, q_loss = results["gptq"]
+    details = result.details
+    assert details["path"] == "model" and "LlamaQModel" in details["path_reason"]
+    packed = _packed(result.model)
+    assert set(packed) == {f"model.layers.{i}.{n}" for i in range(2) for n in LLAMA_LINEARS}
+    assert details["layers_quantized"] == len(packed) == len(details["relative_error"]) == 14
+    assert not any(isinstance(m, torch.nn.Linear) for m in result.model.model.layers.modules())
+    assert isinstance(result.model.lm_head, torch.nn.Linear)
+    assert details["linear_bytes_ratio"] < 0.2 and details["calibration_samples"] == 64
+    # GPTQ beats round-to-nearest and stays close to fp32
+    assert _relative(fp32_logits, q_logits) < 0.1
+    assert _relative(fp32_logits, q_logits) < _relative(fp32_logits, results["rtn"][1])
+    assert abs(q_loss - fp32_loss) < 0.02 * fp32_loss  # perplexity within ~2%
+    assert 0 < details["mean_relative_error"] < results["rtn"][0].details["mean_relative_error"]
+
+    folder = save_artifact(result.model, tokenizer, tmp_path / "artifact", "causal-lm")
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert config["meta"]["path"] == "model" and (config["bits"], config["group_size"]) == (4, 32)
+    state = load_file(folder / "model.safetensors")
+    prefix = "model.layers.1.mlp.down_proj."
+    assert torch.equal(state[prefix + "qzeros"], packed[prefix[:-1]].qzeros - 0x11111111)  # v1 on disk
+    reloaded, _ = load_artifact(folder, ctx.plugin_host)
+    assert len(_packed(reloaded)) == 14
+    assert torch.equal(_outputs(reloaded, ctx)[0], q_logits)
+
+
+def test_gpt2_goes_through_gptqmodels_definition_with_its_conv1d_layers(make_context, tiny_bpe_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bpe_tokenizer_dir)
+    torch.manual_seed(0)
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=eos, eos_token_id=eos)  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()
+    original = copy.deepcopy(model)
+    settings = "bits: 8, group_size: 32, samples: 32, sym: false"
+    ctx, result = _run_family(make_context, model, tokenizer, "decoder", settings)
+    assert result.details["path"] == "model" and "GPT2QModel" in result.details["path_reason"]
+    packed = _packed(result.model)
+    assert set(packed) == {f"transformer.h.{i}.{n}" for i in range(2)
+                           for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}  # fmt: skip
+    c_fc = packed["transformer.h.0.mlp.c_fc"]  # a Conv1D of weight [32, 128] in GPT-2
+    assert (c_fc.in_features, c_fc.out_features) == (32, 128)
+    q8 = _outputs(result.model, ctx)[0]
+    assert _relative(_outputs(original, ctx)[0], q8) < 0.02
+    folder = save_artifact(result.model, tokenizer, tmp_path / "artifact", "causal-lm")
+    assert json.loads((folder / "config.json").read_text())["quantization_config"]["checkpoint_format"] == "gptq_v2"
+    reloaded, _ = load_artifact(folder, ctx.plugin_host)
+    assert torch.equal(_outputs(reloaded, ctx)[0], q8)
+
+
+def test_t5_quantizes_the_encoder_then_the_decoder_blocks_and_reloads(make_context, tiny_t5, tmp_path):
+    model, tokenizer = tiny_t5
+    runs = {}
+    for method in ("rtn", "gptq"):
+        ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "encoder-decoder",
+                                  f"method: {method}, bits: 4, group_size: 32, samples: 64")  # fmt: skip
+        runs[method] = (result, *_outputs(result.model, ctx))
+    fp32_logits, fp32_loss = _outputs(model, ctx)
+    result, q_logits, q_loss = runs["gptq"]
+    details = result.details
+    assert details["path"] == "layers" and "no model definition for encoder-decoder" in details["path_reason"]
+    packed = _packed(result.model)
+    expected = ({f"encoder.block.{i}.{n}" for i in range(2) for n in T5_ENCODER_LINEARS}
+                | {f"decoder.block.{i}.{n}" for i in range(2) for n in T5_DECODER_LINEARS})  # fmt: skip
+    assert set(packed) == expected and details["layers_quantized"] == 32
+    assert isinstance(result.model.lm_head, torch.nn.Linear)
+    assert _relative(fp32_logits, q_logits) < 0.15
+    assert _relative(fp32_logits, q_logits) < _relative(fp32_logits, runs["rtn"][1])
+    assert abs(q_loss - fp32_loss) < 0.02 * fp32_loss
+    # cross-attention keys/values were calibrated on the encoder's states (source tokens)
+    assert 0 < details["relative_error"]["decoder.block.1.layer.1.EncDecAttention.k"] < 0.2
+
+    folder = save_artifact(result.model, tokenizer, tmp_path / "artifact", "seq2seq")
+    reloaded, _ = load_artifact(folder, ctx.plugin_host)
+    assert set(_packed(reloaded)) == expected
+    assert torch.equal(_outputs(reloaded, ctx)[0], q_logits)
+
+
+def test_block_walk_and_gptqmodels_llama_path_pack_identical_weights(make_context, tiny_llama):
+    """The layer walk (T5, BERT, decoders GPTQModel does not know) against the engine's own
+    Llama path on the same calibration data: the same GPTQ result, bit for bit."""
+    from compose.plugins import gptq
+    from compose.plugins._gptq_engine import chatter_off
+
+    model, tokenizer = tiny_llama
+    ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "decoder", "bits: 4, group_size: 32, samples: 64")
+    eng = gptq.engine()
+    with chatter_off():
+        qcfg = gptq._quantize_config(eng, ctx.settings)
+    walked = copy.deepcopy(model)
+    spec = result.model.compose_transforms[0]["info"]["quantization"]
+    with torch.no_grad(), chatter_off(), ctx.progress.track("walk") as bar:
+        found = _gptq_layers.quantize_by_blocks(eng, qcfg, spec, ctx.settings, walked, gptq._calibration(ctx), "cpu", bar)
+    assert found["layers"] == result.model.compose_transforms[0]["info"]["layers"]
+    for name, module in _packed(result.model).items():
+        assert torch.equal(module.dequantize_weight(), walked.get_submodule(name).dequantize_weight()), name
+    assert found["errors"] == result.details["relative_error"]
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])
+def test_block_walk_reproduces_the_models_own_stack_outputs(make_context, tiny_llama, tiny_t5, family):
+    """Each block's recorded inputs (masks, rotary embeddings, T5's position bias shared from
+    block 0, the encoder's states) plus the previous block's outputs give the model's own outputs."""
+    model, tokenizer = tiny_llama if family == "decoder" else tiny_t5
+    ctx = make_context("- {name: q, uses: gptq}", model, tokenizer, family=family)
+    batches = list(ctx.task.batches("dev", tokenizer, 16, limit=32))
+    stacks = _gptq_layers.stacks(model)
+    expected = ["model.layers"] if family == "decoder" else ["encoder.block", "decoder.block"]
+    assert [name for name, _ in stacks] == expected
+    for number, (_, blocks) in enumerate(stacks):
+        seen = []
+        handle = blocks[-1].register_forward_hook(lambda _m, _a, out: seen.append(_gptq_layers._hidden(out)))
+        with torch.no_grad():
+            for batch in batches:
+                model(**_gptq_layers.model_inputs(model, batch, "cpu"))
+            handle.remove()
+            records, masks = _gptq_layers.capture_stack(model, blocks, batches, "cpu", decoder_stack=number > 0)
+            inputs = records[0]
+            for index, block in enumerate(blocks):
+                if index:
+                    inputs = [_gptq_layers._with_hidden(a, k, h) for (a, k), h in zip(records[index], hidden)]
+                hidden = _gptq_layers.run_block(block, inputs, masks)
+        assert all(torch.allclose(h, s, atol=1e-5) for h, s in zip(hidden, seen[: len(batches)]))
+
+
+def test_plan_checks_know_llama_and_t5_widths(write_recipe, host):
+    def warnings(stage, family, config):
+        recipe = load_recipe(write_recipe(stage, config=config, family=family), ["model.fine_tuned=true"], host)
+        return " | ".join(w.message for w in recipe.warnings)
+
+    llama = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 96}  # fmt: skip
+    found = warnings("- {name: q, uses: gptq, with: {group_size: 64}}\n", "decoder", llama)
+    assert "group_size 64 does not divide in_features 96" in found and "in_features 64" not in found
+    t5 = {"model_type": "t5", "d_model": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "d_ff": 128}
+    found = warnings("- {name: q, uses: gptq, with: {group_size: 64}}\n", "encoder-decoder", t5)
+    assert "group_size 64 is larger than in_features 32" in found  # the attention output: 4 heads x 8
+    assert not warnings("- {name: q, uses: gptq, with: {group_size: 32}}\n", "encoder-decoder", t5)
+    narrow_kv = {**llama, "num_key_value_heads": 1}  # k/v project to 1 head x 16
+    with pytest.raises(RecipeError, match="3-bit packing needs layer widths that are multiples of 32, and this model has 16"):
+        load_recipe(write_recipe("- {name: q, uses: gptq, with: {bits: 3}}\n", config=narrow_kv, family="decoder"),
+                    ["model.fine_tuned=true"], host)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])
+def test_apply_train_then_gptq_end_to_end_on_a_decoder_and_t5(write_recipe, tmp_path, capsys, family):
+    epochs = 2 if family == "decoder" else 3
+    stages = (
+        f"- {{name: ft, uses: train, with: {{epochs: {epochs}, learning_rate: 3.0e-3, batch_size: 16, "
+        "eval_every_epoch: false}}\n"
+        "- {name: q, uses: gptq, with: {bits: 4, group_size: 32, samples: 64}}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["apply", str(write_recipe(stages, family=family)), "--output", str(out), "--json", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert json.loads(capsys.readouterr().out) == report  # GPTQModel's banner, logs and bars stay off stdout
+    assert report["status"] == "passed"
+    ft, q = report["stages"][1:]
+    assert q["plugin"] == "gptq" and q["details"]["path"] == ("model" if family == "decoder" else "layers")
+    assert q["details"]["layers_quantized"] == (14 if family == "decoder" else 32)
+    assert q["weights_bytes"] < ft["weights_bytes"] and q["params"] == ft["params"]
+    if family == "decoder":
+        assert ft["metric"]["name"] == "perplexity" and q["metric"]["value"] < 1.05 * ft["metric"]["value"]
+    else:
+        assert ft["metric"]["name"] == "exact_match" and ft["metric"]["value"] >= 0.9
+        assert q["metric"]["value"] >= 0.9
+    model, tokenizer = load_artifact(q["artifact"])
+    assert len(_packed(model)) == q["details"]["layers_quantized"] and tokenizer is not None
