@@ -6,24 +6,24 @@ DistilBERT), from the teacher's config with smaller sizes (``config``, random
 weights), or loaded from a folder or the hub (``path`` / ``hub``). It trains
 through the shared loop (``compose.api.train_model``) on a weighted sum of
 
-- soft targets: KL(teacher || student) of the temperature-softened logits, x T^2;
+- soft targets: KL(teacher || student) of the temperature-softened logits, x T^2,
+  per example (classification) or per predicted token (language models: the
+  positions whose next token is a label; seq2seq: the target positions);
 - hard labels:  the task's own loss (the student's ``outputs.loss``);
 - hidden states: MSE between mapped student and teacher layer outputs, through a
   learned projection when the widths differ (trained along, then dropped);
-- attentions:   KL or MSE between mapped attention distributions (same heads only).
+- attentions:   KL or MSE between mapped self-attention distributions (same heads only).
+
+Encoders (BERT), decoders (Llama, GPT-2) and encoder-decoders (T5) share all of
+this; what differs is where the layers are, which ``_distill_student.stacks``
+knows (one stack, or an encoder and a decoder stack, each with its layer map).
 
 The stage's result is the student. It is a plain transformers model whose config
 describes it fully, so its artifact reloads with ``from_pretrained`` (no transform).
-
-Layer access goes through ``_layer_owner`` / ``_attention_modules``, which know
-the encoder layout (``base_model.encoder.layer``) and the places other families
-keep their layers, so that GPT-2 (``base_model.h``) can be added by allowing the
-family; T5 (two stacks) needs its own mapping per stack.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -36,206 +36,29 @@ from compose.api import (
     StageType,
     count_parameters,
     load_schema_file,
-    task_model_kwargs,
     train_model,
 )
+from compose.plugins._distill_student import (
+    ALL_SIZE_KEYS,
+    SIZE_KEYS,
+    build_student,
+    chosen_layers,
+    config_differences,
+    heads_per_layer,
+    layer_counts,
+    restore,
+    set_attention_dropout,
+    size_key_message,
+)
 
-#: task.kind -> the transformers Auto class a `path` / `hub` student is loaded with.
-AUTO_CLASSES = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
+#: Output fields of each stack: (hidden states, self-attentions).
+STACK_OUTPUTS = {
+    "layers": ("hidden_states", "attentions"),
+    "encoder": ("encoder_hidden_states", "encoder_attentions"),
+    "decoder": ("decoder_hidden_states", "decoder_attentions"),
 }
 
-#: Where the stack of transformer layers lives under ``model.base_model``, by layout.
-LAYER_PATHS = ("encoder.layer", "transformer.layer", "layer", "h", "layers")
-
-#: Sizes a `config` student may override.
-SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
-
-#: Config entries that are bookkeeping, not structure (left out of the config differences).
-_NOT_STRUCTURE = {"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype",
-                  "_attn_implementation_autoset", "id2label", "label2id"}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------
-# Layer access (the part a later family extends)
-# ---------------------------------------------------------------------------
-
-
-def _layer_owner(model):
-    """(module, attribute) holding the model's ``nn.ModuleList`` of transformer layers."""
-    import torch
-
-    base = getattr(model, "base_model", model)
-    for path in LAYER_PATHS:
-        *parents, last = path.split(".")
-        owner = base
-        for part in parents:
-            owner = getattr(owner, part, None)
-        if owner is not None and isinstance(getattr(owner, last, None), torch.nn.ModuleList):
-            return owner, last
-    raise ValueError(
-        f"distill cannot find the transformer layers of {type(model).__name__} "
-        f"(looked under base_model for: {', '.join(LAYER_PATHS)})"
-    )
-
-
-def _layers(model):
-    owner, attr = _layer_owner(model)
-    return getattr(owner, attr)
-
-
-def _head_count(module) -> int | None:
-    for attr in ("num_attention_heads", "num_heads", "n_head"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def _attention_modules(layer) -> list:
-    """The outermost modules of one layer that know their head count (the self-attentions)."""
-    found = []
-    for module in layer.modules():
-        if _head_count(module) is not None and not any(_contains(f, module) for f in found):
-            found.append(module)
-    return found
-
-
-def _contains(parent, child) -> bool:
-    return any(m is child for m in parent.modules())
-
-
-def _heads_per_layer(model) -> list[int]:
-    heads = []
-    for layer in _layers(model):
-        modules = _attention_modules(layer)
-        heads.append(_head_count(modules[0]) if modules else model.config.num_attention_heads)
-    return heads
-
-
-def _embeddings(model):
-    """The embedding block (word, position, token-type, LayerNorm) when the model has one."""
-    base = getattr(model, "base_model", model)
-    return getattr(base, "embeddings", None)
-
-
-def _renumber(layer, index: int) -> None:
-    for module in layer.modules():
-        if isinstance(getattr(module, "layer_idx", None), int):
-            module.layer_idx = index
-
-
-# ---------------------------------------------------------------------------
-# The student
-# ---------------------------------------------------------------------------
-
-
-def _every_other(n_layers: int) -> list[int]:
-    return list(range(0, n_layers, 2))
-
-
-def _student_from_teacher(teacher, layers_setting) -> tuple:
-    n_teacher = len(_layers(teacher))
-    chosen = _every_other(n_teacher) if layers_setting == "every_other" else list(layers_setting)
-    bad = [i for i in chosen if i >= n_teacher]
-    if bad:
-        raise ValueError(
-            f"student.from_teacher.layers names teacher layer(s) {bad}, but the teacher has "
-            f"{n_teacher} layers (0 to {n_teacher - 1}); pick indices below {n_teacher}"
-        )
-    student = copy.deepcopy(teacher)
-    student.__dict__.pop("compose_transforms", None)
-    owner, attr = _layer_owner(student)
-    old = getattr(owner, attr)
-    kept = type(old)([old[i] for i in chosen])
-    for index, layer in enumerate(kept):
-        _renumber(layer, index)
-    setattr(owner, attr, kept)
-    student.config.num_hidden_layers = len(chosen)
-    return student, {"source": "from_teacher", "teacher_layers": chosen,
-                     "copied": ["embeddings", f"layers {chosen}", "pooler", "classifier"]}  # fmt: skip
-
-
-def _student_from_config(teacher, settings, seed: int) -> tuple:
-    import torch
-
-    overrides = {k: settings[k] for k in SIZE_KEYS if k in settings}
-    config = copy.deepcopy(teacher.config)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
-            f"student.config: hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
-            f"{config.num_attention_heads}; set num_attention_heads to a divisor of {config.hidden_size}"
-        )
-    torch.manual_seed(seed)
-    student = type(teacher)(config)
-    copied = False
-    if settings["copy_embeddings"] and config.hidden_size == teacher.config.hidden_size:
-        source, target = _embeddings(teacher), _embeddings(student)
-        if source is not None and target is not None:
-            target.load_state_dict(source.state_dict())
-        else:
-            student.get_input_embeddings().load_state_dict(teacher.get_input_embeddings().state_dict())
-        copied = True
-    return student, {"source": "config", "overrides": overrides, "embeddings_copied": copied}
-
-
-def _student_from_saved(ctx, settings) -> tuple:
-    import transformers
-
-    cls = getattr(transformers, AUTO_CLASSES[ctx.task.kind])
-    if "path" in settings:
-        if not Path(settings["path"]).is_dir():
-            raise ValueError(
-                f"student.path {settings['path']} is not a folder; give a folder saved with save_pretrained"
-            )
-        source, kwargs = settings["path"], {"local_files_only": True}
-    else:
-        source, kwargs = settings["hub"], ({"revision": settings["revision"]} if "revision" in settings else {})
-    try:
-        student = cls.from_pretrained(source, **task_model_kwargs(ctx.task), **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's to fix
-        raise ValueError(f"cannot load the student from {source}: {type(exc).__name__}: {exc}") from None
-    return student, {"source": "path" if "path" in settings else "hub", "from": source}
-
-
-def build_student(ctx: StageContext, teacher) -> tuple:
-    """(student, facts about how it was made) for ``ctx.settings['student']``."""
-    spec = ctx.settings["student"]
-    if "from_teacher" in spec:
-        applied = list(getattr(teacher, "compose_transforms", []))
-        if applied:
-            stages = ", ".join(sorted({t["stage"] for t in applied}))
-            raise ValueError(
-                f"student.from_teacher copies the teacher's layers, but the teacher's structure was changed "
-                f"by stage(s) {stages} and no longer matches its config; distil before those stages, "
-                "or use student.config"
-            )
-        student, info = _student_from_teacher(teacher, spec["from_teacher"]["layers"])
-    elif "config" in spec:
-        student, info = _student_from_config(teacher, spec["config"], ctx.seed)
-    else:
-        student, info = _student_from_saved(ctx, spec)
-    for what in ("vocab_size", "num_labels"):
-        mine, theirs = getattr(student.config, what, None), getattr(teacher.config, what, None)
-        if mine != theirs:
-            raise ValueError(
-                f"the student has {what} {mine} but the teacher has {theirs}; the student reads the teacher's "
-                f"tokenizer and imitates its outputs, so they must agree"
-            )
-    for param in student.parameters():
-        param.requires_grad_(True)
-    return student, info
-
-
-def config_differences(teacher, student) -> dict:
-    """{key: [teacher value, student value]} for every structural config entry that differs."""
-    ours, theirs = student.config.to_dict(), teacher.config.to_dict()
-    keys = sorted((set(ours) | set(theirs)) - _NOT_STRUCTURE)
-    return {k: [theirs.get(k), ours.get(k)] for k in keys if theirs.get(k) != ours.get(k)}
+TERMS = ("soft", "hard", "hidden", "attention")
 
 
 # ---------------------------------------------------------------------------
@@ -248,20 +71,27 @@ def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
     return [max(0, math.ceil((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
 
 
-def soft_target_kl(student_logits, teacher_logits, temperature: float):
-    """KL(teacher || student) of the temperature-softened distributions, x T^2, mean over the batch."""
+def _masked_mean(values, mask):
+    """Mean of ``values`` (B, L) over positions where ``mask`` (B, L) is 1."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def soft_target_kl(student_logits, teacher_logits, temperature: float, mask=None):
+    """KL(teacher || student) of the temperature-softened distributions, x T^2.
+
+    Logits (B, C): mean over the batch. Logits (B, L, V): the KL of each position,
+    averaged over the positions where ``mask`` (B, L) is 1.
+    """
     import torch.nn.functional as F
 
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
-
-
-def _masked_mean(values, mask):
-    """Mean of ``values`` (B, L) over positions where ``mask`` (B, L) is 1."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    if mask is None:
+        return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
+    per_position = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    return _masked_mean(per_position, mask) * t * t
 
 
 def hidden_mse(student_states, teacher_states, mask, projection=None):
@@ -286,10 +116,36 @@ def attention_loss(student_att, teacher_att, mask, measure: str):
     return _masked_mean(per_query, mask)
 
 
-class DistillationLoss:
-    """``loss_fn(model, batch)`` for ``train_model``: the weighted terms, with the teacher under no_grad."""
+def _target_labels(batch):
+    labels = batch.get("labels")
+    if labels is None:
+        raise ValueError("distilling an encoder-decoder needs the batch's labels (the target tokens)")
+    return labels
 
-    def __init__(self, teacher, settings: dict, layer_map: list[int] | None, projection=None):
+
+def _next_token_mask(batch, inputs, logits):
+    """Causal LM: position t predicts token t+1, so it counts where token t+1 is a label."""
+    import torch
+
+    target = batch.get("labels")
+    target = (target != -100) if target is not None else inputs.get("attention_mask")
+    mask = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    if target is None:
+        mask[:, :-1] = True
+    else:
+        mask[:, :-1] = target[:, 1:].bool()
+    return mask
+
+
+class DistillationLoss:
+    """``loss_fn(model, batch)`` for ``train_model``: the weighted terms, with the teacher under no_grad.
+
+    family:     "encoder", "decoder" or "encoder-decoder" (which positions the soft term averages over).
+    layer_maps: {stack name: teacher layer of each student layer}, or None when nothing is matched
+                (a plain list is the map of a one-stack model).
+    """
+
+    def __init__(self, teacher, settings: dict, layer_maps, projection=None, family: str = "encoder"):
         self.teacher = teacher
         self.soft_weight = settings["soft"]["weight"]
         self.temperature = settings["soft"]["temperature"]
@@ -297,16 +153,34 @@ class DistillationLoss:
         self.hidden_weight = settings["hidden"]["weight"]
         self.attention_weight = settings["attention"]["weight"]
         self.measure = settings["attention"]["measure"]
-        self.layer_map = layer_map
+        self.layer_maps = {"layers": layer_maps} if isinstance(layer_maps, list) else layer_maps
         self.projection = projection
+        self.family = family
         self.first: dict | None = None
         self.recent: list[dict] = []
 
     @property
+    def weights(self) -> dict:
+        return {"soft": self.soft_weight, "hard": self.hard_weight,
+                "hidden": self.hidden_weight, "attention": self.attention_weight}  # fmt: skip
+
+    @property
     def terms(self) -> list[str]:
-        weights = {"soft": self.soft_weight, "hard": self.hard_weight,
-                   "hidden": self.hidden_weight, "attention": self.attention_weight}  # fmt: skip
-        return [name for name, weight in weights.items() if weight > 0]
+        return [name for name, weight in self.weights.items() if weight > 0]
+
+    def _masks(self, batch, inputs, logits) -> dict:
+        """{stack name: (B, L) mask of the positions that count}, and "soft" for the soft term."""
+        import torch
+
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(logits.shape[0], inputs["input_ids"].shape[1], device=logits.device)
+        if self.family == "encoder-decoder":
+            target = _target_labels(batch) != -100
+            return {"soft": target, "encoder": mask, "decoder": target}
+        if self.family == "decoder":
+            return {"soft": _next_token_mask(batch, inputs, logits), "layers": mask}
+        return {"soft": None if logits.dim() == 2 else mask, "layers": mask}
 
     def components(self, model, batch) -> dict:
         """Each active term's (unweighted) value on ``batch``, as tensors."""
@@ -314,60 +188,73 @@ class DistillationLoss:
 
         want_hidden, want_attention = self.hidden_weight > 0, self.attention_weight > 0
         inputs = {k: v for k, v in batch.items() if k != "labels"}
+        device = next(iter(inputs.values())).device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        if self.family == "encoder-decoder" and "decoder_input_ids" not in inputs:
+            # teacher and student read the same decoder inputs: the targets shifted right
+            labels = _target_labels(batch)
+            inputs["decoder_input_ids"] = self.teacher.prepare_decoder_input_ids_from_labels(labels=labels)
         extra = {}
         if want_hidden:
             extra["output_hidden_states"] = True
         if want_attention:
             extra["output_attentions"] = True
+        if self.family != "encoder":
+            extra["use_cache"] = False  # no key/value cache: each batch is one forward pass
         teacher_out = None
         if self.soft_weight > 0 or want_hidden or want_attention:
-            device = next(iter(inputs.values())).device
-            if next(self.teacher.parameters()).device != device:
-                self.teacher.to(device)
             with torch.no_grad():
                 teacher_out = self.teacher(**inputs, **extra)
-        student_out = model(**(batch if self.hard_weight > 0 else inputs), **extra)
-        mask = inputs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones(student_out.logits.shape[0], next(iter(inputs.values())).shape[1],
-                              device=student_out.logits.device)  # fmt: skip
+        student_inputs = {**inputs, "labels": batch["labels"]} if self.hard_weight > 0 and "labels" in batch else inputs
+        student_out = model(**student_inputs, **extra)
+        masks = self._masks(batch, inputs, student_out.logits)
         terms = {}
         if self.soft_weight > 0:
-            terms["soft"] = soft_target_kl(student_out.logits, teacher_out.logits, self.temperature)
+            terms["soft"] = soft_target_kl(student_out.logits, teacher_out.logits, self.temperature, masks["soft"])
         if self.hard_weight > 0:
             if student_out.loss is None:
                 raise ValueError("the batch has no labels for the hard-label loss; set loss.hard.weight: 0")
             terms["hard"] = student_out.loss
         if want_hidden:
             # hidden_states[0] is the embeddings' output; layer i's output is hidden_states[i + 1]
-            losses = [
-                hidden_mse(student_out.hidden_states[i + 1], teacher_out.hidden_states[j + 1], mask, self.projection)
-                for i, j in enumerate(self.layer_map)
-            ]
+            losses = []
+            for stack, layer_map in self.layer_maps.items():
+                key = STACK_OUTPUTS[stack][0]
+                s_states, t_states = getattr(student_out, key), getattr(teacher_out, key)
+                losses += [hidden_mse(s_states[i + 1], t_states[j + 1], masks[stack], self.projection)
+                           for i, j in enumerate(layer_map)]  # fmt: skip
             terms["hidden"] = torch.stack(losses).mean()
         if want_attention:
-            if not student_out.attentions or not teacher_out.attentions:
+            terms["attention"] = self._attention_term(student_out, teacher_out, masks)
+        return terms
+
+    def _attention_term(self, student_out, teacher_out, masks):
+        import torch
+
+        losses = []
+        for stack, layer_map in self.layer_maps.items():
+            key = STACK_OUTPUTS[stack][1]
+            s_att, t_att = getattr(student_out, key, None), getattr(teacher_out, key, None)
+            if not s_att or not t_att:
                 raise ValueError(
                     "the model returned no attention weights (its attention implementation cannot output them); "
                     "set loss.attention.weight: 0"
                 )
-            losses = []
-            for i, j in enumerate(self.layer_map):
-                s, t = student_out.attentions[i], teacher_out.attentions[j]
+            where = "" if stack == "layers" else f"{stack} "
+            for i, j in enumerate(layer_map):
+                s, t = s_att[i], t_att[j]
                 if s.shape[1] != t.shape[1]:
                     raise ValueError(
-                        f"attention matching needs the same number of heads, but student layer {i} has {s.shape[1]} "
-                        f"and teacher layer {j} has {t.shape[1]}; set loss.attention.weight: 0 or give the "
-                        "student the teacher's num_attention_heads"
+                        f"attention matching needs the same number of heads, but student {where}layer {i} has "
+                        f"{s.shape[1]} and teacher {where}layer {j} has {t.shape[1]}; set loss.attention.weight: 0 "
+                        "or give the student the teacher's number of heads"
                     )
-                losses.append(attention_loss(s, t, mask, self.measure))
-            terms["attention"] = torch.stack(losses).mean()
-        return terms
+                losses.append(attention_loss(s, t, masks[stack], self.measure))
+        return torch.stack(losses).mean()
 
     def total(self, terms: dict):
-        weights = {"soft": self.soft_weight, "hard": self.hard_weight,
-                   "hidden": self.hidden_weight, "attention": self.attention_weight}  # fmt: skip
-        return sum(weights[name] * value for name, value in terms.items())
+        return sum(self.weights[name] * value for name, value in terms.items())
 
     def __call__(self, model, batch):
         terms = self.components(model, batch)
@@ -384,37 +271,84 @@ class DistillationLoss:
 
 
 # ---------------------------------------------------------------------------
+# Layer maps (shared by run time and plan time)
+# ---------------------------------------------------------------------------
+
+
+def _where(stack: str) -> str:
+    return "" if stack == "layers" else f" {stack}"
+
+
+def layer_map_form_problem(setting, two_stacks: bool) -> str | None:
+    """Why the form of ``loss.layer_map`` does not fit a model with one or two stacks (None: it fits)."""
+    if isinstance(setting, list) and two_stacks:
+        return ("loss.layer_map is a list, but an encoder-decoder has two stacks of layers; give "
+                "{encoder: [...] or null, decoder: [...] or null}")  # fmt: skip
+    if isinstance(setting, dict) and not two_stacks:
+        return ("loss.layer_map with encoder/decoder entries is for encoder-decoder models; give a list "
+                "(one teacher layer per student layer) or null")  # fmt: skip
+    return None
+
+
+def layer_map_problems(setting, student_counts: dict, teacher_counts: dict) -> list[tuple]:
+    """(message, settings path) for each entry of a well-formed ``loss.layer_map`` that does not fit.
+
+    ``student_counts`` / ``teacher_counts``: {stack name: number of layers}.
+    """
+    given = setting if isinstance(setting, dict) else {"layers": setting}
+    problems = []
+    for stack, layer_map in given.items():
+        if layer_map is None:
+            continue
+        name = "loss.layer_map" + ("" if stack == "layers" else f".{stack}")
+        path = ("loss", "layer_map") + (() if stack == "layers" else (stack,))
+        n_student, n_teacher = student_counts[stack], teacher_counts[stack]
+        if len(layer_map) != n_student:
+            problems.append((f"{name} has {len(layer_map)} entries but the student{_where(stack)} has {n_student} "
+                             "layers; give one teacher layer per student layer (or null for the uniform mapping)",
+                             path))  # fmt: skip
+        bad = [j for j in layer_map if j >= n_teacher]
+        if bad:
+            problems.append((f"{name} names teacher{_where(stack)} layer(s) {bad}, but the teacher{_where(stack)} "
+                             f"has {n_teacher} layers", path))  # fmt: skip
+    return problems
+
+
+def resolve_layer_maps(setting, student_counts: dict, teacher_counts: dict) -> dict:
+    """{stack name: teacher layer of each student layer}: the given maps, uniform where null."""
+    wrong_form = layer_map_form_problem(setting, "layers" not in student_counts)
+    if wrong_form:
+        raise ValueError(wrong_form)
+    problems = layer_map_problems(setting, student_counts, teacher_counts)
+    if problems:
+        raise ValueError(problems[0][0])
+    given = setting if isinstance(setting, dict) else {"layers": setting}
+    return {
+        stack: list(given.get(stack) or uniform_layer_map(n_student, teacher_counts[stack]))
+        for stack, n_student in student_counts.items()
+    }
+
+
+# ---------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------
 
 
-def _set_attention_dropout(model, p: float | None) -> list:
-    """Set the attention-probability dropout of every layer to ``p``; return the old values."""
-    import torch
-
-    old = []
-    for layer in _layers(model):
-        for module in _attention_modules(layer):
-            dropout = getattr(module, "dropout", None)
-            if isinstance(dropout, torch.nn.Dropout):
-                old.append((dropout, dropout.p))
-                dropout.p = p
-    return old
+def _one_or_all(per_stack: dict):
+    """A one-stack model's value itself, an encoder-decoder's {encoder: ..., decoder: ...}."""
+    return per_stack["layers"] if list(per_stack) == ["layers"] else per_stack
 
 
-def _layer_map(loss_settings, n_student: int, n_teacher: int) -> list[int]:
-    given = loss_settings["layer_map"]
-    if given is None:
-        return uniform_layer_map(n_student, n_teacher)
-    if len(given) != n_student:
-        raise ValueError(
-            f"loss.layer_map has {len(given)} entries but the student has {n_student} layers; "
-            "give one teacher layer per student layer (or null for the uniform mapping)"
-        )
-    bad = [j for j in given if j >= n_teacher]
-    if bad:
-        raise ValueError(f"loss.layer_map names teacher layer(s) {bad}, but the teacher has {n_teacher} layers")
-    return list(given)
+def _check_heads(student, teacher, layer_maps: dict) -> None:
+    student_heads, teacher_heads = heads_per_layer(student), heads_per_layer(teacher)
+    for stack, layer_map in layer_maps.items():
+        for i, j in enumerate(layer_map):
+            if student_heads[stack][i] != teacher_heads[stack][j]:
+                raise ValueError(
+                    f"attention matching needs the same number of heads, but student{_where(stack)} layer {i} has "
+                    f"{student_heads[stack][i]} and teacher{_where(stack)} layer {j} has {teacher_heads[stack][j]}; "
+                    "set loss.attention.weight: 0 or give the student the teacher's number of heads"
+                )
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -426,19 +360,11 @@ def run(ctx: StageContext) -> StageResult:
     student.to(ctx.device)
     teacher.to(ctx.device)
     matching = loss_settings["hidden"]["weight"] > 0 or loss_settings["attention"]["weight"] > 0
-    n_student, n_teacher = len(_layers(student)), len(_layers(teacher))
-    layer_map = _layer_map(loss_settings, n_student, n_teacher) if matching else None
-
+    student_counts, teacher_counts = layer_counts(student), layer_counts(teacher)
+    layer_maps = resolve_layer_maps(loss_settings["layer_map"], student_counts, teacher_counts) if matching else None
     attention = loss_settings["attention"]["weight"] > 0
     if attention:
-        student_heads, teacher_heads = _heads_per_layer(student), _heads_per_layer(teacher)
-        for i, j in enumerate(layer_map):
-            if student_heads[i] != teacher_heads[j]:
-                raise ValueError(
-                    f"attention matching needs the same number of heads, but student layer {i} has "
-                    f"{student_heads[i]} and teacher layer {j} has {teacher_heads[j]}; set loss.attention.weight: 0 "
-                    "or give the student the teacher's num_attention_heads"
-                )
+        _check_heads(student, teacher, layer_maps)
 
     projection = None
     if loss_settings["hidden"]["weight"] > 0 and student.config.hidden_size != teacher.config.hidden_size:
@@ -450,7 +376,7 @@ def run(ctx: StageContext) -> StageResult:
     teacher_impl = getattr(teacher.config, "_attn_implementation", None)
     student_impl = getattr(student.config, "_attn_implementation", None)
     dropouts = []
-    loss = DistillationLoss(teacher, loss_settings, layer_map, projection)
+    loss = DistillationLoss(teacher, loss_settings, layer_maps, projection, ctx.family)
     if not loss.terms:
         raise ValueError("every loss weight is 0: nothing to train the student on; give loss.soft.weight > 0")
     try:
@@ -462,14 +388,13 @@ def run(ctx: StageContext) -> StageResult:
             for model in (teacher, student):
                 if model.config._attn_implementation != "eager":
                     model.set_attn_implementation("eager")
-            dropouts = _set_attention_dropout(student, 0.0)
+            dropouts = set_attention_dropout(student, 0.0)
         ctx.log(f"teacher {count_parameters(teacher):,} parameters -> student {count_parameters(student):,}; "
                 f"loss: {', '.join(loss.terms)}")  # fmt: skip
         student, summary = train_model(ctx, student, settings["training"], loss_fn=loss,
                                        extra_modules=[projection] if projection is not None else [])  # fmt: skip
     finally:
-        for dropout, p in dropouts:
-            dropout.p = p
+        restore(dropouts)
         for model, impl in ((teacher, teacher_impl), (student, student_impl)):
             if impl is not None and model.config._attn_implementation != impl:
                 model.set_attn_implementation(impl)
@@ -483,12 +408,13 @@ def run(ctx: StageContext) -> StageResult:
         "teacher_params": teacher_params,
         "student_params": student_params,
         "params_ratio": round(student_params / teacher_params, 4),
-        "student": {**student_info, "layers": n_student, "config_differences": config_differences(teacher, student)},
+        "student": {**student_info, "layers": _one_or_all(student_counts),
+                    "config_differences": config_differences(teacher, student)},  # fmt: skip
         "loss": {
             "terms": loss.terms,
-            "weights": {name: loss_settings[name]["weight"] for name in ("soft", "hard", "hidden", "attention")},
+            "weights": {name: loss_settings[name]["weight"] for name in TERMS},
             "temperature": loss_settings["soft"]["temperature"],
-            "layer_map": layer_map,
+            "layer_map": None if layer_maps is None else _one_or_all(layer_maps),
             "hidden_projection": None if projection is None else [projection.in_features, projection.out_features],
             "attention_measure": loss_settings["attention"]["measure"] if attention else None,
             "values": loss.summary(),
@@ -503,14 +429,19 @@ def run(ctx: StageContext) -> StageResult:
 # ---------------------------------------------------------------------------
 
 
+def _describe_layers(rule) -> str:
+    return "every other layer" if rule == "every_other" else f"layers {rule}"
+
+
 def describe(settings) -> str:
     spec, loss_settings, training = settings["student"], settings["loss"], settings["training"]
     if "from_teacher" in spec:
-        layers = spec["from_teacher"]["layers"]
-        layers = "every other layer" if layers == "every_other" else f"layers {layers}"
-        student = f"the teacher's embeddings, {layers}, pooler and classifier"
+        layers, decoder = spec["from_teacher"]["layers"], spec["from_teacher"]["decoder_layers"]
+        student = f"a copy of the teacher keeping {_describe_layers(layers)}"
+        if decoder is not None:
+            student += f" of the encoder and {_describe_layers(decoder)} of the decoder"
     elif "config" in spec:
-        sizes = ", ".join(f"{k}={spec['config'][k]}" for k in SIZE_KEYS if k in spec["config"])
+        sizes = ", ".join(f"{k}={spec['config'][k]}" for k in ALL_SIZE_KEYS if k in spec["config"])
         student = f"a random model with the teacher's config but {sizes}"
     else:
         student = f"the model at {spec.get('path') or spec.get('hub')}"
@@ -519,7 +450,8 @@ def describe(settings) -> str:
         terms.append(f"soft-target KL at T={loss_settings['soft']['temperature']} x{loss_settings['soft']['weight']}")
     if loss_settings["hard"]["weight"] > 0:
         terms.append(f"hard labels x{loss_settings['hard']['weight']}")
-    mapping = "uniform layer map" if loss_settings["layer_map"] is None else f"layer map {loss_settings['layer_map']}"
+    given = loss_settings["layer_map"]
+    mapping = "uniform layer map" if given is None else f"layer map {given}"
     if loss_settings["hidden"]["weight"] > 0:
         terms.append(f"hidden-state MSE x{loss_settings['hidden']['weight']} ({mapping})")
     if loss_settings["attention"]["weight"] > 0:
@@ -545,15 +477,82 @@ def _known_teacher_config(plan) -> dict | None:
     """The teacher's config when it is the recipe's model, changed by nothing but `train` stages."""
     if any(uses != "train" for _, uses, _ in plan.stages[: plan.index]):
         return None
-    config = plan.model_config
-    if not config or "num_hidden_layers" not in config:
-        return None
-    return config
+    return plan.model_config or None
+
+
+def _counts(config: dict, family: str) -> dict | None:
+    """{stack name: layers} read from a config dict (None where it does not say)."""
+    if family == "encoder-decoder":
+        encoder = config.get("num_layers", config.get("encoder_layers"))
+        # T5's num_decoder_layers defaults to num_layers
+        decoder = config.get("num_decoder_layers", config.get("decoder_layers")) or encoder
+        return {"encoder": encoder, "decoder": decoder} if encoder else None
+    n = config.get("num_hidden_layers", config.get("n_layer"))
+    return {"layers": n} if n else None
+
+
+def _heads(config: dict, family: str) -> int | None:
+    keys = ("num_heads",) if family == "encoder-decoder" else ("num_attention_heads", "n_head")
+    return next((config[k] for k in keys if k in config), None)
+
+
+def _student_config_checks(sizes: dict, teacher: dict | None, family: str):
+    """Checks of a `config` student's sizes: keys that do not apply to the family, head arithmetic."""
+    for key in sizes:
+        if key in ALL_SIZE_KEYS and key not in SIZE_KEYS[family]:
+            yield Check(size_key_message(key, family), path=("student", "config", key))
+    if family == "encoder-decoder" or teacher is None:
+        return
+    student = {**teacher, **{k: v for k, v in sizes.items() if k in SIZE_KEYS[family]}}
+    hidden, heads = student.get("hidden_size"), student.get("num_attention_heads")
+    if hidden and heads and hidden % heads:
+        divisors = [d for d in range(1, min(hidden, 64) + 1) if hidden % d == 0]
+        yield Check(
+            f"the student's hidden_size {hidden} is not a multiple of its num_attention_heads {heads}; "
+            f"set student.config.num_attention_heads to a divisor of {hidden} (e.g. {divisors[-3:]})",
+            path=("student", "config"),
+        )
+    teacher_kv = teacher.get("num_key_value_heads")
+    kv = sizes.get("num_key_value_heads")
+    if kv is None and teacher_kv is not None and teacher_kv != teacher.get("num_attention_heads"):
+        kv = teacher_kv  # grouped-query attention stays grouped; plain multi-head follows num_attention_heads
+    if kv and heads and heads % kv:
+        yield Check(
+            f"the student's num_attention_heads {heads} is not a multiple of its num_key_value_heads {kv}; "
+            f"set student.config.num_key_value_heads to a divisor of {heads}",
+            path=("student", "config"),
+        )
+
+
+def _student_counts(spec: dict, teacher_counts: dict, family: str):
+    """(student's {stack: layers} or None, checks) for the student spec, given the teacher's counts."""
+    problems = []
+    if "from_teacher" in spec:
+        counts = {}
+        for stack, n_teacher in teacher_counts.items():
+            layers = chosen_layers(spec["from_teacher"], stack, n_teacher)
+            bad = [i for i in layers if i >= n_teacher]
+            if bad:
+                own = stack == "decoder" and spec["from_teacher"]["decoder_layers"] is not None
+                setting = "decoder_layers" if own else "layers"
+                problems.append(Check(
+                    f"teacher{_where(stack)} layer(s) {bad} do not exist: the teacher{_where(stack)} has {n_teacher} "
+                    f"layers (0 to {n_teacher - 1})", path=("student", "from_teacher", setting)))  # fmt: skip
+            counts[stack] = len(layers)
+        return counts, problems
+    if "config" in spec:
+        keys = {"layers": "num_hidden_layers", "encoder": "num_layers", "decoder": "num_decoder_layers"}
+        sizes = spec["config"]
+        return {stack: sizes.get(keys[stack], n) for stack, n in teacher_counts.items()}, problems
+    if "path" in spec:
+        config = _config_json(spec["path"])
+        return (_counts(config, family) if config else None), problems
+    return None, problems
 
 
 def check(settings, plan):
-    loss_settings, spec = settings["loss"], settings["student"]
-    if all(loss_settings[name]["weight"] == 0 for name in ("soft", "hard", "hidden", "attention")):
+    loss_settings, spec, family = settings["loss"], settings["student"], plan.family
+    if all(loss_settings[name]["weight"] == 0 for name in TERMS):
         yield Check("every loss weight is 0: nothing to train the student on; set loss.soft.weight > 0", path=("loss",))
     earlier = [uses for _, uses, _ in plan.stages[: plan.index]]
     if "from_teacher" in spec and "prune-heads" in earlier:
@@ -562,56 +561,43 @@ def check(settings, plan):
             "structure; put distill before prune-heads, or use student.config",
             path=("student", "from_teacher"),
         )
+    if "from_teacher" in spec and spec["from_teacher"]["decoder_layers"] is not None and family != "encoder-decoder":
+        yield Check(f"student.from_teacher.decoder_layers applies only to encoder-decoder models, not {family}; "
+                    "remove it and choose the layers with `layers`",
+                    path=("student", "from_teacher", "decoder_layers"))  # fmt: skip
     teacher = _known_teacher_config(plan)
-    if teacher is None:
-        return
-    n_teacher, teacher_heads = teacher["num_hidden_layers"], teacher.get("num_attention_heads")
-    student = None
-    if "from_teacher" in spec:
-        layers = spec["from_teacher"]["layers"]
-        layers = _every_other(n_teacher) if layers == "every_other" else layers
-        bad = [i for i in layers if i >= n_teacher]
-        if bad:
-            yield Check(
-                f"teacher layer(s) {bad} do not exist: the teacher has {n_teacher} layers (0 to {n_teacher - 1})",
-                path=("student", "from_teacher", "layers"),
-            )
-        student = {**teacher, "num_hidden_layers": len(layers)}
-    elif "config" in spec:
-        student = {**teacher, **{k: spec["config"][k] for k in SIZE_KEYS if k in spec["config"]}}
-        hidden, heads = student.get("hidden_size"), student.get("num_attention_heads")
-        if hidden and heads and hidden % heads:
-            divisors = [d for d in range(1, min(hidden, 64) + 1) if hidden % d == 0]
-            yield Check(
-                f"the student's hidden_size {hidden} is not a multiple of its num_attention_heads {heads}; "
-                f"set student.config.num_attention_heads to a divisor of {hidden} (e.g. {divisors[-3:]})",
-                path=("student", "config"),
-            )
-    elif "path" in spec:
-        student = _config_json(spec["path"])
-    if student is None or "num_hidden_layers" not in student:
-        return
-    n_student = student["num_hidden_layers"]
-    given = loss_settings["layer_map"]
+    if "config" in spec:
+        yield from _student_config_checks(spec["config"], teacher, family)
     matching = loss_settings["hidden"]["weight"] > 0 or loss_settings["attention"]["weight"] > 0
-    if given is not None and matching:
-        if len(given) != n_student:
+    wrong_form = layer_map_form_problem(loss_settings["layer_map"], family == "encoder-decoder")
+    if matching and wrong_form:
+        yield Check(wrong_form, path=("loss", "layer_map"))
+    teacher_counts = _counts(teacher, family) if teacher else None
+    if teacher_counts is None:
+        return
+    student_counts, problems = _student_counts(spec, teacher_counts, family)
+    yield from problems
+    if student_counts is None or list(student_counts) != list(teacher_counts):
+        return
+    if matching and not wrong_form:
+        for message, path in layer_map_problems(loss_settings["layer_map"], student_counts, teacher_counts):
+            yield Check(message, path=path)
+    if loss_settings["attention"]["weight"] > 0:
+        teacher_heads = _heads(teacher, family)
+        if "config" in spec:
+            student_heads = {**teacher, **spec["config"]}.get("num_heads" if family == "encoder-decoder"
+                                                              else "num_attention_heads")  # fmt: skip
+        elif "path" in spec:
+            student_heads = _heads(_config_json(spec["path"]) or {}, family)
+        else:
+            student_heads = teacher_heads
+        if student_heads is not None and teacher_heads is not None and student_heads != teacher_heads:
+            key = "num_heads" if family == "encoder-decoder" else "num_attention_heads"
             yield Check(
-                f"loss.layer_map has {len(given)} entries but the student has {n_student} layers; "
-                "give one teacher layer per student layer (or null for the uniform mapping)",
-                path=("loss", "layer_map"),
+                f"attention matching needs the same number of heads, but the student has {student_heads} and the "
+                f"teacher {teacher_heads}; set loss.attention.weight: 0, or keep {key} at {teacher_heads}",
+                path=("loss", "attention", "weight"),
             )
-        bad = [j for j in given if j >= n_teacher]
-        if bad:
-            yield Check(f"loss.layer_map names teacher layer(s) {bad}, but the teacher has {n_teacher} layers",
-                        path=("loss", "layer_map"))  # fmt: skip
-    if loss_settings["attention"]["weight"] > 0 and student.get("num_attention_heads") != teacher_heads:
-        yield Check(
-            f"attention matching needs the same number of heads, but the student has "
-            f"{student.get('num_attention_heads')} and the teacher {teacher_heads}; set loss.attention.weight: 0, "
-            f"or keep num_attention_heads at {teacher_heads}",
-            path=("loss", "attention", "weight"),
-        )
 
 
 @hookimpl
@@ -622,11 +608,11 @@ def compose_register_stages(register):
             run=run,
             schema=load_schema_file("compose.schemas", "distill.schema.json"),
             description="Distil the trained model (teacher) into a smaller student: soft targets, hard labels, "
-            "hidden-state and attention matching.",
+            "hidden-state and attention matching (encoders, decoders and encoder-decoders).",
             needs={"task_trained": True, "quantized": False},
             leaves={"distilled": True, "task_trained": True, "heads_pruned": False},
             compresses=True,
-            families=("encoder",),
+            families=("encoder", "decoder", "encoder-decoder"),
             trains=True,
             check=check,
             describe=describe,
