@@ -9,15 +9,17 @@ import pytest
 
 from compose.recipe import load_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
 def test_there_are_recipes():
     assert RECIPES
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
 def test_recipe_header_and_validity(path, host):
+    command = f"recipe apply {path.relative_to(ROOT).as_posix()}"
     lines = path.read_text(encoding="utf-8").splitlines()
     header = []
     for line in lines:
@@ -25,7 +27,5 @@ def test_recipe_header_and_validity(path, host):
             break
         header.append(line)
     assert len(header) >= 2, f"{path.name} must start with comments saying what it does"
-    assert any(f"recipe apply recipes/{path.name}" in line for line in header), (
-        f"{path.name}'s header must give the exact command: recipe apply recipes/{path.name}"
-    )
+    assert any(command in line for line in header), f"{path.name}'s header must give the exact command: {command}"
     load_recipe(path, host=host)  # raises RecipeError with every problem
