@@ -196,14 +196,8 @@ class SequenceClassificationTask(Task):
         return {str(label): i for i, label in enumerate(self.labels)}
 
     def _check_rows(self, split: str, rows: list[dict]) -> None:
-        index = self._label_index()
-        column = self.spec["label_column"]
-        for number, row in enumerate(rows, start=1):
-            if str(row[column]).strip() not in index:
-                raise DataError(
-                    f"split '{split}': row {number} has label {row[column]!r}, which is not in "
-                    f"task.labels {self.labels}; fix the data or add the label to task.labels"
-                )
+        _check_labels(split, rows, self.spec["label_column"], self._label_index(),
+                      f"which is not in task.labels {self.labels}; fix the data or add the label to task.labels")  # fmt: skip
 
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         texts = [str(r[self.spec["text_column"]]) for r in rows]
@@ -245,6 +239,13 @@ class SequenceClassificationTask(Task):
         if name == "matthews":
             return _matthews(predictions, labels, self.num_labels)
         raise ValueError(f"unknown metric {name!r} for {self.kind}")
+
+
+def _check_labels(split: str, rows: list[dict], column: str, known, why: str) -> None:
+    """DataError naming the first row whose label (as text) is not in ``known``."""
+    for number, row in enumerate(rows, start=1):
+        if str(row[column]).strip() not in known:
+            raise DataError(f"split '{split}': row {number} has label {row[column]!r}, {why}")
 
 
 def _confusion(predictions, labels, n):
@@ -370,15 +371,10 @@ class Seq2SeqTask(Task):
 
     def _check_rows(self, split: str, rows: list[dict]) -> None:
         targets = self.spec["targets"]
-        if targets is None:
-            return
-        column = self.spec["label_column"]
-        for number, row in enumerate(rows, start=1):
-            if str(row[column]).strip() not in targets:
-                raise DataError(
-                    f"split '{split}': row {number} has label {row[column]!r}, which task.targets does not map "
-                    f"(it maps: {', '.join(targets)}); fix the data or add it to task.targets"
-                )
+        if targets is not None:
+            _check_labels(split, rows, self.spec["label_column"], targets,
+                          f"which task.targets does not map (it maps: {', '.join(targets)}); fix the data or "
+                          "add it to task.targets")  # fmt: skip
 
     def examples(self, split: str, tokenizer) -> list:
         targets = self.spec["targets"]
