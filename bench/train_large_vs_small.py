@@ -83,12 +83,12 @@ def main() -> int:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     for family in families:
         spec = EXPERIMENTS[family]
-        folders, reports, seconds = {}, {}, {}
+        recipes = {arm: ROOT / "recipes" / "experiments" / f"{spec['recipe']}-{arm}.yaml" for arm in ARMS}
+        folders = {arm: RUNS / f"{spec['recipe']}-{arm}" for arm in ARMS}
+        reports, seconds = {}, {}
         for arm in ARMS:
-            recipe = ROOT / "recipes" / "experiments" / f"{spec['recipe']}-{arm}.yaml"
-            folders[arm] = RUNS / f"{spec['recipe']}-{arm}"
             started = time.time()
-            run("apply", str(recipe), "--output", str(folders[arm]), "-q")
+            run("apply", str(recipes[arm]), "--output", str(folders[arm]), "-q")
             seconds[arm] = round(time.time() - started, 1)
             reports[arm] = json.loads((folders[arm] / "report.json").read_text())
             print(f"{family} {arm}: {seconds[arm]:.0f} s", file=sys.stderr)
@@ -99,11 +99,10 @@ def main() -> int:
         shutil.copyfile(plot, RESULTS / f"train-large-vs-small-{family}.png")
         arms = {}
         for arm, data in zip(ARMS, comparison["runs"]):
-            recipe = ROOT / "recipes" / "experiments" / f"{spec['recipe']}-{arm}.yaml"
             arms[arm] = {
-                "recipe": str(recipe.relative_to(ROOT)),
+                "recipe": str(recipes[arm].relative_to(ROOT)),
                 "training_steps": data["training_steps"],
-                "training_flops_estimate": training_flops(reports[arm], tokens_per_step(recipe)),
+                "training_flops_estimate": training_flops(reports[arm], tokens_per_step(recipes[arm])),
                 "wall_seconds": seconds[arm],
                 "final": data["final"],
                 "stages": data["stages"],

@@ -114,8 +114,12 @@ def comparison(runs: list[Run]) -> dict:
     }
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def best_final(runs: list[Run]) -> Run | None:
-    scored = [r for r in runs if r.final.value is not None and not math.isnan(r.final.value)]
+    scored = [r for r in runs if _finite(r.final.value)]
     if not scored:
         return None
     pick = max if runs[0].report.higher_is_better else min
@@ -137,23 +141,21 @@ def plot(runs: list[Run], target: Path) -> Path:
     metric = runs[0].report.metric
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for run in runs:
-        rows = [r for r in run.report.rows if r.size_bytes]
-        if not rows:
-            continue
-        sizes = [r.size_bytes / 1e6 for r in rows]
-        for axis, values in ((left, [r.retained for r in rows]), (right, [r.value for r in rows])):
-            points = [(s, v) for s, v in zip(sizes, values) if v is not None and not math.isnan(v)]
+        for axis, field in ((left, "retained"), (right, "value")):
+            points = [(row.size_bytes / 1e6, getattr(row, field), row.name) for row in run.report.rows
+                      if row.size_bytes and _finite(getattr(row, field))]  # fmt: skip
             if not points:
                 continue
-            (line,) = axis.plot(*zip(*points), marker="o", label=run.label)
-            for (size, value), row in zip(points, [r for r, v in zip(rows, values) if v is not None]):
-                axis.annotate(row.name, (size, value), textcoords="offset points", xytext=(4, 4), fontsize=8,
+            sizes, values, names = zip(*points)
+            (line,) = axis.plot(sizes, values, marker="o", label=run.label)
+            for size, value, name in points:
+                axis.annotate(name, (size, value), textcoords="offset points", xytext=(4, 4), fontsize=8,
                               color=line.get_color())  # fmt: skip
     lower = "" if runs[0].report.higher_is_better else " (lower is better)"
     left.set(xscale="log", xlabel="size on disk (MB)", ylabel=f"retained {metric} (vs each run's baseline)",
              title="retained metric vs size")  # fmt: skip
     right.set(xscale="log", xlabel="size on disk (MB)", ylabel=f"{metric}{lower}", title=f"{metric} vs size")
-    values = [r.value for run in runs for r in run.report.rows if r.value and not math.isnan(r.value)]
+    values = [r.value for run in runs for r in run.report.rows if _finite(r.value)]
     if values and min(values) > 0 and max(values) / min(values) > 10:
         right.set_yscale("log")  # perplexities of untrained and trained models differ by orders of magnitude
     for axis in (left, right):

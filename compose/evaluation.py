@@ -70,7 +70,6 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
         latencies = [g[1] for g in gathered if g[1] is not None]
         latency = sum(latencies) / len(latencies) if latencies else None
         examples = sum(g[2] for g in gathered)
-    value = task.compute_metric(state, metric_name)
     metrics = {name: task.compute_metric(state, name) for name in task.metric_names}
     higher = METRICS[metric_name].higher_is_better
-    return Evaluation(metric_name, value, higher, latency, examples, metrics)
+    return Evaluation(metric_name, metrics[metric_name], higher, latency, examples, metrics)

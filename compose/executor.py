@@ -131,11 +131,12 @@ class Executor:
             self._write_resolved_recipe()
 
         task = build_task(data["task"], data["seed"])
+        metric = data["evaluate"]["metric"] or task.metric_name
         report = Report(
             recipe=str(self.recipe.source),
             run_dir=str(self.run_dir),
-            metric=data["evaluate"]["metric"] or task.metric_name,
-            higher_is_better=METRICS[data["evaluate"]["metric"] or task.metric_name].higher_is_better,
+            metric=metric,
+            higher_is_better=METRICS[metric].higher_is_better,
             baseline_stage=baseline_stage(self.recipe),
             gates=[
                 GateResult(g.get("stage", "final"), g.get("min_retained"), g.get("min_metric"), None, None, None)

@@ -153,7 +153,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _bytes(n: int | None) -> str:
+def format_bytes(n: int | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
@@ -163,10 +163,14 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
-def _number(value: float | None) -> str:
+def format_number(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "-"
     return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def format_percent(fraction: float | None) -> str:
+    return f"{100 * fraction:.1f}%" if fraction is not None else "-"
 
 
 def render_table(report: Report, console: Console) -> None:
@@ -190,11 +194,11 @@ def render_table(report: Report, console: Console) -> None:
         table.add_row(
             row.name + marker,
             row.plugin or "-",
-            _number(row.value),
-            f"{100 * row.retained:.1f}%" if row.retained is not None else "-",
-            *(_number(row.metrics.get(name)) for name in others),
+            format_number(row.value),
+            format_percent(row.retained),
+            *(format_number(row.metrics.get(name)) for name in others),
             f"{row.params / 1e6:.2f}M",
-            _bytes(row.size_bytes),
+            format_bytes(row.size_bytes),
             f"{row.latency_ms:.1f} ms" if row.latency_ms is not None else "-",
             f"{row.seconds:.1f} s",
         )
@@ -203,8 +207,7 @@ def render_table(report: Report, console: Console) -> None:
         verdict = {True: "[green]passed[/]", False: "[red]FAILED[/]", None: "[yellow]not reached[/]"}[gate.passed]
         wants = []
         if gate.min_retained is not None:
-            got = f"{100 * gate.retained:.1f}%" if gate.retained is not None else "-"
-            wants.append(f"retained {got} >= {100 * gate.min_retained:.1f}%")
+            wants.append(f"retained {format_percent(gate.retained)} >= {format_percent(gate.min_retained)}")
         if gate.min_metric is not None:
             op = ">=" if report.higher_is_better else "<="
             got = f"{gate.value:.4f}" if gate.value is not None else "-"

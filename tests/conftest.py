@@ -119,41 +119,17 @@ def tiny_bpe_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 def task_yaml(family: str, data_dir: Path, text_dir: Path | None) -> str:
+    """The task section for a family: its kind, its tiny data files, its own settings."""
+    files, kind, settings = data_dir, "sequence-classification", ["max_length: 16"]
     if family == "decoder":
-        return textwrap.dedent(
-            f"""\
-            task:
-              kind: causal-lm
-              data:
-                train: {{path: {text_dir / 'train.txt'}}}
-                dev: {{path: {text_dir / 'dev.txt'}}}
-              text_column: text
-              block_size: 16
-            """
-        )
-    if family == "encoder-decoder":
-        return textwrap.dedent(
-            f"""\
-            task:
-              kind: seq2seq
-              data:
-                train: {{path: {data_dir / 'train.tsv'}}}
-                dev: {{path: {data_dir / 'dev.tsv'}}}
-              targets: {{0: negative, 1: positive}}
-              max_length: 16
-              max_target_length: 8
-            """
-        )
-    return textwrap.dedent(
-        f"""\
-        task:
-          kind: sequence-classification
-          data:
-            train: {{path: {data_dir / 'train.tsv'}}}
-            dev: {{path: {data_dir / 'dev.tsv'}}}
-          max_length: 16
-        """
-    )
+        files, kind, settings = text_dir, "causal-lm", ["text_column: text", "block_size: 16"]
+    elif family == "encoder-decoder":
+        kind = "seq2seq"
+        settings = ["targets: {0: negative, 1: positive}", "max_length: 16", "max_target_length: 8"]
+    suffix = ".txt" if family == "decoder" else ".tsv"
+    lines = ["task:", f"  kind: {kind}", "  data:"]
+    lines += [f"    {split}: {{path: {files / (split + suffix)}}}" for split in ("train", "dev")]
+    return "\n".join(lines + [f"  {line}" for line in settings]) + "\n"
 
 
 def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "", config: dict | None = None,

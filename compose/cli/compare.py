@@ -10,7 +10,7 @@ from rich.table import Table
 
 from compose.cli._common import CommandError, dump_json
 from compose.compare import CompareError, best_final, comparison, load_runs, plot
-from compose.report import EXIT_OK, _bytes, _number
+from compose.report import EXIT_OK, format_bytes, format_number, format_percent
 
 HELP = "compare finished runs side by side and plot metric against size on disk"
 EXAMPLE = """\
@@ -64,13 +64,13 @@ def run(args) -> int:
         side.add_column(r.label, justify="right")
     finals = [r.final for r in runs]
     side.add_row("final stage", *[f.name for f in finals])
-    side.add_row(metric, *[_number(f.value) for f in finals])
+    side.add_row(metric, *[format_number(f.value) for f in finals])
     for name in dict.fromkeys(k for f in finals for k in f.metrics if k != metric):
-        side.add_row(name, *[_number(f.metrics.get(name)) for f in finals])
-    side.add_row("retained (own baseline)", *[f"{100 * f.retained:.1f}%" if f.retained is not None else "-" for f in finals])
+        side.add_row(name, *[format_number(f.metrics.get(name)) for f in finals])
+    side.add_row("retained (own baseline)", *[format_percent(f.retained) for f in finals])
     side.add_row("baseline", *[r.report.baseline_stage or "-" for r in runs])
     side.add_row("params", *[f"{f.params / 1e6:.2f}M" for f in finals])
-    side.add_row("size on disk", *[_bytes(f.size_bytes) for f in finals])
+    side.add_row("size on disk", *[format_bytes(f.size_bytes) for f in finals])
     side.add_row("latency/batch", *[f"{f.latency_ms:.1f} ms" if f.latency_ms is not None else "-" for f in finals])
     side.add_row("training steps", *[str(r.training_steps) for r in runs])
     side.add_row("run time", *[f"{r.report.seconds:.0f} s" for r in runs])
@@ -81,13 +81,13 @@ def run(args) -> int:
         stages.add_column(column, justify="left" if column in ("run", "stage") else "right")
     for r in runs:
         for row in r.report.rows:
-            stages.add_row(r.label, row.name, _number(row.value),
-                           f"{100 * row.retained:.1f}%" if row.retained is not None else "-",
-                           f"{row.params / 1e6:.2f}M", _bytes(row.size_bytes))  # fmt: skip
+            stages.add_row(r.label, row.name, format_number(row.value),
+                           format_percent(row.retained),
+                           f"{row.params / 1e6:.2f}M", format_bytes(row.size_bytes))  # fmt: skip
     console.print(stages)
     best = best_final(runs)
     if best is not None:
-        console.print(f"best final {metric}: {best.label} ({_number(best.final.value)})")
+        console.print(f"best final {metric}: {best.label} ({format_number(best.final.value)})")
     if target:
         console.print(f"plot: {target}")
     return EXIT_OK
