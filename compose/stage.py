@@ -147,6 +147,8 @@ class TrainingExtension:
     description: one line for ``recipe plugins``.
     check:       optional ``check(value, plan) -> iterable of Check``, run at
                  validation time for each training stage that sets the key.
+    describe:    optional ``describe(value) -> str``: what the value will do on this
+                 machine, appended to the stage's line in ``recipe plan``.
     """
 
     name: str
@@ -154,3 +156,4 @@ class TrainingExtension:
     setup: Callable[[Any, Any], None]
     description: str
     check: Callable[..., Iterable[Check]] | None = None
+    describe: Callable[[Any], str] | None = None

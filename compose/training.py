@@ -42,6 +42,9 @@ class TrainingSetup:
                         (parameters sharded over several device meshes).
     evaluate_between_epochs: False where evaluation cannot run mid-training.
     notes:              JSON-serialisable facts for the report (``details.training.setup``).
+    device:             the torch device the stage computes on.
+    announce:           lines the training loop logs as training starts (what a
+                        setting chose on this machine, e.g. ``amp: auto -> bf16``).
     """
 
     stage: str
@@ -55,6 +58,8 @@ class TrainingSetup:
     clip_grad_norm: Callable | None = None
     evaluate_between_epochs: bool = True
     notes: dict = field(default_factory=dict)
+    device: Any = None
+    announce: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,23 @@ def _optimizer(settings: dict, groups: list[dict]):
     return torch.optim.AdamW(groups, lr=settings["learning_rate"])
 
 
+def fresh_accelerator(**kwargs):
+    """An ``accelerate.Accelerator`` that inherits nothing from an earlier one in this process.
+
+    accelerate keeps process-wide state: ``AcceleratorState`` (mixed precision),
+    ``PartialState`` (the device, fixed by the first Accelerator: a CPU run first and a
+    CUDA run after it in the same process trained on the CPU while its batches were on
+    the GPU) and ``GradientState`` (the dataloaders of a run that raised mid-epoch). All
+    three start afresh; a process group a launcher set up is kept (PartialState joins it again).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(**kwargs)
+
+
 def train_model(
     ctx,
     model=None,
@@ -142,8 +164,6 @@ def train_model(
     with the model (e.g. projection layers of a loss). Returns the trained model
     (unwrapped from any distributed wrapper) and a ``TrainingSummary``.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from transformers import get_scheduler
 
     model = ctx.model if model is None else model
@@ -155,6 +175,7 @@ def train_model(
         stage=ctx.name,
         settings=settings,
         model=model,
+        device=ctx.device,
         accelerator_kwargs={
             "cpu": ctx.device.type == "cpu",
             "gradient_accumulation_steps": settings["gradient_accumulation_steps"],
@@ -166,9 +187,13 @@ def train_model(
             if value != registered.extension.schema["default"]:
                 registered.extension.setup(setup, value)
         ctx.plugin_host.hook.compose_training_setup(setup=setup)
+    for line in setup.announce:
+        ctx.log(line)
     model = setup.model
-    AcceleratorState._reset_state()  # each stage may ask for different precision
-    accelerator = Accelerator(**setup.accelerator_kwargs)
+    accelerator = fresh_accelerator(**setup.accelerator_kwargs)
+    if accelerator.device.type != ctx.device.type:  # model, batches and evaluation share one device
+        raise RuntimeError(f"accelerate placed training on {accelerator.device} but the stage computes on "
+                           f"{ctx.device}; set the device through the executor, not accelerate's config")  # fmt: skip
 
     loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed,
                               shard=setup.data_shard)  # fmt: skip
@@ -212,8 +237,7 @@ def train_model(
         accelerator.step = skip  # where gradient accumulation was in that pass
         ctx.log(f"resuming from the checkpoint at step {step}")
     model.train()
-    with ctx.progress.track(f"{ctx.name}: training", total=total_steps) as bar:
-        bar.advance(step)
+    with ctx.progress.track(f"{ctx.name}: training", total=total_steps, completed=step) as bar:
         while step < total_steps:
             epoch += 1
             consumed = 0

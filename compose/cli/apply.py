@@ -41,6 +41,11 @@ determined it (recipe up to that stage, model and data bytes, plugin versions,
 seed). Applying again into the same folder reuses the stages whose fingerprints
 match and reruns from the first that differs; --fresh reruns everything.
 
+Progress goes to stderr: live bars on a terminal; elsewhere (CI, a pipe, nohup, a file)
+a plain line at most every 30 s with the work, step/total, rate and ETA. Set
+RECIPE_COMPOSE_PROGRESS_INTERVAL=SECONDS to change that interval (0: no lines);
+--quiet shows neither.
+
 exit codes: 0 success, 1 a gate failed, 2 the recipe is invalid (nothing ran),
             3 a stage failed at run time, 130 interrupted (SIGINT/SIGTERM; apply again to resume)
 """
@@ -119,9 +124,13 @@ def _interrupt(signum, frame):
 def run(args) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the run as cleanly as Ctrl-C
     from compose.executor import Executor, RunOptions
-    from compose.progress import Progress
+    from compose.progress import Progress, interval_from_env
     from compose.report import render_table
 
+    try:
+        interval = interval_from_env()
+    except ValueError as exc:
+        raise CommandError(f"{exc}; nothing ran") from None
     host = host_or_exit()
     try:
         recipe = load_recipe(args.recipe, args.overrides, host)
@@ -150,7 +159,7 @@ def run(args) -> int:
             return EXIT_STAGE_FAILED
     else:
         rank = int(os.environ.get("RANK", "0"))
-        progress = Progress(console=Console(stderr=True), enabled=not args.quiet and rank == 0)
+        progress = Progress(console=Console(stderr=True), enabled=not args.quiet and rank == 0, interval=interval)
         options = RunOptions(output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress,
                              fresh=args.fresh)  # fmt: skip
         with progress:

@@ -10,6 +10,7 @@ from compose.cli._common import dump_json, host_or_exit, print_problems
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
 from compose.report import EXIT_INVALID, EXIT_OK
+from compose.schema import training_settings_paths
 from compose.stage import describe_fact
 
 HELP = "show the resolved recipe (defaults filled in) and what each stage will do"
@@ -31,6 +32,23 @@ def add_parser(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
+def _extension_lines(host, stage_type, settings) -> list[str]:
+    """What the training extensions a stage sets will do here (``amp auto -> bf16: ...``)."""
+    lines = []
+    for at in training_settings_paths(stage_type.schema):
+        training = settings
+        for key in at:
+            training = training.get(key) if isinstance(training, dict) else None
+        if not isinstance(training, dict):
+            continue
+        for name, registered in host.training_extensions.items():
+            ext = registered.extension
+            value = training.get(name, ext.schema.get("default"))
+            if ext.describe is not None and value != ext.schema.get("default"):
+                lines.append(ext.describe(value))
+    return lines
+
+
 def run(args) -> int:
     from compose.executor import baseline_stage
 
@@ -44,6 +62,7 @@ def run(args) -> int:
     steps = []
     for index, (stage, stage_type) in enumerate(zip(recipe.stages, recipe.stage_types), start=1):
         what = stage_type.describe(stage["with"]) if stage_type.describe else stage_type.description
+        what += "".join(f"; {line}" for line in _extension_lines(host, stage_type, stage["with"]))
         leaves = ", ".join(describe_fact(f, v) for f, v in stage_type.leaves.items())
         steps.append({"index": index, "name": stage["name"], "uses": stage_type.name, "does": what,
                       "leaves": leaves, "compresses": stage_type.compresses})  # fmt: skip

@@ -14,6 +14,9 @@ from safetensors.torch import load_file
 from compose.cli.main import main
 
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
+#: Only a hung process fails on time: no limit here assumes a CPU speed (a slow shared CPU
+#: took over 300 s for one of these runs). Waits for a run's progress have no deadline but this.
+HANG_S = 3600
 STAGES = """\
 - {name: a, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}
 - {name: b, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}
@@ -69,17 +72,21 @@ def test_changed_data_reruns_everything(write_recipe, tmp_path, tiny_data_dir, c
 def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path, how):
     recipe = write_recipe(STAGES)
     reference, run = tmp_path / "reference", tmp_path / "run"
-    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(reference), "-q"], check=True, timeout=300)
+    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(reference), "-q"], check=True, timeout=HANG_S)
 
-    # Kill the run at a random moment after its first stage finished.
+    # Kill the run at a random moment after its first stage finished: within stage b, which
+    # trains as many steps as a, so a fraction of a's time lands there on any machine's speed.
     child = subprocess.Popen([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.time() + 300
-    while not list(run.glob("stages/01-a/stage.json")) and time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.Random(int(how)).uniform(0.0, 0.5))  # stage b takes longer than that
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    record = run / "stages" / "01-a" / "stage.json"
+    deadline = time.time() + HANG_S
+    while not record.exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    assert record.exists(), "the run ended (or hung) before its first stage finished"
+    stage_a_seconds = json.loads(record.read_text())["row"]["seconds"]
+    time.sleep(random.Random(int(how)).uniform(0.0, 0.5) * stage_a_seconds)
     child.send_signal(how)
-    code = child.wait(timeout=300)
+    code = child.wait(timeout=HANG_S)
     assert code != 0, "the run finished before the signal arrived"
     finished_before = [s["name"] for s in report_of(run)["stages"]]
     if how == signal.SIGINT:
@@ -87,7 +94,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(write_recipe, tmp_path, 
         assert report_of(run)["status"] == "interrupted"
     assert not list(run.rglob("*.partial")) or how == signal.SIGKILL
 
-    done = subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"], timeout=300)
+    done = subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"], timeout=HANG_S)
     assert done.returncode == 0
     resumed = report_of(run)
     assert set(finished_before) <= set(resumed["reused_stages"])  # finished stages were not recomputed
@@ -103,12 +110,12 @@ def test_a_long_stage_killed_mid_way_resumes_from_its_checkpoint(write_recipe, t
              "checkpoint_every: 10, eval_every_epoch: false}}\n")  # fmt: skip
     recipe = write_recipe(stage)
     reference, run = tmp_path / "reference", tmp_path / "run"
-    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(reference), "-q"], check=True, timeout=600)
+    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(reference), "-q"], check=True, timeout=HANG_S)
 
     child = subprocess.Popen([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     meta = run / "stages" / "01-long" / "work" / "checkpoint" / "meta.json"
-    deadline = time.time() + 600
+    deadline = time.time() + HANG_S
     while time.time() < deadline and child.poll() is None:
         try:
             if json.loads(meta.read_text())["step"] >= 30:
@@ -117,11 +124,11 @@ def test_a_long_stage_killed_mid_way_resumes_from_its_checkpoint(write_recipe, t
             pass
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
+    child.wait(timeout=HANG_S)
     killed_at = json.loads(meta.read_text())["step"]
     assert killed_at < 200, "the stage finished before it could be killed"
 
-    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"], check=True, timeout=600)
+    subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(run), "-q"], check=True, timeout=HANG_S)
     training = report_of(run)["stages"][1]["details"]["training"]
     assert training["resumed_from_step"] >= killed_at and training["steps"] == 200
     assert not meta.parent.exists()  # removed once the stage finished

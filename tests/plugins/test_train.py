@@ -38,3 +38,27 @@ def test_train_teaches_t5_to_answer_in_words(make_context, tiny_t5):
     result = ctx.plugin_host.stage("train").run(ctx)
     after = evaluate(result.model, tokenizer, ctx.task, ctx.recipe["evaluate"], ctx.device)
     assert after.metric == "exact_match" and after.value >= 0.9  # it answers "positive"/"negative" right
+
+
+def test_each_training_run_starts_accelerate_afresh(make_context, tiny_bert):
+    """accelerate's process-wide device state from an earlier run must not leak into the next one.
+
+    A CPU run followed by a CUDA run in one process trained on the CPU while the batches were
+    on the GPU, because ``AcceleratorState._reset_state()`` keeps ``PartialState``.
+    """
+    from accelerate.state import GradientState, PartialState
+
+    from compose.training import fresh_accelerator, train_model
+
+    model, tokenizer = tiny_bert
+    ctx = make_context("- {name: ft, uses: train, with: {max_steps: 2, eval_every_epoch: false}}", model, tokenizer,
+                       overrides=())  # fmt: skip
+    train_model(ctx)
+    asked_cpu = ctx.device.type == "cpu"
+    assert PartialState()._cpu is asked_cpu  # what decides accelerate's device
+    fresh_accelerator(cpu=not asked_cpu)  # the next run asks for the other placement
+    assert PartialState()._cpu is (not asked_cpu)
+    assert GradientState().dataloader_references == [None]  # nothing left of the earlier run's data
+    fresh_accelerator(cpu=asked_cpu)
+    _, summary = train_model(ctx)  # and a run after that trains as usual
+    assert summary.steps == 2
