@@ -182,6 +182,29 @@ def set_attention_dropout(model, p: float) -> list:
     return changed
 
 
+def use_eager_attention(model) -> list:
+    """Run every attention module of ``model`` in eager mode (the one that returns its weights).
+
+    sdpa and flash attention return no attention weights (transformers warns once and
+    gives None). The model's own config is not enough: T5's encoder and decoder stacks
+    read deep copies of it, so every distinct config a module holds is switched, after
+    ``set_attn_implementation`` (which validates the choice). Returns (config,
+    "_attn_implementation", old value) triples for ``restore``.
+    """
+    configs = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(config, "_attn_implementation_internal") and all(config is not c for c in configs):
+            configs.append(config)
+    changed = [(config, "_attn_implementation", config._attn_implementation) for config in configs]
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    for config in configs:
+        if config._attn_implementation != "eager":
+            config._attn_implementation = "eager"
+    return changed
+
+
 def restore(changed: list) -> None:
     for obj, name, value in changed:
         setattr(obj, name, value)

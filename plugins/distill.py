@@ -49,6 +49,7 @@ from compose.plugins._distill_student import (
     restore,
     set_attention_dropout,
     size_key_message,
+    use_eager_attention,
 )
 
 #: Output fields of each stack: (hidden states, self-attentions).
@@ -373,9 +374,7 @@ def run(ctx: StageContext) -> StageResult:
 
     was_grad = {name: p.requires_grad for name, p in teacher.named_parameters()}
     was_training = teacher.training
-    teacher_impl = getattr(teacher.config, "_attn_implementation", None)
-    student_impl = getattr(student.config, "_attn_implementation", None)
-    dropouts = []
+    changed = []  # dropouts and attention implementations, restored afterwards
     loss = DistillationLoss(teacher, loss_settings, layer_maps, projection, ctx.family)
     if not loss.terms:
         raise ValueError("every loss weight is 0: nothing to train the student on; give loss.soft.weight > 0")
@@ -386,18 +385,14 @@ def run(ctx: StageContext) -> StageResult:
             # sdpa / flash attention return no attention weights: run both in eager while matching,
             # and without dropout on the student's probabilities (eager returns them after dropout).
             for model in (teacher, student):
-                if model.config._attn_implementation != "eager":
-                    model.set_attn_implementation("eager")
-            dropouts = set_attention_dropout(student, 0.0)
+                changed += use_eager_attention(model)
+            changed += set_attention_dropout(student, 0.0)
         ctx.log(f"teacher {count_parameters(teacher):,} parameters -> student {count_parameters(student):,}; "
                 f"loss: {', '.join(loss.terms)}")  # fmt: skip
         student, summary = train_model(ctx, student, settings["training"], loss_fn=loss,
                                        extra_modules=[projection] if projection is not None else [])  # fmt: skip
     finally:
-        restore(dropouts)
-        for model, impl in ((teacher, teacher_impl), (student, student_impl)):
-            if impl is not None and model.config._attn_implementation != impl:
-                model.set_attn_implementation(impl)
+        restore(changed)
         for name, param in teacher.named_parameters():
             param.requires_grad_(was_grad[name])
         teacher.train(was_training)

@@ -430,6 +430,22 @@ def test_distill_lm_student_learns_from_the_teacher(make_context, lm_teacher):
         assert m.config._attn_implementation == "sdpa"  # eager only while matching attentions
 
 
+def test_attention_matching_switches_t5s_stacks_to_eager_and_back(make_context, t5_teacher):
+    """T5's stacks read copies of the config: an sdpa stack under an eager top config returns no weights."""
+    family, model, tokenizer = t5_teacher
+    model.set_attn_implementation("sdpa")
+    model.config._attn_implementation_internal = "eager"  # the top config alone says eager
+    assert {model.encoder.config._attn_implementation, model.decoder.config._attn_implementation} == {"sdpa"}
+    ctx = lm_context(make_context, family, model, tokenizer,
+                     f"{{loss: {{attention: {{weight: 1.0}}, layer_map: {{encoder: null, decoder: [1, 3]}}}}, "
+                     f"training: {{{DISTIL_LM}}}}}")  # fmt: skip
+    result = ctx.plugin_host.stage("distill").run(ctx)
+    assert result.details["loss"]["values"]["last_50_batches"]["attention"] > 0
+    # each config is given back as it was
+    assert model.config._attn_implementation == "eager"
+    assert {model.encoder.config._attn_implementation, model.decoder.config._attn_implementation} == {"sdpa"}
+
+
 @pytest.mark.parametrize("term", ["soft", "hidden", "attention"])
 def test_lm_terms_equal_the_loss_computed_by_hand(make_context, lm_teacher, term):
     family, model, tokenizer = lm_teacher
@@ -438,7 +454,7 @@ def test_lm_terms_equal_the_loss_computed_by_hand(make_context, lm_teacher, term
     ctx = lm_context(make_context, family, model, tokenizer, f"{{loss: {{{loss_yaml}}}}}")
     student, _ = distill.build_student(ctx, model)
     for m in (model, student):
-        m.set_attn_implementation("eager")
+        distill.use_eager_attention(m)  # the weights for the hand computation (sdpa returns none)
         m.eval()
     maps = {"layers": [1, 3]} if family == "decoder" else {"encoder": [1, 3], "decoder": [1, 3]}
     loss_fn = distill.DistillationLoss(model, ctx.settings["loss"], maps, family=family)
