@@ -223,7 +223,10 @@ def train_model(
     trainable = [p for m in [model, *extra_modules] for p in m.parameters() if p.requires_grad]
 
     start = time.perf_counter()
-    step, epoch, window, last_loss = 0, 0, [], None
+    step, epoch, window, last_loss, pending = 0, 0, [], None, None
+    host = ctx.plugin_host
+    step_hooks = host.hook.compose_training_step_end.get_hookimpls() if host is not None else []
+    watched = bool(setup.on_step_end or step_hooks)  # someone reads every step's loss
     history = []
     every = settings["checkpoint_every"] if setup.prepare_model and ctx.work_dir is not None else None
     folder = Path(ctx.work_dir) / checkpoint.FOLDER if every else None
@@ -257,18 +260,24 @@ def train_model(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                window.append(loss.detach().float().item())
+                window.append(loss.detach().float())
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
-                last_loss = sum(window) / len(window)
+                # The mean stays on the device: reading it waits for the GPU to finish the step, so
+                # it is read only when something needs the number (not on every step).
+                pending = torch.stack(window).mean()
                 window = []
                 bar.advance()
-                info = TrainingStep(ctx.name, step, total_steps, epoch, last_loss, model)
-                for callback in setup.on_step_end:
-                    callback(info)
-                if ctx.plugin_host is not None:
-                    ctx.plugin_host.hook.compose_training_step_end(step=info)
+                wanted = watched or step % settings["log_every"] == 0 or step >= total_steps
+                if wanted or (every and step % every == 0):
+                    last_loss, pending = pending.item(), None
+                if watched:
+                    info = TrainingStep(ctx.name, step, total_steps, epoch, last_loss, model)
+                    for callback in setup.on_step_end:
+                        callback(info)
+                    if ctx.plugin_host is not None:
+                        ctx.plugin_host.hook.compose_training_step_end(step=info)
                 if step % settings["log_every"] == 0:
                     bar.update(description=f"{ctx.name}: training (loss {last_loss:.4f})")
                 if step >= total_steps:
@@ -284,7 +293,11 @@ def train_model(
                 result = evaluate(model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], accelerator.device,
                                   ctx.progress, f"{ctx.name}: evaluating epoch {epoch}")  # fmt: skip
                 history.append({"epoch": epoch, "step": step, result.metric: result.value})
+                if pending is not None:
+                    last_loss, pending = pending.item(), None
                 ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
+    if pending is not None:
+        last_loss = pending.item()
     if folder is not None and accelerator.is_main_process:
         checkpoint.remove(folder)  # the stage's artifact is the result now
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no autocast left on forward

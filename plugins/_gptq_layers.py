@@ -241,7 +241,20 @@ def quantize_block(eng, qcfg, spec, settings, block, prefix, inputs, masks, foun
 
 
 def quantize_by_blocks(eng, qcfg, spec, settings, model, batches, device, bar) -> dict:
-    """Quantize every stack's blocks in place; {"layers", "errors", "fp32_bytes", "packed_bytes", "tokens"}."""
+    """Quantize every stack's blocks in place; {"layers", "errors", "fp32_bytes", "packed_bytes", "tokens"}.
+
+    On CUDA, GPTQModel's own path quantizes with TF32 off (full fp32 matmuls for the
+    calibration forwards and Hessians); the walk does the same, so both paths compute alike.
+    """
+    try:
+        from gptqmodel.utils.torch import tf32_high_precision_guard
+    except ImportError:  # a GPTQModel without it: torch's defaults (TF32 off for matmuls)
+        from contextlib import nullcontext as tf32_high_precision_guard
+    with tf32_high_precision_guard():
+        return _quantize_by_blocks(eng, qcfg, spec, settings, model, batches, device, bar)
+
+
+def _quantize_by_blocks(eng, qcfg, spec, settings, model, batches, device, bar) -> dict:
     found = {"layers": {}, "errors": {}, "fp32_bytes": 0, "packed_bytes": 0, "tokens": 0}
     all_stacks = stacks(model)
     bar.update(total=sum(len(blocks) for _, blocks in all_stacks))

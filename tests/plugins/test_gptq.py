@@ -350,7 +350,7 @@ def test_block_walk_and_gptqmodels_llama_path_pack_identical_weights(make_contex
     walked = copy.deepcopy(model)
     spec = result.model.compose_transforms[0]["info"]["quantization"]
     with torch.no_grad(), chatter_off(), ctx.progress.track("walk") as bar:
-        found = _gptq_layers.quantize_by_blocks(eng, qcfg, spec, ctx.settings, walked, gptq._calibration(ctx), "cpu", bar)
+        found = _gptq_layers.quantize_by_blocks(eng, qcfg, spec, ctx.settings, walked, gptq._calibration(ctx), ctx.device, bar)
     assert found["layers"] == result.model.compose_transforms[0]["info"]["layers"]
     for name, module in _packed(result.model).items():
         assert torch.equal(module.dequantize_weight(), walked.get_submodule(name).dequantize_weight()), name
@@ -372,9 +372,9 @@ def test_block_walk_reproduces_the_models_own_stack_outputs(make_context, tiny_l
         handle = blocks[-1].register_forward_hook(lambda _m, _a, out: seen.append(_gptq_layers._hidden(out)))
         with torch.no_grad():
             for batch in batches:
-                model(**_gptq_layers.model_inputs(model, batch, "cpu"))
+                model(**_gptq_layers.model_inputs(model, batch, ctx.device))
             handle.remove()
-            records, masks = _gptq_layers.capture_stack(model, blocks, batches, "cpu", decoder_stack=number > 0)
+            records, masks = _gptq_layers.capture_stack(model, blocks, batches, ctx.device, decoder_stack=number > 0)
             inputs = records[0]
             for index, block in enumerate(blocks):
                 if index:
