@@ -4,12 +4,16 @@ Measures, each as a ratio within the same run:
   1. step time, fp32 vs `amp: bf16`;
   2. peak memory of training, without vs with `checkpointing: true`;
   3. training throughput, 1 process vs `recipe apply --nproc 2` (DDP over gloo).
+  4. with a CUDA GPU: step time in fp32, bf16 and fp16 at batch 32 and 256, measured as
+     (time of 2N steps - time of N steps) / N, so that start-up (CUDA context, cuBLAS
+     handles, lazy kernel loading) is not counted as step time.
 Every measurement is a real `recipe apply` of bench/recipes/train-bench.yaml (or, for
 memory, the same stage run by bench/_memory_probe.py in a fresh process), repeated
 --repeats times; the median is reported.
 
-    .venv/bin/python bench/training.py            # writes bench/results/training.json
-    .venv/bin/python bench/training.py --quick    # fewer steps, for a smoke check
+    .venv/bin/python bench/training.py              # writes bench/results/training.json
+    .venv/bin/python bench/training.py --quick      # fewer steps, for a smoke check
+    .venv/bin/python bench/training.py --gpu-only   # only 4. (on a machine with a GPU)
 """
 
 from __future__ import annotations
@@ -63,13 +67,38 @@ def median(values):
     return statistics.median(values)
 
 
+def gpu_precisions(steps: int, repeats: int) -> dict:
+    """Steady-state step time on the GPU for each precision at batch 32 and 256."""
+    import torch
+
+    out = {"gpu": torch.cuda.get_device_name(0), "steps": [steps, 2 * steps],
+           "how": "(training seconds of 2N steps - of N steps) / N, each run a fresh `recipe apply`"}  # fmt: skip
+    for batch in (32, 256):
+        row = {}
+        for precision, value in (("fp32", "null"), ("bf16", "bf16"), ("fp16", "fp16")):
+            def seconds(n):
+                report = apply([f"stages.train.with.max_steps={n}", f"stages.train.with.batch_size={batch}",
+                                f"stages.train.with.amp={value}"])  # fmt: skip
+                return training_of(report)["seconds"]
+
+            runs = [(seconds(2 * steps) - seconds(steps)) / steps for _ in range(repeats)]
+            row[f"{precision}_step_s"] = median(runs)
+            row[f"runs_{precision}"] = runs
+        for precision in ("bf16", "fp16"):
+            row[f"{precision}_time_saved"] = 1 - row[f"{precision}_step_s"] / row["fp32_step_s"]
+        out[f"batch_{batch}"] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 8 steps")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "training.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/training.json (--gpu-only: training-gpu.json)")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU precision measurement")
     args = parser.parse_args()
+    args.out = args.out or HERE / "results" / ("training-gpu.json" if args.gpu_only else "training.json")
     if args.quick:
         args.repeats, args.steps = 1, 8
     steps = f"stages.train.with.max_steps={args.steps}"
@@ -80,6 +109,18 @@ def main() -> None:
         "repeats": args.repeats,
     }
     started = time.time()
+    import torch
+
+    if torch.cuda.is_available():
+        results["gpu_mixed_precision"] = gpu_precisions(args.steps, args.repeats)
+        print(json.dumps(results["gpu_mixed_precision"], indent=2))
+    elif args.gpu_only:
+        raise SystemExit("--gpu-only: this machine has no CUDA GPU")
+    if args.gpu_only:
+        results["seconds"] = round(time.time() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        return
 
     fp32 = [step_seconds(apply([steps])) for _ in range(args.repeats)]
     bf16 = [step_seconds(apply([steps, "stages.train.with.amp=bf16"])) for _ in range(args.repeats)]
