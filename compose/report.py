@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -229,17 +230,17 @@ def latency_note(report: Report) -> str | None:
     if not settings:
         return None
     return (
-        f"speed at {settings['threads']} thread(s) on {settings['device']}: b1 = batch-1 latency, median of "
-        f"{settings['batch1_samples']} examples; b{settings['batch_size']} ex/s = throughput over "
-        f"{settings['throughput_batches']} batches of {settings['batch_size']}; x faster and x smaller "
-        f"(whole artifact) are against the baseline"
+        f"speed at {settings['threads']} thread(s) on {settings['device']}: b1 p50 = median latency of "
+        f"{settings['batch1_samples']} single examples; b{settings['batch_size']} ex/s over "
+        f"{settings['throughput_batches']} batches; x faster, x smaller (whole artifact): vs the baseline"
     )
 
 
 def render_table(report: Report, console: Console) -> None:
     if not console.is_terminal:
-        console.width = max(console.width, 120)
-    table = Table(title=f"recipe-compose: {report.recipe}", title_justify="left")
+        console.width = max(console.width, 150)
+    # Light borders: 14 columns fit a 150-character line without wrapping the numbers.
+    table = Table(title=f"recipe-compose: {report.recipe}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("stage")
     table.add_column("plugin")
     table.add_column(report.metric, justify="right")
@@ -248,7 +249,7 @@ def render_table(report: Report, console: Console) -> None:
     for name in others:
         table.add_column(name, justify="right")
     table.add_column("params", justify="right")
-    table.add_column("size on disk", justify="right")
+    table.add_column("size", justify="right")
     settings = report.latency_settings or {}
     table.add_column("b1 p50", justify="right")
     table.add_column(f"b{settings.get('batch_size', 64)} ex/s", justify="right")
