@@ -14,7 +14,7 @@ from compose.distributed import Ranks, init_ranks
 from compose.errors import ComposeError, StageFailed, explain_failure
 from compose.evaluation import evaluate
 from compose.latency import measure_latency, resolve_threads
-from compose.modeling import count_parameters, load_model, load_tokenizer
+from compose.modeling import count_parameters, load_model, load_tokenizer, name_labels
 from compose.progress import Progress
 from compose.recipe import Recipe
 from compose.fingerprint import evaluation_fingerprint, stage_fingerprints
@@ -69,6 +69,7 @@ class Executor:
 
     def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None) -> StageRow:
         artifact = size = weights = None
+        name_labels(model, task)  # every saved model names its classes (task.labels)
         if self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
             artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind)
             size = size_on_disk(artifact)
