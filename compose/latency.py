@@ -19,6 +19,7 @@ from typing import Mapping
 import torch
 
 from compose.errors import DataError
+from compose.evaluation import _sync, _to
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,8 @@ def num_threads(threads: int):
         torch.set_num_threads(before)
 
 
-def _sync(device) -> None:
-    if getattr(device, "type", str(device)) == "cuda":
-        torch.cuda.synchronize()
-
-
 def _inputs(batch: dict, device) -> dict:
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items() if k != "labels"}
+    return {k: v for k, v in _to(batch, device).items() if k != "labels"}
 
 
 def _size(inputs: dict) -> int:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compose.cli.main import main
+from compose.evaluation import evaluate
 from compose.latency import measure_latency, percentile
 from compose.recipe import load_recipe
 from compose.tasks import build_task
@@ -58,6 +59,10 @@ def test_any_object_the_task_predicts_with_is_measured_and_threads_apply_inside(
     assert latency.batch_size == 64 and latency.throughput_batches == 2  # the one batch, timed twice
     assert sizes.count(1) == 1 + 6 and sizes.count(64) == 1 + 2  # warm-up + timed calls, no labels needed
     assert latency.throughput_per_s > 0
+    task = task_for(write_recipe, host)  # evaluation calls it the same way
+    settings = {"split": "dev", "batch_size": 32, "latency_batches": 1}
+    served = evaluate(Served(), tokenizer, task, settings, torch.device("cpu"))
+    assert served.value == evaluate(model, tokenizer, task, settings, torch.device("cpu")).value
 
 
 def test_a_run_reports_speed_per_stage_and_a_resumed_run_keeps_it(write_recipe, tmp_path, capsys):
