@@ -84,15 +84,16 @@ def _take(loader, count: int, split: str, device, full_only: bool = False) -> li
 
 
 @torch.no_grad()
-def measure_latency(model, tokenizer, task, split: str, settings: Mapping, device, threads: int | None = None) -> Latency:
+def measure_latency(model, tokenizer, task, split: str, settings: Mapping, device,
+                    threads: int | None = None) -> Latency:  # fmt: skip
     """Time ``task.predict`` on single examples and on full batches of ``split``.
 
     ``settings`` is the recipe's ``evaluate.latency`` section. ``threads`` (default:
     ``resolve_threads(settings)``) is set for the measurement and restored after.
     """
     threads = threads or resolve_threads(settings)
-    samples, batch_size, rounds = settings["batch1_samples"], settings["throughput_batch_size"], settings["throughput_batches"]
-    warmup = settings["warmup"]
+    samples, warmup = settings["batch1_samples"], settings["warmup"]
+    batch_size, rounds = settings["throughput_batch_size"], settings["throughput_batches"]
     singles = _take(task.batches(split, tokenizer, 1, limit=samples, with_labels=False), samples, split, device)
     fulls = _take(task.batches(split, tokenizer, batch_size, limit=batch_size * rounds, with_labels=False), rounds,
                   split, device, full_only=True)  # fmt: skip

@@ -214,10 +214,10 @@ class SequenceClassificationTask(Task):
         return index
 
     def _check_rows(self, split: str, rows: list[dict]) -> None:
-        known = self.labels if self.labels == self.label_names else dict(zip(map(str, self.labels), self.label_names))
+        named = isinstance(self.spec["labels"], Mapping)
+        known = f"{dict(zip(map(str, self.labels), self.label_names))} (as a value or a name)" if named else self.labels
         _check_labels(split, rows, self.spec["label_column"], self._label_index(),
-                      f"which is not in task.labels {known} (as a value or a name); fix the data or add the label "
-                      "to task.labels")  # fmt: skip
+                      f"which is not in task.labels {known}; fix the data or add the label to task.labels")  # fmt: skip
 
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         texts = [str(r[self.spec["text_column"]]) for r in rows]

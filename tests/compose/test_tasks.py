@@ -109,7 +109,11 @@ def test_named_labels_keep_the_data_values_and_accept_the_names_in_the_data(writ
     assert torch.equal(next(iter(task.batches("dev", tokenizer, 64)))["labels"], by_value)
     named.write_text("sentence\tlabel\ngood film\tneutral\n", encoding="utf-8")
     task = build_task(load_recipe(path, [NAMED, f"task.data.dev.path={named}"], host).data["task"], 0)
-    with pytest.raises(DataError, match=r"label 'neutral', which is not in task.labels \{'0': 'negative', '1': 'positive'\}"):
+    with pytest.raises(DataError, match=r"label 'neutral', which is not in task.labels \{'0': 'negative', '1': "
+                                         r"'positive'\} \(as a value or a name\)"):  # fmt: skip
+        task.rows("dev")
+    task = build_task(load_recipe(path, [f"task.data.dev.path={named}"], host).data["task"], 0)
+    with pytest.raises(DataError, match=r"label 'neutral', which is not in task.labels \[0, 1\]; fix the data"):
         task.rows("dev")
     listed = build_task(load_recipe(path, [], host).data["task"], 0)
     assert listed.labels == [0, 1] and listed.label_names == ["0", "1"]  # the list form: values as names
