@@ -68,14 +68,14 @@ def test_any_object_the_task_predicts_with_is_measured_and_threads_apply_inside(
 def test_a_run_reports_speed_per_stage_and_a_resumed_run_keeps_it(write_recipe, tmp_path, capsys):
     recipe = write_recipe(TRAIN)
     out = tmp_path / "run"
-    overrides = ["evaluate.latency.threads=1", "evaluate.latency.batch1_samples=5",
+    overrides = ["evaluate.latency.threads=1", "evaluate.latency.batch1_samples=4",
                  "evaluate.latency.throughput_batches=2"]  # fmt: skip
     assert main(["apply", str(recipe), *overrides, "--output", str(out), "-q"]) == 0
     capsys.readouterr()
     report = json.loads((out / "report.json").read_text())
     for stage in report["stages"]:
         latency = stage["latency"]
-        assert latency["threads"] == 1 and latency["batch1_samples"] == 5 and latency["batch_size"] == 64
+        assert latency["threads"] == 1 and latency["batch1_samples"] == 4 and latency["batch_size"] == 64
         assert 0 < latency["batch1_p50_ms"] <= latency["batch1_p95_ms"] and latency["throughput_per_s"] > 0
     ft = report["stages"][1]
     assert report["baseline"]["stage"] == "ft" and ft["speedup"] == 1.0 and ft["size_ratio"] == 1.0
