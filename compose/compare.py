@@ -93,6 +93,9 @@ def comparison(runs: list[Run]) -> dict:
             "params": row.params,
             "size_bytes": row.size_bytes,
             "latency_ms": row.latency_ms,
+            "latency": row.latency,
+            "speedup": row.speedup,
+            "size_ratio": row.size_ratio,
             "seconds": row.seconds,
         }
 

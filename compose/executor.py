@@ -13,7 +13,8 @@ from compose.artifacts import load_artifact, save_artifact, size_on_disk
 from compose.distributed import Ranks, init_ranks
 from compose.errors import ComposeError, StageFailed, explain_failure
 from compose.evaluation import evaluate
-from compose.modeling import count_parameters, load_model, load_tokenizer
+from compose.latency import measure_latency, resolve_threads
+from compose.modeling import count_parameters, load_model, load_tokenizer, name_labels
 from compose.progress import Progress
 from compose.recipe import Recipe
 from compose.fingerprint import evaluation_fingerprint, stage_fingerprints
@@ -58,6 +59,8 @@ class Executor:
         self.progress = self.options.progress or Progress(enabled=False)
         self.device = pick_device()
         self.ranks = Ranks()
+        # One thread count for every row's speed, fixed before any stage can change torch's.
+        self.threads = resolve_threads(recipe.data["evaluate"]["latency"])
 
     # -- helpers -----------------------------------------------------------
 
@@ -66,12 +69,18 @@ class Executor:
 
     def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None) -> StageRow:
         artifact = size = weights = None
+        name_labels(model, task)  # every saved model names its classes (task.labels)
         if self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
             artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind)
             size = size_on_disk(artifact)
             weights = size_on_disk(artifact, weights_only=True)
-        result = evaluate(model, tokenizer, task, self.recipe.data["evaluate"], self.device, self.progress,
-                          f"{name}: evaluating")  # fmt: skip
+        settings = self.recipe.data["evaluate"]
+        result = evaluate(model, tokenizer, task, settings, self.device, self.progress, f"{name}: evaluating")
+        latency = None
+        if settings["latency"]["enabled"] and self.ranks.is_main:  # the report is the main process's
+            with self.progress.track(f"{name}: measuring latency at {self.threads} thread(s)"):
+                latency = measure_latency(model, tokenizer, task, settings["split"], settings["latency"], self.device,
+                                          self.threads).to_json()  # fmt: skip
         return StageRow(
             name=name,
             plugin=plugin,
@@ -81,6 +90,7 @@ class Executor:
             size_bytes=size,
             weights_bytes=weights,
             latency_ms=result.latency_ms,
+            latency=latency,
             metrics=result.metrics,
             seconds=round(seconds, 3),
             artifact=str(artifact) if artifact else None,
@@ -147,7 +157,7 @@ class Executor:
         stages_bar = self.progress.add_bar("stages", total=len(self.recipe.stages) + 1)
         names = [INPUT_ROW] + [s["name"] for s in self.recipe.stages]
         self.fingerprints = stage_fingerprints(self.recipe, self.host)
-        self.eval_fingerprint = evaluation_fingerprint(self.recipe)
+        self.eval_fingerprint = evaluation_fingerprint(self.recipe, self.threads)
         current = INPUT_ROW
         try:
             cached = [] if self.options.fresh else self._cached_rows(names)

@@ -89,7 +89,10 @@ def stage_fingerprints(recipe: Recipe, host) -> list[str]:
     return fingerprints
 
 
-def evaluation_fingerprint(recipe: Recipe) -> str:
+def evaluation_fingerprint(recipe: Recipe, threads: int | None = None) -> str:
+    """Of the ``evaluate:`` settings (latency's included), the evaluation split's data and the
+    thread count latency is measured at (``threads``: resolved, as null means the machine's default)."""
     data = recipe.data
     split = data["evaluate"]["split"]
-    return _hash({"evaluate": data["evaluate"], "split": _data_digest({"data": {split: data["task"]["data"][split]}})})
+    return _hash({"evaluate": data["evaluate"], "split": _data_digest({"data": {split: data["task"]["data"][split]}}),
+                  "latency_threads": threads})  # fmt: skip

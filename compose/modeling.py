@@ -25,14 +25,32 @@ def auto_class(task_kind: str):
 
 
 def task_model_kwargs(task) -> dict:
-    """Config settings a model needs for the task (e.g. the number of labels)."""
+    """Config settings a model needs for the task: the number of classes and their names."""
     if task.kind == "sequence-classification":
-        return {
-            "num_labels": task.num_labels,
-            "id2label": {i: str(label) for i, label in enumerate(task.labels)},
-            "label2id": {str(label): i for i, label in enumerate(task.labels)},
-        }
+        return {"num_labels": task.num_labels, **label_maps(task)}
     return {}
+
+
+def label_maps(task) -> dict:
+    """``id2label`` and ``label2id`` of a classification task's class names (task.labels); {} for other tasks."""
+    names = getattr(task, "label_names", None)
+    if task.kind != "sequence-classification" or names is None:
+        return {}
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def name_labels(model, task) -> None:
+    """Write the task's class names into the model's config, so its config.json carries them.
+
+    Done before every stage's model is saved: a stage that builds a new model (a
+    student from a config) need not copy them. A config with another number of
+    classes is left alone.
+    """
+    config = getattr(model, "config", None)
+    maps = label_maps(task)
+    if maps and config is not None and getattr(config, "num_labels", None) == task.num_labels:
+        config.id2label = maps["id2label"]
+        config.label2id = maps["label2id"]
 
 
 def _source(spec: Mapping[str, Any]) -> tuple[str, dict]:

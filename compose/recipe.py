@@ -199,6 +199,9 @@ def _check_task(doc: dict, task: dict, checker: SchemaChecker, splits) -> list[P
                 "{0: negative, 1: positive}) or task.target_column",
             )
         )
+    labels = task.get("labels")
+    if kind == "sequence-classification" and isinstance(labels, dict):
+        problems.extend(_check_label_names(labels, checker))
     tokenizer = doc.get("model", {}).get("tokenizer") if isinstance(doc.get("model"), dict) else None
     trained = tokenizer.get("train") if isinstance(tokenizer, dict) else None
     if isinstance(trained, dict) and splits is not None:
@@ -210,6 +213,27 @@ def _check_task(doc: dict, task: dict, checker: SchemaChecker, splits) -> list[P
                     at,
                     f"the tokenizer is to be trained on split '{split}', which task.data does not have "
                     f"(it has: {', '.join(splits)}){did_you_mean(split, splits)}",
+                )
+            )
+    return problems
+
+
+def _check_label_names(labels: dict, checker: SchemaChecker) -> list[Problem]:
+    """Class names in task.labels must be distinct, and none may be another class's value
+    (a data row may hold either, so `{0: "1", 1: "0"}` would be ambiguous)."""
+    problems = []
+    names = [str(name) for name in labels.values()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        problems.append(checker.problem(("task", "labels"), f"the class name(s) {', '.join(map(repr, repeated))} "
+                                        "name more than one class; give each class its own name"))  # fmt: skip
+    for value, name in labels.items():
+        if str(name) in labels and str(name) != str(value):
+            problems.append(
+                checker.problem(
+                    ("task", "labels", value),
+                    f"class {value} is named '{name}', which is also the value of class {name}; a data row may hold "
+                    "a value or a name, so this is ambiguous: pick names that are not label values",
                 )
             )
     return problems

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -36,6 +37,11 @@ class StageRow:
     seconds: float
     artifact: str | None
     retained: float | None = None
+    #: Serving speed (compose.latency.Latency as JSON: threads, batch1_p50_ms, batch1_p95_ms,
+    #: throughput_per_s, batch_size...); None when not measured (evaluate.latency.enabled: false).
+    latency: dict | None = None
+    speedup: float | None = None  # throughput / the baseline's ("x faster")
+    size_ratio: float | None = None  # the baseline's size_bytes / this row's ("x smaller", whole artifact)
     metrics: dict = field(default_factory=dict)  # every metric the task computes (perplexity, next_token_accuracy...)
     details: dict = field(default_factory=dict)
     reused: bool = False  # taken from an earlier run in the same folder (same fingerprint)
@@ -83,9 +89,31 @@ class Report:
             return value / base.value if base.value else None
         return base.value / value if value else None
 
+    def speedup(self, row: StageRow) -> float | None:
+        """The row's throughput over the baseline's (both measured in this run)."""
+        base = self.baseline
+        ours, theirs = _throughput(row), _throughput(base)
+        return ours / theirs if ours and theirs else None
+
+    def size_ratio(self, row: StageRow) -> float | None:
+        """The baseline's whole artifact size over the row's: how many times smaller."""
+        base = self.baseline
+        if base is None or not base.size_bytes or not row.size_bytes:
+            return None
+        return base.size_bytes / row.size_bytes
+
     def refresh_retained(self) -> None:
+        """Recompute what is relative to the baseline: retained, speed-up, size ratio."""
         for row in self.rows:
             row.retained = self.retained(row.value)
+            row.speedup = self.speedup(row)
+            row.size_ratio = self.size_ratio(row)
+
+    @property
+    def latency_settings(self) -> dict | None:
+        """How the rows' speed was measured (threads, device, batch size), from the last measured row."""
+        measured = [r.latency for r in self.rows if r.latency]
+        return measured[-1] if measured else None
 
     @property
     def passed(self) -> bool:
@@ -120,7 +148,13 @@ class Report:
         }
 
 
+def _throughput(row: StageRow | None) -> float | None:
+    value = (row.latency or {}).get("throughput_per_s") if row is not None else None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
 def row_from_json(stage: dict) -> StageRow:
+    """A row read back from report.json (older reports lack some fields: they get their defaults)."""
     fields = {k: v for k, v in stage.items() if k in StageRow.__dataclass_fields__}
     fields["metric"], fields["value"] = stage["metric"]["name"], stage["metric"]["value"]
     return StageRow(**fields)
@@ -173,10 +207,40 @@ def format_percent(fraction: float | None) -> str:
     return f"{100 * fraction:.1f}%" if fraction is not None else "-"
 
 
+def format_ratio(ratio: float | None) -> str:
+    """2.5 -> "2.50x" (a speed-up or size ratio); "-" when unknown."""
+    if ratio is None or math.isnan(ratio):
+        return "-"
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x"
+
+
+def format_latency(latency: dict | None, key: str) -> str:
+    """A field of a row's latency: milliseconds ("3.2 ms") or examples per second ("412")."""
+    value = (latency or {}).get(key)
+    if value is None:
+        return "-"
+    if key.endswith("_ms"):
+        return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def latency_note(report: Report) -> str | None:
+    """One line saying how the speed columns were measured (threads, device, counts), or None."""
+    settings = report.latency_settings
+    if not settings:
+        return None
+    return (
+        f"speed at {settings['threads']} thread(s) on {settings['device']}: b1 p50 = median latency of "
+        f"{settings['batch1_samples']} single examples; b{settings['batch_size']} ex/s over "
+        f"{settings['throughput_batches']} batches; x faster, x smaller (whole artifact): vs the baseline"
+    )
+
+
 def render_table(report: Report, console: Console) -> None:
     if not console.is_terminal:
-        console.width = max(console.width, 120)
-    table = Table(title=f"recipe-compose: {report.recipe}", title_justify="left")
+        console.width = max(console.width, 150)
+    # Light borders: 14 columns fit a 150-character line without wrapping the numbers.
+    table = Table(title=f"recipe-compose: {report.recipe}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("stage")
     table.add_column("plugin")
     table.add_column(report.metric, justify="right")
@@ -185,8 +249,12 @@ def render_table(report: Report, console: Console) -> None:
     for name in others:
         table.add_column(name, justify="right")
     table.add_column("params", justify="right")
-    table.add_column("size on disk", justify="right")
-    table.add_column("latency/batch", justify="right")
+    table.add_column("size", justify="right")
+    settings = report.latency_settings or {}
+    table.add_column("b1 p50", justify="right")
+    table.add_column(f"b{settings.get('batch_size', 64)} ex/s", justify="right")
+    table.add_column("x faster", justify="right")
+    table.add_column("x smaller", justify="right")
     table.add_column("time", justify="right")
     for row in report.rows:
         marker = " (baseline)" if row.name == report.baseline_stage else ""
@@ -199,10 +267,16 @@ def render_table(report: Report, console: Console) -> None:
             *(format_number(row.metrics.get(name)) for name in others),
             f"{row.params / 1e6:.2f}M",
             format_bytes(row.size_bytes),
-            f"{row.latency_ms:.1f} ms" if row.latency_ms is not None else "-",
+            format_latency(row.latency, "batch1_p50_ms"),
+            format_latency(row.latency, "throughput_per_s"),
+            format_ratio(row.speedup),
+            format_ratio(row.size_ratio),
             f"{row.seconds:.1f} s",
         )
     console.print(table)
+    note = latency_note(report)
+    if note:
+        console.print(note)
     for gate in report.gates:
         verdict = {True: "[green]passed[/]", False: "[red]FAILED[/]", None: "[yellow]not reached[/]"}[gate.passed]
         wants = []

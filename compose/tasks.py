@@ -172,14 +172,28 @@ class EpochShuffle(Sampler):
 
 
 class SequenceClassificationTask(Task):
-    """Single-text or text-pair classification; labels are the values in ``task.labels``."""
+    """Single-text or text-pair classification over the classes in ``task.labels``.
+
+    ``task.labels`` is a list of the label values as the data holds them (``[0, 1]``) or
+    a mapping from each value to its class name (``{0: negative, 1: positive}``); class
+    i is the i-th entry. A data row may hold a class's value or its name.
+    """
 
     kind = "sequence-classification"
     metric_names = ("accuracy", "f1", "matthews")
 
     @property
     def labels(self) -> list:
+        """The label values as the data holds them, in class order."""
         return list(self.spec["labels"])
+
+    @property
+    def label_names(self) -> list[str]:
+        """The class names a served model reports (config.id2label): task.labels' names, else its values as text."""
+        labels = self.spec["labels"]
+        if isinstance(labels, Mapping):
+            return [str(name) for name in labels.values()]
+        return [str(label) for label in labels]
 
     @property
     def num_labels(self) -> int:
@@ -192,12 +206,18 @@ class SequenceClassificationTask(Task):
         return cols
 
     def _label_index(self) -> dict:
-        # Files give labels as text ("1"); recipes may write them as integers (1).
-        return {str(label): i for i, label in enumerate(self.labels)}
+        # Files give labels as text ("1"); recipes may write them as integers (1). A row may
+        # also hold the class name (recipe validation keeps names and values from colliding).
+        index = {str(label): i for i, label in enumerate(self.labels)}
+        for i, name in enumerate(self.label_names):
+            index.setdefault(name, i)
+        return index
 
     def _check_rows(self, split: str, rows: list[dict]) -> None:
+        named = isinstance(self.spec["labels"], Mapping)
+        known = f"{dict(zip(map(str, self.labels), self.label_names))} (as a value or a name)" if named else self.labels
         _check_labels(split, rows, self.spec["label_column"], self._label_index(),
-                      f"which is not in task.labels {self.labels}; fix the data or add the label to task.labels")  # fmt: skip
+                      f"which is not in task.labels {known}; fix the data or add the label to task.labels")  # fmt: skip
 
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         texts = [str(r[self.spec["text_column"]]) for r in rows]

@@ -148,7 +148,7 @@ def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "
         + task_yaml(family, data_dir, text_dir)
         + textwrap.dedent(
             """\
-            evaluate: {batch_size: 32, latency_batches: 2}
+            evaluate: {batch_size: 32, latency_batches: 2, latency: {batch1_samples: 5, throughput_batches: 2}}
             seed: 0
             """
         )

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from compose.cli._common import CommandError, dump_json
 from compose.compare import CompareError, best_final, comparison, load_runs, plot
-from compose.report import EXIT_OK, format_bytes, format_number, format_percent
+from compose.report import EXIT_OK, format_bytes, format_latency, format_number, format_percent, format_ratio
 
 HELP = "compare finished runs side by side and plot metric against size on disk"
 EXAMPLE = """\
@@ -21,9 +21,11 @@ example:
 
 Each argument is a run folder (or its report.json) of the same task. The final
 models are printed side by side (metric, retained, parameters, size on disk,
-latency, training steps, time), then every stage of every run. The plot has one
-point per stage per run: retained metric vs size on disk, and the metric itself
-vs size on disk. It is written to the first run's folder as compare.png unless
+batch-1 latency, throughput, x faster and x smaller than each run's own
+baseline, the thread count they were measured at, training steps, time), then
+every stage of every run. Speeds measured at different thread counts or on
+other machines do not compare. The plot has one point per stage per run:
+retained metric vs size on disk, and the metric itself vs size on disk. It is written to the first run's folder as compare.png unless
 --plot says where; it needs matplotlib (pip install 'recipe-compose[plot]').
 Exit code 0, or 2 if a report cannot be read or the runs measure different metrics.
 """
@@ -38,6 +40,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-plot", action="store_true", help="print the comparison only")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout")
     p.set_defaults(handler=run)
+
+
+def _measured_at(latency: dict | None) -> str:
+    """"2 threads, cpu, batch 64": what a row's speed depends on besides the model."""
+    if not latency:
+        return "-"
+    return f"{latency['threads']} threads, {latency['device']}, batch {latency['batch_size']}"
 
 
 def run(args) -> int:
@@ -71,19 +80,27 @@ def run(args) -> int:
     side.add_row("baseline", *[r.report.baseline_stage or "-" for r in runs])
     side.add_row("params", *[f"{f.params / 1e6:.2f}M" for f in finals])
     side.add_row("size on disk", *[format_bytes(f.size_bytes) for f in finals])
-    side.add_row("latency/batch", *[f"{f.latency_ms:.1f} ms" if f.latency_ms is not None else "-" for f in finals])
+    side.add_row("b1 p50 / p95", *[f"{format_latency(f.latency, 'batch1_p50_ms')} / "
+                                     f"{format_latency(f.latency, 'batch1_p95_ms')}" for f in finals])  # fmt: skip
+    side.add_row("throughput (ex/s)", *[format_latency(f.latency, "throughput_per_s") for f in finals])
+    side.add_row("x faster (own baseline)", *[format_ratio(f.speedup) for f in finals])
+    side.add_row("x smaller (own baseline)", *[format_ratio(f.size_ratio) for f in finals])
+    side.add_row("measured at", *[_measured_at(f.latency) for f in finals])
     side.add_row("training steps", *[str(r.training_steps) for r in runs])
     side.add_row("run time", *[f"{r.report.seconds:.0f} s" for r in runs])
     side.add_row("status", *[r.report.status for r in runs])
     console.print(side)
     stages = Table(title="every stage", title_justify="left")
-    for column in ("run", "stage", metric, "retained", "params", "size on disk"):
+    for column in ("run", "stage", metric, "retained", "params", "size on disk", "b1 p50", "ex/s", "x faster",
+                   "x smaller"):  # fmt: skip
         stages.add_column(column, justify="left" if column in ("run", "stage") else "right")
     for r in runs:
         for row in r.report.rows:
             stages.add_row(r.label, row.name, format_number(row.value),
                            format_percent(row.retained),
-                           f"{row.params / 1e6:.2f}M", format_bytes(row.size_bytes))  # fmt: skip
+                           f"{row.params / 1e6:.2f}M", format_bytes(row.size_bytes),
+                           format_latency(row.latency, "batch1_p50_ms"), format_latency(row.latency, "throughput_per_s"),
+                           format_ratio(row.speedup), format_ratio(row.size_ratio))  # fmt: skip
     console.print(stages)
     best = best_final(runs)
     if best is not None:

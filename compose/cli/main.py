@@ -18,7 +18,8 @@ A recipe (YAML) names a model, a task with its data and metric, and an ordered l
 of stages (train, distill, prune-heads, gptq, or a third-party plugin's). `apply`
 validates the whole recipe first, then runs the stages in order and, after each,
 reports the metric, the metric retained against the baseline, parameters, size
-on disk, latency and time.
+on disk, batch-1 latency and throughput (x faster, x smaller than the baseline)
+and time.
 """
 
 EPILOG = """\

@@ -87,3 +87,73 @@ def test_the_task_decides_which_metrics_a_recipe_may_name(write_recipe, host):
     path = write_recipe("- {name: t, uses: train, with: {epochs: 1}}", family="encoder-decoder")
     with pytest.raises(RecipeError, match="needs its target text"):
         load_recipe(path, ["~task.targets"], host)
+
+
+NAMED = "task.labels={0: negative, 1: positive}"
+
+
+def test_named_labels_keep_the_data_values_and_accept_the_names_in_the_data(write_recipe, host, tiny_bert, tmp_path):
+    from compose.errors import DataError
+
+    model, tokenizer = tiny_bert
+    path = write_recipe("- {name: t, uses: train, with: {epochs: 1}}")
+    recipe = load_recipe(path, [NAMED], host)
+    task = build_task(recipe.data["task"], recipe.data["seed"])
+    assert task.labels == ["0", "1"] and task.label_names == ["negative", "positive"] and task.num_labels == 2
+    by_value = next(iter(task.batches("dev", tokenizer, 64)))["labels"]
+    named = tmp_path / "named.tsv"  # the same rows with the class names instead of 0/1
+    rows = task.rows("dev")
+    named.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{task.label_names[int(r['label'])]}\n" for r in rows),
+                     encoding="utf-8")  # fmt: skip
+    task = build_task(load_recipe(path, [NAMED, f"task.data.dev.path={named}"], host).data["task"], 0)
+    assert torch.equal(next(iter(task.batches("dev", tokenizer, 64)))["labels"], by_value)
+    named.write_text("sentence\tlabel\ngood film\tneutral\n", encoding="utf-8")
+    task = build_task(load_recipe(path, [NAMED, f"task.data.dev.path={named}"], host).data["task"], 0)
+    with pytest.raises(DataError, match=r"label 'neutral', which is not in task.labels \{'0': 'negative', '1': "
+                                         r"'positive'\} \(as a value or a name\)"):  # fmt: skip
+        task.rows("dev")
+    task = build_task(load_recipe(path, [f"task.data.dev.path={named}"], host).data["task"], 0)
+    with pytest.raises(DataError, match=r"label 'neutral', which is not in task.labels \[0, 1\]; fix the data"):
+        task.rows("dev")
+    listed = build_task(load_recipe(path, [], host).data["task"], 0)
+    assert listed.labels == [0, 1] and listed.label_names == ["0", "1"]  # the list form: values as names
+
+
+def test_label_names_must_not_repeat_or_be_another_class_value(write_recipe, host):
+    from compose.errors import RecipeError
+
+    path = write_recipe("- {name: t, uses: train, with: {epochs: 1}}")
+    with pytest.raises(RecipeError, match="'good' name more than one class"):
+        load_recipe(path, ["task.labels={0: good, 1: good}"], host)
+    with pytest.raises(RecipeError, match="class 0 is named '1', which is also the value of class 1"):
+        load_recipe(path, ["task.labels={0: '1', 1: '0'}"], host)
+    with pytest.raises(RecipeError, match="task.labels"):
+        load_recipe(path, ["task.labels={0: negative}"], host)  # one class is no classification
+
+
+def test_every_saved_model_names_its_classes_in_config_json(write_recipe, host, tmp_path, tiny_bert):
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from compose.cli.main import main
+    from compose.modeling import name_labels
+
+    stages = "- {name: ft, uses: train, with: {max_steps: 2, batch_size: 16}}\n"
+    out = tmp_path / "run"
+    assert main(["apply", str(write_recipe(stages)), NAMED, "evaluate.latency.enabled=false", "--output", str(out),
+                 "-q"]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    for stage in report["stages"]:
+        config = json.loads((tmp_path / stage["artifact"] / "config.json").read_text())
+        assert config["id2label"] == {"0": "negative", "1": "positive"}
+        assert config["label2id"] == {"negative": 0, "positive": 1}
+    served = AutoModelForSequenceClassification.from_pretrained(report["stages"][-1]["artifact"])
+    assert served.config.id2label == {0: "negative", 1: "positive"}
+    # a model a stage builds without the names (e.g. from a bare config) gets them before it is saved
+    model, _ = tiny_bert
+    assert model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    task = build_task(load_recipe(write_recipe(stages), [NAMED], host).data["task"], 0)
+    name_labels(model, task)
+    model.save_pretrained(tmp_path / "student")
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
