@@ -229,6 +229,7 @@ def _by_model_definition(eng, qcfg, spec, ctx, model, batches) -> dict:
 def run(ctx: StageContext) -> StageResult:
     import torch
 
+    from compose.plugins import _gptq_embeddings
     from compose.plugins._gptq_layers import quantize_by_blocks
 
     settings = ctx.settings
@@ -263,15 +264,23 @@ def run(ctx: StageContext) -> StageResult:
     fp32_bytes, packed_bytes = found["fp32_bytes"], found["packed_bytes"]
     if not layers or not errors:
         raise ValueError("no linear layer of the transformer blocks ran on the calibration data; nothing to quantize")
+    with torch.no_grad():
+        rows = _gptq_embeddings.quantize(model, settings)
     with chatter_off():
         config = quantization_config(eng, base, settings, path)
     model.config.quantization_config = config
-    record_transform(model, STAGE, {"quantization": spec, "layers": layers, "quantization_config": config})
+    info = {"quantization": spec, "layers": layers, "quantization_config": config, "rows": rows["modules"]}
+    record_transform(model, STAGE, info)
     mean_error = sum(errors.values()) / len(errors)
     ctx.log(
         f"{len(layers)} layers to {settings['bits']} bits ({settings['method']}): "
         f"{packed_bytes / 1e6:.2f} MB from {fp32_bytes / 1e6:.2f} MB, mean relative output error {mean_error:.4f}"
     )
+    if rows["modules"]:
+        ctx.log(
+            f"embeddings and heads ({', '.join(rows['modules'])}) row-wise: "
+            f"{rows['packed_bytes'] / 1e6:.2f} MB from {rows['fp32_bytes'] / 1e6:.2f} MB"
+        )
     details = {
         "method": settings["method"],
         "bits": settings["bits"],
@@ -291,17 +300,43 @@ def run(ctx: StageContext) -> StageResult:
         "mean_relative_error": round(mean_error, 6),
         "max_relative_error": max(errors.values()),
         "relative_error": errors,
+        **_rows_details(rows),
         "seconds": round(time.perf_counter() - started, 3),
     }
     return StageResult(model=model, details=details)
 
 
+def _rows_details(rows: dict) -> dict:
+    """What was quantized outside the blocks: per module, its role, bits, group, tie and weight error."""
+    fp32, packed = rows["fp32_bytes"], rows["packed_bytes"]
+    modules = {
+        name: {
+            "role": spec["role"],
+            "shape": spec["shape"],
+            **({"tied_to": spec["tied_to"]} if spec["tied_to"] else {
+                "bits": spec["bits"], "group_size": spec["group_size"], "sym": spec["sym"],
+                "relative_error": rows["errors"][name]}),
+        }
+        for name, spec in rows["modules"].items()
+    }  # fmt: skip
+    return {
+        "rows_quantized": modules,
+        "rows_skipped": rows["skipped"],
+        "rows_fp32_bytes": fp32,
+        "rows_quantized_bytes": packed,
+        "rows_bytes_ratio": round(packed / fp32, 5) if fp32 else None,
+    }
+
+
 def rebuild(model, info):
-    """Swap the recorded linear layers for empty packed modules of the same shape."""
+    """Swap the recorded linear layers, embeddings and heads for empty packed modules of the same shape."""
+    from compose.plugins import _gptq_embeddings
+
     eng = engine()
     with chatter_off():
         for name, (in_features, out_features, bias) in info["layers"].items():
             set_module(model, name, new_quant_linear(eng, info["quantization"], in_features, out_features, bias))
+    _gptq_embeddings.rebuild(model, info.get("rows", {}))
     model.config.quantization_config = info["quantization_config"]
     return model
 
