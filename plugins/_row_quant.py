@@ -87,17 +87,18 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 8:
         return qweight
-    return torch.stack((qweight & 0x0F, qweight >> 4), dim=-1).flatten(-2)
+    codes = torch.empty(*qweight.shape[:-1], qweight.shape[-1] * 2, dtype=torch.uint8, device=qweight.device)
+    torch.bitwise_and(qweight, 0x0F, out=codes[..., 0::2])
+    torch.bitwise_right_shift(qweight, 4, out=codes[..., 1::2])
+    return codes
 
 
 def dequantize(qweight, scales, zeros, bits: int, cols: int, sym: bool) -> torch.Tensor:
     """float32 [..., cols] from packed rows of any leading shape (a table, or the rows a lookup picked)."""
-    groups = scales.shape[-1]
-    codes = unpack(qweight, bits).float()
-    codes = codes.reshape(*codes.shape[:-1], groups, -1)
-    zero = 2 ** (bits - 1) if sym else zeros.float().unsqueeze(-1)
-    values = (codes - zero) * scales.float().unsqueeze(-1)
-    return values.flatten(-2)[..., :cols]
+    scale = scales.float().unsqueeze(-1)
+    offset = scale * -(2 ** (bits - 1)) if sym else scale * -zeros.float().unsqueeze(-1)  # -zero * scale
+    codes = unpack(qweight, bits).float().unflatten(-1, (scales.shape[-1], -1))
+    return torch.addcmul(offset, codes, scale).flatten(-2)[..., :cols]  # one pass over the values
 
 
 class _PackedRows(torch.nn.Module):

@@ -189,3 +189,14 @@ def test_apply_quantizes_the_whole_model_and_reports_it(write_recipe, tmp_path, 
     assert q["weights_bytes"] < ft["weights_bytes"] / 4
     model, _ = load_artifact(q["artifact"])
     assert isinstance(model.bert.embeddings.word_embeddings, QuantEmbedding)
+
+
+def test_plan_rejects_4bit_rows_that_cannot_fill_whole_bytes(write_recipe, host):
+    from compose.errors import RecipeError
+    from compose.recipe import load_recipe
+
+    odd = {**WIDE_BERT, "hidden_size": 33, "num_attention_heads": 3}
+    stage = "- {name: q, uses: gptq, with: {bits: 8, embeddings: {bits: 4, group_size: -1}}}\n"
+    with pytest.raises(RecipeError, match="embeddings: 4-bit rows of 33 values .odd. do not fill whole bytes"):
+        load_recipe(write_recipe(stage, config=odd), ["model.fine_tuned=true"], host)
+    load_recipe(write_recipe(stage.replace("-1", "16"), config=odd), ["model.fine_tuned=true"], host)
