@@ -40,8 +40,7 @@ def _outside_blocks(model) -> list[tuple[str, torch.nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and id(m) not in inside]
 
 
-def _role(model, module) -> str | None:
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+def _role(module, output) -> str | None:
     if isinstance(module, torch.nn.Embedding):
         return "embeddings"
     if module is output:
@@ -56,8 +55,9 @@ def plan(model, settings) -> tuple[list[dict], list[str]]:
 
     A group is the modules sharing one weight tensor; ``role`` is the setting it follows."""
     groups, skipped = {}, []
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in _outside_blocks(model):
-        role = _role(model, module)
+        role = _role(module, output)
         if role is None:
             continue
         if type(module) not in (torch.nn.Embedding, torch.nn.Linear):
