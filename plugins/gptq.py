@@ -385,8 +385,8 @@ def _model_widths(config) -> dict:
 
 def _check_rows(settings, plan):
     """A 4-bit row must fill whole bytes: an odd hidden width needs an even group_size."""
-    hidden = _first_int(plan.model_config, "hidden_size", "d_model", "n_embd", "dim") if isinstance(
-        plan.model_config, Mapping) else None  # fmt: skip
+    config = plan.model_config if isinstance(plan.model_config, Mapping) else {}
+    hidden = _first_int(config, "hidden_size", "d_model", "n_embd", "dim")
     for role in ("embeddings", "lm_head", "heads"):
         rows = settings[role]
         if hidden and rows["bits"] == 4 and hidden % 2 and (rows["group_size"] == -1 or rows["group_size"] >= hidden):
@@ -461,7 +461,10 @@ def compose_register_stages(register):
             name=STAGE,
             run=run,
             schema=load_schema_file("compose.schemas", "gptq.schema.json"),
-            description="Quantize the transformer blocks' linear layers with GPTQ (GPTQModel) and pack them (2-8 bits).",
+            description=(
+                "Quantize the transformer blocks' linear layers with GPTQ (GPTQModel) and pack them (2-8 bits); "
+                "embeddings and lm_head row-wise (8 or 4 bits)."
+            ),
             needs={"task_trained": True, "quantized": False},
             leaves={"quantized": True},
             compresses=True,
