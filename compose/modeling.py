@@ -185,10 +185,16 @@ def count_parameters(model) -> int:
 
     A layer whose weight is stored packed (no ``weight`` tensor but
     ``in_features``/``out_features``, as GPTQ's quantized linear layers have) counts
-    ``in_features * out_features`` (+ bias).
+    ``in_features * out_features`` (+ bias). A packed module that knows better states
+    its own logical count as an int ``packed_parameters`` (a view of weights tied to
+    another module's states 0 for them, as tied parameters count once).
     """
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
+        stated = getattr(module, "packed_parameters", None)
+        if isinstance(stated, int) and not isinstance(stated, bool):
+            total += stated
+            continue
         weight = getattr(module, "weight", None)
         packed = not isinstance(weight, torch.Tensor)  # absent, or a packing's metadata object
         if packed and hasattr(module, "in_features") and hasattr(module, "out_features"):

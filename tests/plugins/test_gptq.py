@@ -20,6 +20,7 @@ from compose.api import load_artifact, save_artifact
 from compose.cli.main import main
 from compose.errors import RecipeError
 from compose.plugins import _gptq_layers
+from compose.plugins._row_quant import QuantEmbedding, QuantLinear
 from compose.recipe import load_recipe
 
 #: conftest's TINY_BERT (same vocabulary and depth), 4x wider.
@@ -263,7 +264,9 @@ def test_decoder_goes_through_gptqmodels_llama_definition_and_reloads(make_conte
     assert set(packed) == {f"model.layers.{i}.{n}" for i in range(2) for n in LLAMA_LINEARS}
     assert details["layers_quantized"] == len(packed) == len(details["relative_error"]) == 14
     assert not any(isinstance(m, torch.nn.Linear) for m in result.model.model.layers.modules())
-    assert isinstance(result.model.lm_head, torch.nn.Linear)
+    # outside the blocks, by default: the embeddings and the (untied) lm_head row-wise at 8 bits
+    assert isinstance(result.model.lm_head, QuantLinear) and result.model.lm_head.tied_to is None
+    assert isinstance(result.model.model.embed_tokens, QuantEmbedding)
     assert details["linear_bytes_ratio"] < 0.2 and details["calibration_samples"] == 64
     # GPTQ beats round-to-nearest and stays close to fp32
     assert _relative(fp32_logits, q_logits) < 0.1
@@ -323,7 +326,9 @@ def test_t5_quantizes_the_encoder_then_the_decoder_blocks_and_reloads(make_conte
     expected = ({f"encoder.block.{i}.{n}" for i in range(2) for n in T5_ENCODER_LINEARS}
                 | {f"decoder.block.{i}.{n}" for i in range(2) for n in T5_DECODER_LINEARS})  # fmt: skip
     assert set(packed) == expected and details["layers_quantized"] == 32
-    assert isinstance(result.model.lm_head, torch.nn.Linear)
+    # the tied lm_head and both stacks' embed_tokens read the one packed `shared` table
+    assert isinstance(result.model.lm_head, QuantLinear) and result.model.lm_head.tied_to is result.model.shared
+    assert result.model.encoder.embed_tokens.tied_to is result.model.shared
     assert _relative(fp32_logits, q_logits) < 0.15
     assert _relative(fp32_logits, q_logits) < _relative(fp32_logits, runs["rtn"][1])
     assert abs(q_loss - fp32_loss) < 0.02 * fp32_loss
