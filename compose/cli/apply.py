@@ -16,7 +16,8 @@ from compose.cli._common import CommandError, dump_json, host_or_exit, print_pro
 from compose.distributed import launched_world_size
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
-from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, RESOLVED_RECIPE, Report, report_from_json
+from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
+from compose.report import REPORT_FILE, RESOLVED_RECIPE, Report, report_from_json
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\
@@ -41,9 +42,9 @@ determined it (recipe up to that stage, model and data bytes, plugin versions,
 seed). Applying again into the same folder reuses the stages whose fingerprints
 match and reruns from the first that differs; --fresh reruns everything.
 
-exit codes: 0 success, 1 a gate failed, 2 the recipe is invalid (nothing ran),
-            3 a stage failed at run time, 130 interrupted (SIGINT/SIGTERM; apply again to resume)
-"""
+exit codes:
+{exit_codes}
+""".format(exit_codes=help_text())
 
 #: Set in the processes that `recipe apply --nproc N` launches.
 LAUNCHED_ENV = "RECIPE_COMPOSE_LAUNCHED"
