@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-import torch
-
 from compose.errors import ModelLoadError
 from compose.recipe import model_folder
 
@@ -169,6 +167,8 @@ def count_parameters(model) -> int:
     ``in_features``/``out_features``, as GPTQ's quantized linear layers have) counts
     ``in_features * out_features`` (+ bias).
     """
+    import torch
+
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         weight = getattr(module, "weight", None)

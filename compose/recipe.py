@@ -20,7 +20,7 @@ from compose.schema import fill_defaults, fill_recipe_defaults, recipe_schema
 from compose.stage import StageType
 from compose.task_kinds import TASK_METRICS
 from compose.validation import SchemaChecker, did_you_mean
-from compose.yaml_source import format_path, locate, to_plain
+from compose.yaml_source import locate, to_plain
 
 #: model_type values of decoder-only architectures (others are read from the config).
 DECODER_MODEL_TYPES = {
