@@ -6,16 +6,33 @@ Plugins import from here (and ``compose.hookimpl``), never from other core modul
     from compose.api import StageType, StageResult, load_schema_file
 """
 
+from typing import TYPE_CHECKING
+
 from compose import hookimpl
 from compose.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
 from compose.errors import ComposeError, DataError, ModelLoadError
-from compose.evaluation import Evaluation, evaluate
 from compose.modeling import count_parameters, task_model_kwargs
 from compose.progress import Progress
 from compose.rules import PlanView
 from compose.stage import FAMILIES, KNOWN_FACTS, Check, StageContext, StageResult, StageType, TrainingExtension
-from compose.tasks import Task
 from compose.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
+
+
+if TYPE_CHECKING:  # for type checkers and linters; at run time `__getattr__` below
+    from compose.evaluation import Evaluation, evaluate
+    from compose.tasks import Task
+
+#: Names whose modules import torch: loaded on first use, so that loading the plugins
+#: (which validation does) does not import torch.
+_LAZY = {"Evaluation": "compose.evaluation", "evaluate": "compose.evaluation", "Task": "compose.tasks"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'compose.api' has no attribute {name!r}")
 
 
 def load_schema_file(package: str, filename: str) -> dict:

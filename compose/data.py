@@ -33,20 +33,29 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
     return rows
 
 
-def read_file(path: Path, fmt: str, columns: list[str], split: str) -> list[dict]:
+def file_format(path: Path, fmt: str, split: str) -> str:
+    """The format of a data file: ``fmt``, or from its extension when ``auto``."""
+    if fmt != "auto":
+        return fmt
+    found = _FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise DataError(
+            f"split '{split}': cannot tell the format of {path.name} from its extension; "
+            "set format: tsv, csv, jsonl or text"
+        )
+    return found
+
+
+def read_file(path: Path, fmt: str, columns: list[str], split: str, *, max_lines: int | None = None) -> list[dict]:
+    """Rows of a local data file, checked to have ``columns``.
+
+    ``max_lines`` reads only the file's first lines (validation's cheap look at the
+    data). A UTF-8 byte-order mark (Excel and GLUE's MRPC files have one) is dropped.
+    """
     if not path.is_file():
         raise DataError(f"split '{split}': no such data file {path}")
-    if fmt == "auto":
-        fmt = _FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise DataError(
-                f"split '{split}': cannot tell the format of {path.name} from its extension; "
-                "set format: tsv, csv, jsonl or text"
-            )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"split '{split}': {path} is not UTF-8 text (offset {exc.start})") from None
+    fmt = file_format(path, fmt, split)
+    text = _read_text(path, split, max_lines)
     if fmt == "text":  # one row per line, under the task's text column (WikiText and the like)
         if len(columns) != 1:
             raise DataError(
@@ -75,16 +84,34 @@ def read_file(path: Path, fmt: str, columns: list[str], split: str) -> list[dict
     header = reader.fieldnames or []
     missing = [c for c in columns if c not in header]
     if missing:
-        raise DataError(
-            f"split '{split}': {path} has no column {', '.join(repr(m) for m in missing)} "
-            f"(its header: {', '.join(header) or 'empty'}); set task.text_column / task.label_column"
-        )
+        raise MissingColumns(split, path, missing, header)
     rows = []
     for number, row in enumerate(reader, start=2):
         if None in row or any(row.get(c) is None for c in columns):
             raise DataError(f"split '{split}': {path}:{number}: the row has a different number of fields than the header")
         rows.append(row)
     return rows
+
+
+def _read_text(path: Path, split: str, max_lines: int | None) -> str:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            if max_lines is None:
+                return handle.read()
+            return "".join(line for _, line in zip(range(max_lines), handle))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"split '{split}': {path} is not UTF-8 text (offset {exc.start})") from None
+
+
+class MissingColumns(DataError):
+    """A data file's header lacks columns the task reads."""
+
+    def __init__(self, split: str, path: Path, missing: list[str], header: list[str]):
+        self.split, self.path, self.missing, self.header = split, path, missing, header
+        super().__init__(
+            f"split '{split}': {path} has no column {', '.join(repr(m) for m in missing)} "
+            f"(its header: {', '.join(header) or 'empty'}); set task.text_column / task.label_column"
+        )
 
 
 def _check_columns(row: dict, columns: list[str], path: Path, number: int, split: str) -> None:

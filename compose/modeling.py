@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-import torch
-
 from compose.errors import ModelLoadError
 from compose.recipe import model_folder
 
@@ -189,6 +187,8 @@ def count_parameters(model) -> int:
     its own logical count as an int ``packed_parameters`` (a view of weights tied to
     another module's states 0 for them, as tied parameters count once).
     """
+    import torch
+
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         stated = getattr(module, "packed_parameters", None)

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
+from compose.data_check import check_data
 from compose.composition import PATH_KEYS, CompositionError, apply_overrides, load_composed, path_base
 from compose.errors import Problem, RecipeError
 from compose.rules import check_families, check_order, run_stage_checks
 from compose.schema import fill_defaults, fill_recipe_defaults, recipe_schema
 from compose.stage import StageType
-from compose.tasks import TASK_METRICS
+from compose.task_kinds import TASK_METRICS
 from compose.validation import SchemaChecker, did_you_mean
-from compose.yaml_source import format_path, locate, to_plain
+from compose.yaml_source import locate, to_plain
 
 #: model_type values of decoder-only architectures (others are read from the config).
 DECODER_MODEL_TYPES = {
@@ -96,6 +97,7 @@ def validate_document(doc, path: Path, host) -> Recipe:
             if isinstance(settings, dict):
                 problems.extend(checker.check(settings, stage_type.schema, prefix=("stages", i, "with")))
         problems.extend(_check_references(doc, checker, seen))
+    problems.extend(_check_split_references(doc, doc, checker, defaults=False))
     if problems:
         raise RecipeError(_sorted(problems))
 
@@ -104,6 +106,12 @@ def validate_document(doc, path: Path, host) -> Recipe:
     for stage, stage_type in zip(data["stages"], stage_types):
         fill_defaults(stage["with"], stage_type.schema)
     _resolve_paths(doc, data, path)
+    problems = _check_split_references(data, doc, checker, defaults=True)
+    if problems:
+        raise RecipeError(_sorted(problems))
+    problems = check_data(data, checker)
+    if problems:
+        raise RecipeError(_sorted(problems))
     family = model_family(data)
     named = [(s["name"], t) for s, t in zip(data["stages"], stage_types)]
     findings = check_families(named, family)
@@ -129,36 +137,11 @@ def _finding_problem(checker: SchemaChecker, finding) -> Problem:
 
 
 def _check_references(doc, checker: SchemaChecker, stage_names: dict) -> list[Problem]:
-    """Names that must refer to something else in the recipe: splits, gate stages."""
+    """What the task kind allows, and the stages that gates name (splits: ``_check_split_references``)."""
     problems = []
     task = doc.get("task") if isinstance(doc, dict) else None
-    splits = list(task.get("data", {})) if isinstance(task, dict) and isinstance(task.get("data"), dict) else None
-    evaluate = doc.get("evaluate", {})
-    if splits is not None and isinstance(evaluate, dict):
-        split = evaluate.get("split", "dev")
-        if isinstance(split, str) and split not in splits:
-            at = ("evaluate", "split") if "split" in evaluate else ("task", "data")
-            problems.append(
-                checker.problem(
-                    at,
-                    f"evaluation split '{split}' is not in task.data (it has: {', '.join(splits)})"
-                    f"{did_you_mean(split, splits)}; add it or set evaluate.split",
-                )
-            )
     if isinstance(task, dict):
-        problems.extend(_check_task(doc, task, checker, splits))
-    stages = doc.get("stages") if isinstance(doc, dict) else None
-    if splits is not None and isinstance(stages, list):
-        for i, stage in enumerate(stages):
-            settings = stage.get("with") if isinstance(stage, dict) else None
-            split = settings.get("split") if isinstance(settings, dict) else None
-            if isinstance(split, str) and split not in splits:
-                problems.append(
-                    checker.problem(
-                        ("stages", i, "with", "split"),
-                        f"split '{split}' is not in task.data (it has: {', '.join(splits)}){did_you_mean(split, splits)}",
-                    )
-                )
+        problems.extend(_check_task(doc, task, checker))
     gates = doc.get("gates", []) if isinstance(doc, dict) else []
     if isinstance(gates, list):
         for i, gate in enumerate(gates):
@@ -174,7 +157,7 @@ def _check_references(doc, checker: SchemaChecker, stage_names: dict) -> list[Pr
     return problems
 
 
-def _check_task(doc: dict, task: dict, checker: SchemaChecker, splits) -> list[Problem]:
+def _check_task(doc: dict, task: dict, checker: SchemaChecker) -> list[Problem]:
     """What task.kind decides: which metrics exist, which settings a seq2seq task needs."""
     problems = []
     kind = task.get("kind")
@@ -202,19 +185,6 @@ def _check_task(doc: dict, task: dict, checker: SchemaChecker, splits) -> list[P
     labels = task.get("labels")
     if kind == "sequence-classification" and isinstance(labels, dict):
         problems.extend(_check_label_names(labels, checker))
-    tokenizer = doc.get("model", {}).get("tokenizer") if isinstance(doc.get("model"), dict) else None
-    trained = tokenizer.get("train") if isinstance(tokenizer, dict) else None
-    if isinstance(trained, dict) and splits is not None:
-        split = trained.get("split", "train")
-        if isinstance(split, str) and split not in splits:
-            at = ("model", "tokenizer", "train", "split") if "split" in trained else ("model", "tokenizer", "train")
-            problems.append(
-                checker.problem(
-                    at,
-                    f"the tokenizer is to be trained on split '{split}', which task.data does not have "
-                    f"(it has: {', '.join(splits)}){did_you_mean(split, splits)}",
-                )
-            )
     return problems
 
 
@@ -237,6 +207,57 @@ def _check_label_names(labels: dict, checker: SchemaChecker) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _check_split_references(tree, doc, checker: SchemaChecker, *, defaults: bool) -> list[Problem]:
+    """Every setting named ``split``, at any depth (``evaluate.split``,
+    ``stages[i].with.training.split``, ``model.tokenizer.train.split``...), must name a
+    split of ``task.data``. ``tree`` is the recipe as written (``defaults=False``: the
+    values the user wrote) or with its defaults filled in (``defaults=True``: only the
+    values the user did not write). The ``split`` of a hub dataset inside ``task.data``
+    is that dataset's own split name and is not checked here."""
+    task = tree.get("task") if isinstance(tree, dict) else None
+    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+        return []
+    splits = list(task["data"])
+    problems = []
+
+    def walk(value, path):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if path == ("task",) and key == "data":
+                    continue
+                here = path + (key,)
+                if key == "split" and isinstance(item, str):
+                    if item not in splits and _written(doc, here) != defaults:
+                        how = " (the default; set it)" if defaults else ""
+                        problems.append(
+                            checker.problem(
+                                here,
+                                f"split '{item}'{how} is not in task.data (it has: {', '.join(splits)})"
+                                f"{did_you_mean(item, splits)}",
+                            )
+                        )
+                else:
+                    walk(item, here)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, path + (index,))
+
+    walk(tree, ())
+    return problems
+
+
+def _written(doc, path: tuple) -> bool:
+    node = doc
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

@@ -13,15 +13,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from compose.exit_codes import EXIT_GATE_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STAGE_FAILED
+
 REPORT_FILE = "report.json"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
-
-#: Exit codes of ``recipe apply`` (also in ``recipe --help`` and the README).
-EXIT_OK = 0
-EXIT_GATE_FAILED = 1
-EXIT_INVALID = 2
-EXIT_STAGE_FAILED = 3
-EXIT_INTERRUPTED = 130
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from compose.data import read_split
 from compose.errors import DataError
+from compose.task_kinds import TASK_METRICS, columns, describe_unknown_label, first_unknown_label, label_rule
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ class Task(abc.ABC):
     def splits(self) -> list[str]:
         return list(self.spec["data"])
 
-    @abc.abstractmethod
     def columns(self) -> list[str]:
-        """Implemented by each task."""
+        """The columns the task reads from every row (``compose.task_kinds.column_settings``)."""
+        return columns(self.spec)
 
     def rows(self, split: str) -> list[dict]:
         """The raw rows of a split (read once, then cached)."""
@@ -68,7 +69,12 @@ class Task(abc.ABC):
         return self._rows[split]
 
     def _check_rows(self, split: str, rows: list[dict]) -> None:
-        """Raise DataError for rows the task cannot use."""
+        """Raise DataError for rows the task cannot use (a label the task does not know)."""
+        rule = label_rule(self.spec)
+        found = first_unknown_label(rows, rule) if rule is not None else None
+        if found is not None:
+            number, value = found
+            raise DataError(f"split '{split}': row {number} {describe_unknown_label(rule, value)}")
 
     def batches(
         self,
@@ -180,7 +186,7 @@ class SequenceClassificationTask(Task):
     """
 
     kind = "sequence-classification"
-    metric_names = ("accuracy", "f1", "matthews")
+    metric_names = TASK_METRICS[kind]
 
     @property
     def labels(self) -> list:
@@ -199,12 +205,6 @@ class SequenceClassificationTask(Task):
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def columns(self) -> list[str]:
-        cols = [self.spec["text_column"], self.spec["label_column"]]
-        if self.spec.get("text_pair_column"):
-            cols.insert(1, self.spec["text_pair_column"])
-        return cols
-
     def _label_index(self) -> dict:
         # Files give labels as text ("1"); recipes may write them as integers (1). A row may
         # also hold the class name (recipe validation keeps names and values from colliding).
@@ -212,12 +212,6 @@ class SequenceClassificationTask(Task):
         for i, name in enumerate(self.label_names):
             index.setdefault(name, i)
         return index
-
-    def _check_rows(self, split: str, rows: list[dict]) -> None:
-        named = isinstance(self.spec["labels"], Mapping)
-        known = f"{dict(zip(map(str, self.labels), self.label_names))} (as a value or a name)" if named else self.labels
-        _check_labels(split, rows, self.spec["label_column"], self._label_index(),
-                      f"which is not in task.labels {known}; fix the data or add the label to task.labels")  # fmt: skip
 
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         texts = [str(r[self.spec["text_column"]]) for r in rows]
@@ -261,13 +255,6 @@ class SequenceClassificationTask(Task):
         raise ValueError(f"unknown metric {name!r} for {self.kind}")
 
 
-def _check_labels(split: str, rows: list[dict], column: str, known, why: str) -> None:
-    """DataError naming the first row whose label (as text) is not in ``known``."""
-    for number, row in enumerate(rows, start=1):
-        if str(row[column]).strip() not in known:
-            raise DataError(f"split '{split}': row {number} has label {row[column]!r}, {why}")
-
-
 def _confusion(predictions, labels, n):
     return torch.bincount(labels * n + predictions, minlength=n * n).reshape(n, n).double()
 
@@ -302,14 +289,11 @@ class CausalLMTask(Task):
     """
 
     kind = "causal-lm"
-    metric_names = ("perplexity", "next_token_accuracy")
+    metric_names = TASK_METRICS[kind]
 
     def __init__(self, spec, seed):
         super().__init__(spec, seed)
         self._blocks: dict[tuple, list] = {}
-
-    def columns(self) -> list[str]:
-        return [self.spec["text_column"]]
 
     def examples(self, split: str, tokenizer) -> list:
         key = (split, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
@@ -375,10 +359,7 @@ class Seq2SeqTask(Task):
     Evaluation generates greedily; exact_match compares the stripped text."""
 
     kind = "seq2seq"
-    metric_names = ("exact_match",)
-
-    def columns(self) -> list[str]:
-        return [self.spec["text_column"], self._target_source()]
+    metric_names = TASK_METRICS[kind]
 
     def _target_source(self) -> str:
         return self.spec["target_column"] or self.spec["label_column"]
@@ -388,13 +369,6 @@ class Seq2SeqTask(Task):
         if self.spec["targets"] is None:
             return str(value).strip()
         return self.spec["targets"][str(value).strip()]
-
-    def _check_rows(self, split: str, rows: list[dict]) -> None:
-        targets = self.spec["targets"]
-        if targets is not None:
-            _check_labels(split, rows, self.spec["label_column"], targets,
-                          f"which task.targets does not map (it maps: {', '.join(targets)}); fix the data or "
-                          "add it to task.targets")  # fmt: skip
 
     def examples(self, split: str, tokenizer) -> list:
         targets = self.spec["targets"]
@@ -458,9 +432,6 @@ class Seq2SeqTask(Task):
 
 
 TASKS = {task.kind: task for task in (SequenceClassificationTask, CausalLMTask, Seq2SeqTask)}
-
-#: task.kind -> the metrics it can report (the first is its default).
-TASK_METRICS = {kind: task.metric_names for kind, task in TASKS.items()}
 
 
 def build_task(spec: Mapping[str, Any], seed: int) -> Task:

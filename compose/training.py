@@ -12,13 +12,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import torch
-
-from compose import checkpoint
 from compose.distributed import gather_objects
-from compose.evaluation import evaluate
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, the checkpoints and evaluation are imported where training runs: plugins
+# import this module's types at load time, and validation must not pay for torch.
 
 
 @dataclass
@@ -101,6 +103,8 @@ class TrainingSummary:
 
 def parameters_digest(model) -> str:
     """A hash of every parameter's bytes (to compare replicas across processes)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, param in sorted(model.state_dict().items()):
         tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
@@ -126,6 +130,8 @@ def _decay_groups(modules: Iterable[torch.nn.Module], weight_decay: float) -> li
 
 
 def _optimizer(settings: dict, groups: list[dict]):
+    import torch
+
     if settings["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=settings["learning_rate"], momentum=0.9)
     return torch.optim.AdamW(groups, lr=settings["learning_rate"])
@@ -164,7 +170,11 @@ def train_model(
     with the model (e.g. projection layers of a loss). Returns the trained model
     (unwrapped from any distributed wrapper) and a ``TrainingSummary``.
     """
+    import torch
     from transformers import get_scheduler
+
+    from compose import checkpoint
+    from compose.evaluation import evaluate
 
     model = ctx.model if model is None else model
     settings = dict(ctx.settings if settings is None else settings)

@@ -118,6 +118,8 @@ def describe(value: str) -> str:
 
 
 def check(value: str, plan) -> list[Check]:
+    if value not in ("bf16", "fp16"):
+        return []  # auto and fp32 suit every machine (and need no torch to say so)
     device = run_device()
     if value == "fp16" and device.type != "cuda":
         return [

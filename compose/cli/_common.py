@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 
 from compose.errors import PluginError, Problem
-from compose.report import EXIT_INVALID
+from compose.exit_codes import EXIT_INVALID
 
 stderr = Console(stderr=True, highlight=False)
 

@@ -16,7 +16,8 @@ from compose.cli._common import CommandError, dump_json, host_or_exit, print_pro
 from compose.distributed import launched_world_size
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
-from compose.report import EXIT_INVALID, EXIT_STAGE_FAILED, REPORT_FILE, RESOLVED_RECIPE, Report, report_from_json
+from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
+from compose.report import REPORT_FILE, RESOLVED_RECIPE, Report, report_from_json
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\
@@ -46,9 +47,9 @@ a plain line at most every 30 s with the work, step/total, rate and ETA. Set
 RECIPE_COMPOSE_PROGRESS_INTERVAL=SECONDS to change that interval (0: no lines);
 --quiet shows neither.
 
-exit codes: 0 success, 1 a gate failed, 2 the recipe is invalid (nothing ran),
-            3 a stage failed at run time, 130 interrupted (SIGINT/SIGTERM; apply again to resume)
-"""
+exit codes:
+{exit_codes}
+""".format(exit_codes=help_text())
 
 #: Set in the processes that `recipe apply --nproc N` launches.
 LAUNCHED_ENV = "RECIPE_COMPOSE_LAUNCHED"

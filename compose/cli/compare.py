@@ -10,7 +10,8 @@ from rich.table import Table
 
 from compose.cli._common import CommandError, dump_json
 from compose.compare import CompareError, best_final, comparison, load_runs, plot
-from compose.report import EXIT_OK, format_bytes, format_latency, format_number, format_percent, format_ratio
+from compose.exit_codes import EXIT_OK
+from compose.report import format_bytes, format_latency, format_number, format_percent, format_ratio
 
 HELP = "compare finished runs side by side and plot metric against size on disk"
 EXAMPLE = """\

@@ -9,6 +9,7 @@ import sys
 from compose import __version__
 from compose.cli import apply, compare, plan, plugins, schema, validate
 from compose.cli._common import CommandError, stderr
+from compose.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, help_text
 from compose.quiet import quiet_libraries
 
 DESCRIPTION = """\
@@ -31,16 +32,12 @@ start here:
   recipe compare runs/a runs/b                two finished runs side by side, and a plot
 
 exit codes:
-  0  success (every gate passed)
-  1  a gate failed (the report is written)
-  2  the recipe is invalid, or a plugin failed to load (nothing ran)
-  3  a stage failed at run time (earlier stages' artifacts and the report are kept)
-  130 interrupted by SIGINT/SIGTERM (finished stages are kept; apply again to resume)
+{exit_codes}
 
 environment:
   RECIPE_COMPOSE_PLUGINS  comma-separated plugin names to load (empty: none)
   RECIPE_COMPOSE_DEBUG=1  show Python tracebacks for failures
-"""
+""".format(exit_codes=help_text())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,16 +76,17 @@ def main(argv=None) -> int:
         return exc.code
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug of ours: say so briefly unless debugging
         if os.environ.get("RECIPE_COMPOSE_DEBUG"):
             raise
+        stderr.print("[red]internal error:[/] ", end="")
         stderr.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc}\n"
-            "(set RECIPE_COMPOSE_DEBUG=1 for the traceback, and please report it)",
+            f"{type(exc).__name__}: {exc}\n(set RECIPE_COMPOSE_DEBUG=1 for the traceback, and please report it)",
             markup=False,
+            soft_wrap=True,
         )
-        return 3
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import yaml
 from compose.cli._common import dump_json, host_or_exit, print_problems
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
-from compose.report import EXIT_INVALID, EXIT_OK
+from compose.exit_codes import EXIT_INVALID, EXIT_OK
 from compose.schema import training_settings_paths
 from compose.stage import describe_fact
 

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compose.cli._common import dump_json, host_or_exit
-from compose.report import EXIT_OK
+from compose.exit_codes import EXIT_OK
 
 HELP = "list installed plugins and the stages they provide"
 EXAMPLE = """\

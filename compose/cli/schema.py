@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from compose.cli._common import CommandError, dump_json, host_or_exit
-from compose.report import EXIT_OK
+from compose.exit_codes import EXIT_OK
 from compose.schema import combined_schema
 from compose.validation import did_you_mean
 

@@ -4,6 +4,7 @@ import json
 
 from compose.artifacts import load_artifact
 from compose.cli.main import main
+from compose.data_check import SAMPLE_LINES
 
 TRAIN = "- {name: ft, uses: train, with: {epochs: 3, learning_rate: 3.0e-3, batch_size: 16}}\n"
 
@@ -47,8 +48,10 @@ def test_invalid_recipe_exits_2_and_writes_nothing(write_recipe, tmp_path, capsy
 
 
 def test_stage_failure_exits_3_and_keeps_earlier_results(write_recipe, tmp_path, capsys):
+    # A bad label past the rows that validation samples: only the stage that reads it can fail.
     bad = tmp_path / "bad.tsv"
-    bad.write_text("sentence\tlabel\ngood film\t7\n", encoding="utf-8")
+    good = "".join(f"good film {i}\t1\n" for i in range(SAMPLE_LINES))
+    bad.write_text("sentence\tlabel\n" + good + "odd film\t7\n", encoding="utf-8")
     recipe = write_recipe(TRAIN + "- {name: more, uses: train, with: {split: extra, max_steps: 1}}\n")
     out = tmp_path / "run"
     code = main(["apply", str(recipe), f"task.data.extra.path={bad}", "--output", str(out), "-q"])

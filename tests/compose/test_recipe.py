@@ -115,7 +115,7 @@ def test_duplicate_stage_names_and_missing_splits(write_recipe, fake_host):
     found = problems(write_recipe, "- {name: a, uses: learn}\n- {name: a, uses: learn}\n", fake_host,
                      overrides=["evaluate.split=test"])  # fmt: skip
     text = " | ".join(p.message for p in found)
-    assert "is used twice" in text and "evaluation split 'test' is not in task.data" in text
+    assert "is used twice" in text and "split 'test' is not in task.data" in text
 
 
 def test_model_needs_exactly_one_source(write_recipe, fake_host):

@@ -13,8 +13,7 @@ the model keeps the pruned weights at zero (``compose_training_setup`` below).
 from __future__ import annotations
 
 from collections import defaultdict
-
-import torch
+from typing import TYPE_CHECKING
 
 from compose import hookimpl
 from compose.api import Check, StageContext, StageResult, StageType, load_schema_file
@@ -24,11 +23,17 @@ STAGE = "magnitude-prune"
 #: Set on a model this stage pruned with hold_in_training: the names of the pruned modules.
 _HELD_ATTR = "recipe_compose_magnitude_held"
 
+# torch is imported inside the functions that run, not here: `recipe validate` loads
+# every installed plugin, and importing torch would cost it seconds.
+if TYPE_CHECKING:
+    import torch
+
 
 # -- finding the layers ---------------------------------------------------
 
 
 def _prunable(module) -> bool:
+    import torch
     from transformers.pytorch_utils import Conv1D  # GPT-2 writes its Linear layers as Conv1D
 
     return isinstance(module, (torch.nn.Linear, Conv1D))
@@ -36,6 +41,8 @@ def _prunable(module) -> bool:
 
 def _blocks(model) -> list[tuple[str, torch.nn.Module]]:
     """The transformer blocks: the items of the outermost ModuleLists of same-class modules."""
+    import torch
+
     found, lists = [], []
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
@@ -199,6 +206,8 @@ def compose_training_setup(setup):
     masks = [(modules[name], modules[name].weight != 0) for name in held if name in modules]
 
     def reapply(step):
+        import torch
+
         with torch.no_grad():
             for module, mask in masks:
                 module.weight.mul_(mask.to(module.weight.device))
