@@ -122,32 +122,49 @@ def floor_of(width: int, settings) -> int:
 
 
 def _rounded(keep: int, width: int, floor: int, multiple: int) -> int:
+    """``keep`` rounded to the nearest multiple (a block that keeps everything keeps its width)."""
     if keep >= width:
         return width
     nearest = multiple * math.floor(keep / multiple + 0.5)
     return width if nearest >= width else max(floor, nearest)
 
 
+def _rounded_total(wanted: list[int], widths: list[int], multiple: int) -> list[int]:
+    """Each pruned block rounded down to a multiple, then the largest remainders rounded up until the
+    total is within half a multiple of what was wanted (largest-remainder apportionment)."""
+    kept = [w if k >= w else multiple * (k // multiple) for k, w in zip(wanted, widths)]
+    extra = math.floor((sum(wanted) - sum(kept)) / multiple + 0.5)
+    by_remainder = sorted((i for i, (k, w) in enumerate(zip(wanted, widths)) if k < w),
+                          key=lambda i: (-(wanted[i] - kept[i]), i))  # fmt: skip
+    for i in by_remainder[:extra]:
+        kept[i] = min(widths[i], kept[i] + multiple)
+    return kept
+
+
 def kept_counts(scores, labels: list[str], settings) -> list[int]:
-    """How many neurons each block keeps: the ratios, the floor and the rounding applied."""
+    """How many neurons each block keeps: the ratios, the floor and the rounding to ``multiple_of`` applied.
+
+    Per block (``scope: per_layer``, ``layer_ratios``) each count is rounded to its
+    nearest multiple; globally, the total stays within half a multiple of the target.
+    """
     widths = [len(s) for s in scores]
     floors = [floor_of(w, settings) for w in widths]
     if "layer_ratios" in settings or settings["scope"] == "per_layer":
         ratios = (layer_ratio_list(settings["layer_ratios"], labels) if "layer_ratios" in settings
                   else [settings["ratio"]] * len(widths))  # fmt: skip
         wanted = [max(f, w - int(r * w + 1e-9)) for w, f, r in zip(widths, floors, ratios)]
-    else:
-        target = int(settings["ratio"] * sum(widths) + 1e-9)  # rounded down
-        ranked = sorted((float(s[j]), layer, j) for layer, s in enumerate(scores) for j in range(len(s)))
-        wanted = list(widths)
-        removed = 0
-        for _, layer, _ in ranked:
-            if removed == target:
-                break
-            if wanted[layer] > floors[layer]:
-                wanted[layer] -= 1
-                removed += 1
-    return [_rounded(k, w, f, settings["multiple_of"]) for k, w, f in zip(wanted, widths, floors)]
+        return [_rounded(k, w, f, settings["multiple_of"]) for k, w, f in zip(wanted, widths, floors)]
+    target = int(settings["ratio"] * sum(widths) + 1e-9)  # rounded down
+    ranked = sorted((float(s[j]), layer, j) for layer, s in enumerate(scores) for j in range(len(s)))
+    wanted = list(widths)
+    removed = 0
+    for _, layer, _ in ranked:
+        if removed == target:
+            break
+        if wanted[layer] > floors[layer]:
+            wanted[layer] -= 1
+            removed += 1
+    return _rounded_total(wanted, widths, settings["multiple_of"])
 
 
 def choose_neurons(scores, counts: list[int]) -> list[list[int]]:
