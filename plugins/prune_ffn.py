@@ -155,7 +155,7 @@ def kept_counts(scores, labels: list[str], settings) -> list[int]:
         wanted = [max(f, w - int(r * w + 1e-9)) for w, f, r in zip(widths, floors, ratios)]
         return [_rounded(k, w, f, settings["multiple_of"]) for k, w, f in zip(wanted, widths, floors)]
     target = int(settings["ratio"] * sum(widths) + 1e-9)  # rounded down
-    ranked = sorted((float(s[j]), layer, j) for layer, s in enumerate(scores) for j in range(len(s)))
+    ranked = sorted((v, layer, j) for layer, s in enumerate(scores) for j, v in enumerate(_values(s)))
     wanted = list(widths)
     removed = 0
     for _, layer, _ in ranked:
@@ -171,9 +171,14 @@ def choose_neurons(scores, counts: list[int]) -> list[list[int]]:
     """Per block: the ``counts[i]`` highest-scoring neurons (ties: the lower index), in their original order."""
     kept = []
     for layer_scores, n in zip(scores, counts):
-        order = sorted(range(len(layer_scores)), key=lambda j: (-float(layer_scores[j]), j))
+        values = _values(layer_scores)
+        order = sorted(range(len(values)), key=lambda j: (-values[j], j))
         kept.append(sorted(order[:n]))
     return kept
+
+
+def _values(scores) -> list[float]:
+    return scores.tolist() if hasattr(scores, "tolist") else [float(v) for v in scores]
 
 
 # -- reloading -------------------------------------------------------------------
@@ -250,7 +255,8 @@ def run(ctx: StageContext) -> StageResult:
     removed = sum(before) - sum(after)
     ctx.log(f"removing {removed} of {sum(before)} FFN neurons ({requested} requested; "
             f"{settings['importance']} importance, kept counts multiples of {settings['multiple_of']}, "
-            f"at least {settings['min_neurons_per_layer']} per block)")  # fmt: skip
+            f"at least {settings['min_neurons_per_layer']} per block); neurons kept per block: "
+            + ", ".join(f"{label}: {n}/{w}" for label, n, w in zip(labels, after, before)))  # fmt: skip
 
     started = time.perf_counter()
     for site, keep in zip(sites, kept):
