@@ -550,12 +550,13 @@ def check(settings, plan):
     if all(loss_settings[name]["weight"] == 0 for name in TERMS):
         yield Check("every loss weight is 0: nothing to train the student on; set loss.soft.weight > 0", path=("loss",))
     earlier = [uses for _, uses, _ in plan.stages[: plan.index]]
-    if "from_teacher" in spec and "prune-heads" in earlier:
-        yield Check(
-            "student.from_teacher copies the teacher's layers, but an earlier prune-heads stage changes their "
-            "structure; put distill before prune-heads, or use student.config",
-            path=("student", "from_teacher"),
-        )
+    for pruner in ("prune-heads", "prune-ffn"):
+        if "from_teacher" in spec and pruner in earlier:
+            yield Check(
+                f"student.from_teacher copies the teacher's layers, but an earlier {pruner} stage changes their "
+                f"structure; put distill before {pruner}, or use student.config",
+                path=("student", "from_teacher"),
+            )
     if "from_teacher" in spec and spec["from_teacher"]["decoder_layers"] is not None and family != "encoder-decoder":
         yield Check(f"student.from_teacher.decoder_layers applies only to encoder-decoder models, not {family}; "
                     "remove it and choose the layers with `layers`",
