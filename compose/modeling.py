@@ -167,8 +167,13 @@ def count_parameters(model) -> int:
 
     A layer whose weight is stored packed (no ``weight`` tensor but
     ``in_features``/``out_features``, as GPTQ's quantized linear layers have) counts
-    ``in_features * out_features`` (+ bias).
+    ``in_features * out_features`` (+ bias). A model that computes outside torch
+    (e.g. an exported ONNX graph wrapped in a module) reports the count of the model it
+    came from as an int attribute ``logical_parameters``.
     """
+    logical = getattr(model, "logical_parameters", None)
+    if isinstance(logical, int) and not isinstance(logical, bool):
+        return logical
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         weight = getattr(module, "weight", None)
