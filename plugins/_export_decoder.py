@@ -16,7 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Largest relative logits difference between the exported model and its plain reload that counts as equal.
-RELOAD_TOLERANCE = 1e-3
+#: Not exact: loading a GPTQ checkpoint, GPTQModel picks its own CPU kernel (TorchAtenLinear, tiny
+#: Llama: 1.6e-3 relative from the same packed weights), not the TorchLinear the gptq stage ran.
+RELOAD_TOLERANCE = 1e-2
 
 
 def plain_load(folder: Path):

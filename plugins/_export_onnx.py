@@ -28,6 +28,9 @@ MODEL_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: Largest |logit| difference between the fused and the plain fp32 graph that counts as equal.
 FUSION_TOLERANCE = 1e-3
+#: MatMulNBits' accuracy_level 4: activations quantized to int8 per block at run time, so the 4-bit
+#: matmuls run as int8 dot products on CPUs (the float path, level 0/1, dequantizes the weights instead).
+INT4_ACCURACY_LEVEL = 4
 
 
 def _inputs(tokenizer) -> list[str]:
@@ -94,7 +97,7 @@ def run_logits(sess, feeds: dict):
     return sess.run(["logits"], {k: np.asarray(v, dtype=np.int64) for k, v in feeds.items() if k in wanted})[0]
 
 
-def optimize(source: Path, target: Path, model, sample: dict, reference) -> dict:
+def optimize(source: Path, target: Path, model, sample: dict, reference, settings) -> dict:
     """Fuse the graph for BERT; keep the plain export when fusion would change the logits."""
     import numpy as np
     from onnxruntime.transformers import optimizer
@@ -105,7 +108,15 @@ def optimize(source: Path, target: Path, model, sample: dict, reference) -> dict
     uniform = bool(heads) and len(set(heads)) == 1 and heads[0] * (hidden // model.config.num_attention_heads) == hidden
     options = FusionOptions("bert")
     notes = []
-    if not uniform:
+    if settings["embeddings"] != "fp32":
+        options.enable_embed_layer_norm = False
+        notes.append("embeddings left unfused: the fused EmbedLayerNormalization reads a float table")
+    if settings["weights"] == "int4":
+        uniform = False
+        options.enable_attention = False
+        notes.append("attention left unfused: 4-bit quantization (MatMulNBits) rewrites MatMul nodes only, "
+                     "and the fused Attention op would keep the Q/K/V weights in fp32")  # fmt: skip
+    elif not uniform:
         options.enable_attention = False
         notes.append(f"attention left unfused: heads differ per layer ({heads}) after pruning, and ORT's fused "
                      "Attention op takes one head count")  # fmt: skip
@@ -123,6 +134,12 @@ def optimize(source: Path, target: Path, model, sample: dict, reference) -> dict
     return {"applied": True, "fusions": stats, "max_logit_drift": drift, "notes": notes}
 
 
+def _gathers_of_non_tables(model) -> list[str]:
+    """Gather nodes that do not look up rows of a 2-D constant table (shape arithmetic): never quantized."""
+    tables = {t.name for t in model.graph.initializer if len(t.dims) == 2}
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] not in tables]
+
+
 def quantize(source: Path, target: Path, settings) -> dict:
     """Weight-only 4-bit and/or dynamic int8, as the settings ask; the steps taken."""
     import onnx
@@ -134,9 +151,11 @@ def quantize(source: Path, target: Path, settings) -> dict:
     if nbits:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        model = onnx.load(str(current))
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(current)), bits=4, block_size=settings["block_size"], is_symmetric=True,
+            model, bits=4, block_size=settings["block_size"], is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
             op_types_to_quantize=tuple(nbits), quant_axes=(("MatMul", 0), ("Gather", 1)),
+            nodes_to_exclude=_gathers_of_non_tables(model),
         )  # fmt: skip
         quantizer.process()
         current = tmp / "int4.onnx"
@@ -179,7 +198,7 @@ def export_classifier(model, tokenizer, folder: Path, settings) -> dict:
         details = {"inputs": names, "opset": settings["opset"], "export_max_logit_drift": drift}
         fused = scratch / "fused.onnx"
         if settings["optimize"]:
-            details["optimization"] = optimize(raw, fused, model, sample_np, reference)
+            details["optimization"] = optimize(raw, fused, model, sample_np, reference, settings)
         else:
             os.replace(raw, fused)
             details["optimization"] = {"applied": False, "why": "optimize: false"}

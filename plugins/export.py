@@ -181,7 +181,7 @@ def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
         reloaded, problem = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     if problem is None:
         details["loads_with"] = "transformers AutoModelForCausalLM.from_pretrained" + (
-            " (with gptqmodel installed)" if quantized else ""
+            " (with gptqmodel and optimum installed)" if quantized else ""
         )
         details["reload_relative_difference"] = round(difference, 8)
         return StageResult(model=reloaded, artifact=folder, details=details)
