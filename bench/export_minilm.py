@@ -27,8 +27,9 @@ SETTINGS = {
     "int8+int4-emb": {"weights": "int8", "embeddings": "int4", "per_channel": False},
     "int8-pc+int4-emb": {"weights": "int8", "embeddings": "int4", "per_channel": True},
     "int4+int4-emb": {"weights": "int4", "embeddings": "int4", "per_channel": False},
+    "int4-b128+int4-emb": {"weights": "int4", "embeddings": "int4", "per_channel": False, "block_size": 128},
 }
-COMMON = {"block_size": 32, "optimize": True, "opset": 17, "check_rows": 0}
+COMMON = {"block_size": 32, "embeddings_block_size": 128, "optimize": True, "opset": 17, "check_rows": 0}
 
 
 def read_dev(path: Path) -> tuple[list[str], list[int]]:
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     from compose.api import count_parameters, load_artifact, size_on_disk
     from compose.plugins._export_float import to_float
     from compose.plugins._export_onnx import export_classifier, onnx_module
+    from compose.plugins.export import _deploy_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+")
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--json")
+    parser.add_argument("--keep-layers", help="e.g. 0,2,4: measure a student of these layers (size and speed only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     texts, labels = read_dev(Path(args.dev))
@@ -83,6 +86,10 @@ def main(argv=None) -> int:
     for artifact in args.artifacts:
         model, tokenizer = load_artifact(artifact)
         model = model.eval()
+        if args.keep_layers:
+            keep = [int(i) for i in args.keep_layers.split(",")]
+            model.bert.encoder.layer = torch.nn.ModuleList(model.bert.encoder.layer[i] for i in keep)
+            model.config.num_hidden_layers = len(keep)
         data = batches(tokenizer, texts)
         row = {"artifact": artifact, "setting": "pytorch", "bytes": size_on_disk(artifact),
                "params": count_parameters(model), **measure(model, data, labels)}  # fmt: skip
@@ -95,6 +102,7 @@ def main(argv=None) -> int:
                 started = time.perf_counter()
                 details = export_classifier(plain, tokenizer, Path(folder), {**COMMON, **SETTINGS[name]})
                 tokenizer.save_pretrained(folder)
+                _deploy_tokenizer(tokenizer, Path(folder) / "tokenizer.json", 64)
                 plain.config.to_json_file(Path(folder) / "config.json")
                 seconds = time.perf_counter() - started
                 exported = onnx_module(Path(folder), 0)

@@ -18,7 +18,9 @@ The pipeline (each step checked against the PyTorch model's logits):
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import tempfile
 import warnings
@@ -53,11 +55,42 @@ def head_counts(model) -> list[int]:
     return counts
 
 
+def _matmul_heads(model) -> int:
+    """Linear layers outside the transformer blocks (pooler, classifier) act on [batch, hidden] and export as
+    Gemm, which ORT's dynamic int8 and 4-bit quantizers skip; computed as matmul + add they export as MatMul."""
+    import torch
+
+    class MatMulLinear(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.weight, self.bias = linear.weight, linear.bias
+
+        def forward(self, x):
+            y = torch.matmul(x, self.weight.t())
+            return y + self.bias if self.bias is not None else y
+
+    blocks = {id(m) for layer in _blocks(model) for m in layer.modules()}
+    heads = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in blocks]
+    for name in heads:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, MatMulLinear(getattr(owner, child)))
+    return len(heads)
+
+
+def _blocks(model) -> list:
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return max(lists, key=len) if lists else []
+
+
 def torch_export(model, tokenizer, path: Path, opset: int) -> tuple[list[str], dict]:
     import torch
 
     model = copy.deepcopy(model).float().cpu().eval()
     model.config._attn_implementation = "eager"  # shared by every submodule's config
+    _matmul_heads(model)
     names = _inputs(tokenizer)
     sample = _sample(tokenizer, names)
 
@@ -111,12 +144,7 @@ def optimize(source: Path, target: Path, model, sample: dict, reference, setting
     if settings["embeddings"] != "fp32":
         options.enable_embed_layer_norm = False
         notes.append("embeddings left unfused: the fused EmbedLayerNormalization reads a float table")
-    if settings["weights"] == "int4":
-        uniform = False
-        options.enable_attention = False
-        notes.append("attention left unfused: 4-bit quantization (MatMulNBits) rewrites MatMul nodes only, "
-                     "and the fused Attention op would keep the Q/K/V weights in fp32")  # fmt: skip
-    elif not uniform:
+    if not uniform:
         options.enable_attention = False
         notes.append(f"attention left unfused: heads differ per layer ({heads}) after pruning, and ORT's fused "
                      "Attention op takes one head count")  # fmt: skip
@@ -140,6 +168,21 @@ def _gathers_of_non_tables(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] not in tables]
 
 
+@contextlib.contextmanager
+def quiet_onnxruntime():
+    """ONNX Runtime's optimizer and quantizers log INFO lines per node (some on the root logger)."""
+    loggers = [logging.getLogger(name) for name in ("", "onnxruntime", "onnx_model", "fusion_base",
+               "onnx_model_bert", "fusion_embedlayer", "onnxruntime.quantization.matmul_nbits_quantizer")]  # fmt: skip
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def quantize(source: Path, target: Path, settings) -> dict:
     """Weight-only 4-bit and/or dynamic int8, as the settings ask; the steps taken."""
     import onnx
@@ -147,23 +190,24 @@ def quantize(source: Path, target: Path, settings) -> dict:
     steps = []
     current = source
     tmp = Path(tempfile.mkdtemp(dir=target.parent))
-    nbits = [op for op, key in (("MatMul", "weights"), ("Gather", "embeddings")) if settings[key] == "int4"]
-    if nbits:
+    for op, key, block in (("Gather", "embeddings", "embeddings_block_size"), ("MatMul", "weights", "block_size")):
+        if settings[key] != "int4":
+            continue
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         model = onnx.load(str(current))
         quantizer = MatMulNBitsQuantizer(
-            model, bits=4, block_size=settings["block_size"], is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
-            op_types_to_quantize=tuple(nbits), quant_axes=(("MatMul", 0), ("Gather", 1)),
+            model, bits=4, block_size=settings[block], is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
+            op_types_to_quantize=(op,), quant_axes=(("MatMul", 0), ("Gather", 1)),
             nodes_to_exclude=_gathers_of_non_tables(model),
         )  # fmt: skip
         quantizer.process()
-        current = tmp / "int4.onnx"
+        current = tmp / f"int4-{op}.onnx"
         quantizer.model.save_model_to_file(str(current), use_external_data_format=False)
-        steps.append(f"4-bit weight-only (block {settings['block_size']}, symmetric): {', '.join(nbits)}")
+        steps.append(f"4-bit weight-only (blocks of {settings[block]}, symmetric): {op}")
     int8 = [op for op, key in (("MatMul", "weights"), ("Gather", "embeddings")) if settings[key] == "int8"]
-    if int8 and settings["weights"] == "int8":
-        int8.append("Attention")  # the fused attention's QKV projection
+    if settings["weights"] != "fp32":
+        int8.append("Attention")  # a fused attention's QKV projection (MatMulNBits only rewrites MatMul)
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -197,12 +241,13 @@ def export_classifier(model, tokenizer, folder: Path, settings) -> dict:
         drift = float(np.abs(run_logits(session(raw), sample_np) - reference).max())
         details = {"inputs": names, "opset": settings["opset"], "export_max_logit_drift": drift}
         fused = scratch / "fused.onnx"
-        if settings["optimize"]:
-            details["optimization"] = optimize(raw, fused, model, sample_np, reference, settings)
-        else:
-            os.replace(raw, fused)
-            details["optimization"] = {"applied": False, "why": "optimize: false"}
-        details["quantization"] = quantize(fused, folder / MODEL_FILE, settings)
+        with quiet_onnxruntime():
+            if settings["optimize"]:
+                details["optimization"] = optimize(raw, fused, model, sample_np, reference, settings)
+            else:
+                os.replace(raw, fused)
+                details["optimization"] = {"applied": False, "why": "optimize: false"}
+            details["quantization"] = quantize(fused, folder / MODEL_FILE, settings)
     finally:
         for leftover in scratch.rglob("*"):
             leftover.unlink()

@@ -57,9 +57,7 @@ Output: `logits` (float32, [batch, {labels}]); the class is `argmax(logits, -1)`
 import json, numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
 
-tokenizer = Tokenizer.from_file("tokenizer.json")
-tokenizer.enable_padding(pad_id={pad_id}, pad_token="{pad_token}")
-tokenizer.enable_truncation({max_length})
+tokenizer = Tokenizer.from_file("tokenizer.json")  # pads to the longest row, truncates at {max_length}
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 labels = json.load(open("config.json"))["id2label"]
 batch = tokenizer.encode_batch(["a gorgeous, witty film", "a dull mess"])
@@ -110,6 +108,18 @@ def _check_rows(ctx: StageContext, reference, exported) -> dict:
             "max_logit_difference": round(worst, 6)}  # fmt: skip
 
 
+def _deploy_tokenizer(tokenizer, path: Path, max_length: int | None) -> None:
+    """tokenizer.json as the evaluation tokenized: truncation at the task's max_length, padding to the
+    longest row of a batch; written compact (MiniLM's: 0.46 MB instead of 0.71 MB pretty-printed)."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    if max_length:
+        backend.enable_truncation(int(max_length))
+    backend.enable_padding(pad_id=tokenizer.pad_token_id or 0, pad_token=tokenizer.pad_token or "[PAD]")
+    path.write_text(backend.to_str(pretty=False), encoding="utf-8")
+
+
 def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
     from compose.plugins._export_float import to_float
     from compose.plugins._export_onnx import MODEL_FILE, export_classifier, onnx_module
@@ -126,6 +136,7 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
     def write(tmp: Path) -> None:
         details.update(export_classifier(model, tokenizer, tmp, settings))
         tokenizer.save_pretrained(tmp)
+        _deploy_tokenizer(tokenizer, tmp / "tokenizer.json", ctx.task.spec.get("max_length"))
         model.config.to_json_file(tmp / "config.json")
         labels = model.config.num_labels
         manifest = {
@@ -143,8 +154,7 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
             README.format(
                 name=ctx.name, model_type=model.config.model_type, labels=labels,
                 inputs=", ".join(f"`{n}`" for n in details["inputs"]),
-                pad_id=tokenizer.pad_token_id or 0, pad_token=tokenizer.pad_token or "[PAD]",
-                max_length=min(int(getattr(model.config, "max_position_embeddings", 512)), 512),
+                max_length=ctx.task.spec.get("max_length") or "the tokenizer's limit",
             ),
             encoding="utf-8",
         )  # fmt: skip

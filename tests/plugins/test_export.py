@@ -31,8 +31,7 @@ ONNX_ONLY = textwrap.dedent(
     from tokenizers import Tokenizer
 
     folder, texts = sys.argv[1], json.loads(sys.argv[2])
-    tokenizer = Tokenizer.from_file(folder + "/tokenizer.json")
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer = Tokenizer.from_file(folder + "/tokenizer.json")  # pads and truncates as the evaluation did
     session = ort.InferenceSession(folder + "/model.onnx", providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     batch = tokenizer.encode_batch(texts)
