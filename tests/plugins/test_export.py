@@ -170,3 +170,19 @@ def test_llama_train_gptq_export_loads_with_plain_from_pretrained(write_recipe, 
     got = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
     # GPTQModel loads the checkpoint into its own CPU kernel: same packed weights, other arithmetic
     assert (got - expected).abs().max() <= 1e-2 * expected.abs().max()
+
+
+def test_head_pruned_encoder_exports_with_the_same_predictions(write_recipe, tmp_path):
+    stages = TRAIN + "- {name: p, uses: prune-heads, with: {ratio: 0.5, calibration_batches: 2}}\n"
+    stages += "- {name: deploy, uses: export, with: {weights: fp32, embeddings: fp32}}\n"
+    report = _apply(write_recipe, tmp_path, stages, config=WIDE_BERT)
+    assert report["status"] == "passed"
+    _, p, deploy = report["stages"][1:]
+    pruned, _ = load_artifact(p["artifact"])
+    heads = [layer.attention.self.num_attention_heads for layer in pruned.bert.encoder.layer]
+    optimization = deploy["details"]["optimization"]
+    assert optimization["applied"]
+    # ORT's fused Attention takes one head count: with uneven heads, attention stays unfused
+    assert ("Attention" in optimization["fusions"]) == (len(set(heads)) == 1), (heads, optimization)
+    assert deploy["details"]["agreement"] == 1.0 and deploy["details"]["max_logit_difference"] < 1e-4
+    assert deploy["metric"]["value"] == pytest.approx(p["metric"]["value"], abs=1e-9)
