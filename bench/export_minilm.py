@@ -20,16 +20,25 @@ import tempfile
 import time
 from pathlib import Path
 
+#: name -> settings over the schema defaults ("default": none changed)
 SETTINGS = {
     "fp32": {"weights": "fp32", "embeddings": "fp32", "per_channel": False},
     "int8": {"weights": "int8", "embeddings": "int8", "per_channel": False},
     "int8-per-channel": {"weights": "int8", "embeddings": "int8", "per_channel": True},
     "int8+int4-emb": {"weights": "int8", "embeddings": "int4", "per_channel": False},
     "int8-pc+int4-emb": {"weights": "int8", "embeddings": "int4", "per_channel": True},
+    "default": {},
     "int4+int4-emb": {"weights": "int4", "embeddings": "int4", "per_channel": False},
     "int4-b128+int4-emb": {"weights": "int4", "embeddings": "int4", "per_channel": False, "block_size": 128},
 }
-COMMON = {"block_size": 32, "embeddings_block_size": 128, "optimize": True, "opset": 17, "check_rows": 0}
+
+
+def defaults() -> dict:
+    """The export stage's schema defaults (what a recipe gets without `with:`)."""
+    from compose.api import load_schema_file
+
+    schema = load_schema_file("compose.schemas", "export.schema.json")
+    return {key: spec["default"] for key, spec in schema["properties"].items()}
 
 
 def read_dev(path: Path) -> tuple[list[str], list[int]]:
@@ -100,7 +109,7 @@ def main(argv=None) -> int:
         for name in args.settings.split(","):
             with tempfile.TemporaryDirectory() as folder:
                 started = time.perf_counter()
-                details = export_classifier(plain, tokenizer, Path(folder), {**COMMON, **SETTINGS[name]})
+                details = export_classifier(plain, tokenizer, Path(folder), {**defaults(), **SETTINGS[name]})
                 tokenizer.save_pretrained(folder)
                 _deploy_tokenizer(tokenizer, Path(folder) / "tokenizer.json", 64)
                 plain.config.to_json_file(Path(folder) / "config.json")
