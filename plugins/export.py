@@ -188,7 +188,8 @@ def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
         difference = compare(model, reloaded, batch)
         problem = None if difference <= RELOAD_TOLERANCE else f"its logits differ by {difference:.2e} (relative)"
     except Exception as exc:  # noqa: BLE001 - reported, and the artifact loader takes over
-        reloaded, problem = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        lines = str(exc).strip().splitlines()
+        reloaded, problem = None, f"{type(exc).__name__}: {lines[0] if lines else ''}"
     if problem is None:
         details["loads_with"] = "transformers AutoModelForCausalLM.from_pretrained" + (
             " (with gptqmodel and optimum installed)" if quantized else ""
@@ -237,11 +238,10 @@ def check(settings, plan):
 
 
 def describe(settings) -> str:
-    return (
-        f"encoders: ONNX ({'fused, ' if settings['optimize'] else ''}weights {settings['weights']}, embeddings "
-        f"{settings['embeddings']}{', per channel' if settings['per_channel'] and 'int8' in (settings['weights'], settings['embeddings']) else ''})"  # noqa: E501
-        " + tokenizer, for onnxruntime alone; decoders: a checkpoint for plain from_pretrained"
-    )
+    int8 = "int8" in (settings["weights"], settings["embeddings"])
+    how = ("fused, " if settings["optimize"] else "") + f"weights {settings['weights']}, "
+    how += f"embeddings {settings['embeddings']}" + (", int8 per channel" if int8 and settings["per_channel"] else "")
+    return f"encoders: ONNX ({how}) + tokenizer, for onnxruntime alone; decoders: a checkpoint for plain from_pretrained"
 
 
 @hookimpl
