@@ -27,6 +27,8 @@ from compose.errors import ModelLoadError
 MANIFEST = "compose-artifact.json"
 FORMAT_VERSION = 1
 _TRANSFORMS_ATTR = "compose_transforms"
+#: Files that hold weights (``size_on_disk(weights_only=True)``): checkpoints, and exported ONNX graphs.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
 
 
 def record_transform(model, stage: str, info: Mapping[str, Any]) -> None:
@@ -87,7 +89,7 @@ def size_on_disk(directory: Path, *, weights_only: bool = False) -> int:
     """Bytes of the artifact's files (or of its weight files only)."""
     total = 0
     for path in Path(directory).rglob("*"):
-        if path.is_file() and (not weights_only or path.suffix in (".safetensors", ".bin")):
+        if path.is_file() and (not weights_only or path.suffix in WEIGHT_SUFFIXES):
             total += path.stat().st_size
     return total
 

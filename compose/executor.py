@@ -67,11 +67,15 @@ class Executor:
     def _artifact_dir(self, index: int, name: str) -> Path:
         return self.run_dir / "stages" / f"{index:02d}-{name}"
 
-    def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None) -> StageRow:
+    def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None, written=None) -> StageRow:
+        """``written``: a folder the stage wrote as its artifact (measured, not saved again)."""
         artifact = size = weights = None
         name_labels(model, task)  # every saved model names its classes (task.labels)
-        if self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
+        if written is not None:
+            artifact = Path(written)
+        elif self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
             artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind)
+        if artifact is not None and self.ranks.is_main:
             size = size_on_disk(artifact)
             weights = size_on_disk(artifact, weights_only=True)
         settings = self.recipe.data["evaluate"]
@@ -288,6 +292,7 @@ class Executor:
             recipe=self.recipe.data,
             plugin_host=self.host,
             fingerprint=self.fingerprints[index],
+            artifact_dir=self._artifact_dir(index, name) / "model",
         )
         started = time.perf_counter()
         try:
@@ -303,7 +308,8 @@ class Executor:
         model = result.model if result.model is not None else ctx.model
         tokenizer = result.tokenizer if result.tokenizer is not None else ctx.tokenizer
         try:
-            row = self._measure(name, stage_type.name, model, tokenizer, task, index, seconds, result.details)
+            row = self._measure(name, stage_type.name, model, tokenizer, task, index, seconds, result.details,
+                                result.artifact)  # fmt: skip
         except ComposeError:
             raise
         except Exception as exc:  # noqa: BLE001 - saving or evaluating the stage's model failed

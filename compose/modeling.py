@@ -185,7 +185,9 @@ def count_parameters(model) -> int:
     ``in_features``/``out_features``, as GPTQ's quantized linear layers have) counts
     ``in_features * out_features`` (+ bias). A packed module that knows better states
     its own logical count as an int ``packed_parameters`` (a view of weights tied to
-    another module's states 0 for them, as tied parameters count once).
+    another module's states 0 for them, as tied parameters count once; a model that
+    computes outside torch, such as an exported ONNX graph wrapped in a module, states
+    the count of the model it came from).
     """
     import torch
 

@@ -84,11 +84,16 @@ class StageResult:
                None keeps ``ctx.model``.
     tokenizer: a replacement tokenizer; None keeps ``ctx.tokenizer``.
     details:   JSON-serialisable facts for the report (``stages[i].details``).
+    artifact:  a folder this stage wrote as its final artifact (e.g. an exported
+               ONNX model, into ``ctx.artifact_dir``): the core measures its size and
+               records it, and does not save the model again. None: the core saves
+               the model with ``save_artifact``.
     """
 
     model: Any = None
     tokenizer: Any = None
     details: dict = field(default_factory=dict)
+    artifact: Path | None = None
 
 
 @dataclass
@@ -108,6 +113,8 @@ class StageContext:
     plugin_host:  the host, for ``load_artifact`` of saved models.
     fingerprint:  identifies everything that determines this stage's result
                   (a checkpoint in ``work_dir`` is only resumed when it matches).
+    artifact_dir: where the core keeps this stage's artifact; a stage that writes
+                  its own (``StageResult.artifact``) writes it here.
     """
 
     name: str
@@ -124,6 +131,7 @@ class StageContext:
     recipe: Mapping[str, Any]
     plugin_host: Any = None
     fingerprint: str = ""
+    artifact_dir: Path | None = None
 
     def log(self, message: str) -> None:
         """Print a line under the stage's progress (shown in the terminal, not in --json output)."""
