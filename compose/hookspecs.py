@@ -7,9 +7,10 @@ entry-point group in your package's ``pyproject.toml``::
     [project.entry-points.recipe_compose]
     my-plugin = "my_package.plugin"
 
-The built-in stages (``train``, ``distill``, ``prune-heads``, ``gptq``) are found
-through that same group and use only these hooks and the names exported by
-``compose.api``. Read docs/plugins.md for a worked example.
+The built-in plugins are found through that same group and use only these hooks
+and the names exported by ``compose.api``: the stages ``train``, ``distill``,
+``prune-heads``, ``prune-ffn``, ``gptq`` and ``export``, and the training settings
+``amp``, ``checkpointing`` and ``parallel`` (``compose_register_training_extensions``). Read docs/plugins.md for a worked example.
 
 Hook implementations may declare any subset of a hook's arguments, by name.
 pluggy rejects, at registration, an implementation that asks for an argument the

@@ -33,6 +33,8 @@ class PlanView:
     recipe:    the whole resolved recipe (plain dicts).
     model_config: the model's config.json as a dict, where it can be read without
                loading the model (inline config, local folder, package); else None.
+    set_by:    fact -> the name of the stage that last set it (facts the recipe's model
+               starts with are absent), to name that stage in a message.
     """
 
     family: str
@@ -42,6 +44,7 @@ class PlanView:
     facts: Mapping[str, bool]
     recipe: Mapping[str, Any] = field(default_factory=dict)
     model_config: Mapping[str, Any] | None = None
+    set_by: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,12 @@ def run_stage_checks(
 
     model_config = model_config_dict(recipe["model"])
     facts = initial_facts(recipe)
+    set_by: dict[str, str] = {}
     stages = tuple((name, stage.name, s) for (name, stage), s in zip(named, settings))
     findings = []
     for index, ((name, stage), stage_settings) in enumerate(zip(named, settings)):
-        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe, model_config)
+        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe, model_config,
+                        dict(set_by))  # fmt: skip
         checks = []
         if stage.check is not None:
             checks.append((stage.check, stage_settings, ()))
@@ -178,6 +183,7 @@ def run_stage_checks(
                 path = ("with",) + tuple(at) + tuple(found.path)
                 findings.append(RuleFinding(index, f"stage '{name}': {found.message}", found.severity, path))
         facts.update(stage.leaves)
+        set_by.update(dict.fromkeys(stage.leaves, name))
     return findings
 
 

@@ -16,6 +16,9 @@ KNOWN_FACTS = {
     "quantized": "quantized",
     "heads_pruned": "head-pruned",
     "distilled": "distilled",
+    "ffn_pruned": "FFN-pruned",
+    "structure_changed": "restructured (its weights no longer match its config)",
+    "exported": "exported",
 }
 
 
@@ -52,7 +55,9 @@ class StageType:
     compresses:  True if the stage makes the model smaller or cheaper; the
                  baseline for "retained" is the model entering the first such stage.
     families:    model families the stage works on (see ``FAMILIES``).
-    trains:      True if the stage runs the shared training loop.
+    trains:      True if the stage may run the shared training loop
+                 (``train_model``; e.g. a pruning stage's recovery training).
+                 ``train_model`` refuses a stage type that did not declare it.
     check:       optional ``check(settings, plan) -> iterable of Check`` for rules
                  the schema cannot say (``plan`` is a ``compose.api.PlanView``).
     describe:    optional ``describe(settings) -> str``: what the stage will do,

@@ -154,6 +154,19 @@ def fresh_accelerator(**kwargs):
     return Accelerator(**kwargs)
 
 
+def _check_declared_training(ctx) -> None:
+    """Only a stage type registered with ``trains=True`` may run the shared loop: the
+    declaration is what tells users, ``recipe plugins`` and the rules that it trains."""
+    host = getattr(ctx, "plugin_host", None)
+    stages = getattr(host, "stages", None) or {}
+    registered = stages.get(ctx.plugin)
+    if registered is not None and not registered.stage.trains:
+        raise TypeError(
+            f"stage type '{ctx.plugin}' runs the shared training loop (train_model) but was registered with "
+            "trains=False; register it with StageType(..., trains=True)"
+        )
+
+
 def train_model(
     ctx,
     model=None,
@@ -176,6 +189,7 @@ def train_model(
     from compose import checkpoint
     from compose.evaluation import evaluate
 
+    _check_declared_training(ctx)
     model = ctx.model if model is None else model
     settings = dict(ctx.settings if settings is None else settings)
     loss_fn = loss_fn or default_loss

@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from compose.api import task_model_kwargs
+from compose.api import task_model_kwargs, transforms_of
 
 #: task.kind -> the transformers Auto class a `path` / `hub` student is loaded with.
 AUTO_CLASSES = {
@@ -312,8 +312,7 @@ def student_from_teacher(teacher, spec: dict) -> tuple:
             )
         choices[stack.name] = chosen
 
-    student = copy.deepcopy(teacher)
-    student.__dict__.pop("compose_transforms", None)
+    student = copy.deepcopy(teacher)  # the teacher has no recorded transforms (build_student refuses them)
     for stack, teacher_stack in zip(stacks(student), teacher_stacks):
         chosen = choices[stack.name]
         old = stack.layers
@@ -423,7 +422,7 @@ def build_student(ctx, teacher) -> tuple:
     """(student, facts about how it was made) for ``ctx.settings['student']``."""
     spec = ctx.settings["student"]
     if "from_teacher" in spec:
-        applied = list(getattr(teacher, "compose_transforms", []))
+        applied = transforms_of(teacher)
         if applied:
             names = ", ".join(sorted({t["stage"] for t in applied}))
             raise ValueError(

@@ -549,14 +549,13 @@ def check(settings, plan):
     loss_settings, spec, family = settings["loss"], settings["student"], plan.family
     if all(loss_settings[name]["weight"] == 0 for name in TERMS):
         yield Check("every loss weight is 0: nothing to train the student on; set loss.soft.weight > 0", path=("loss",))
-    earlier = [uses for _, uses, _ in plan.stages[: plan.index]]
-    for pruner in ("prune-heads", "prune-ffn"):
-        if "from_teacher" in spec and pruner in earlier:
-            yield Check(
-                f"student.from_teacher copies the teacher's layers, but an earlier {pruner} stage changes their "
-                f"structure; put distill before {pruner}, or use student.config",
-                path=("student", "from_teacher"),
-            )
+    if "from_teacher" in spec and plan.facts.get("structure_changed"):
+        earlier = plan.set_by.get("structure_changed", "an earlier stage")
+        yield Check(
+            f"student.from_teacher copies the teacher's layers, but stage '{earlier}' before it changes their "
+            f"structure; put distill before '{earlier}', or use student.config",
+            path=("student", "from_teacher"),
+        )
     if "from_teacher" in spec and spec["from_teacher"]["decoder_layers"] is not None and family != "encoder-decoder":
         yield Check(f"student.from_teacher.decoder_layers applies only to encoder-decoder models, not {family}; "
                     "remove it and choose the layers with `layers`",
@@ -606,7 +605,8 @@ def compose_register_stages(register):
             description="Distil the trained model (teacher) into a smaller student: soft targets, hard labels, "
             "hidden-state and attention matching (encoders, decoders and encoder-decoders).",
             needs={"task_trained": True, "quantized": False},
-            leaves={"distilled": True, "task_trained": True, "heads_pruned": False},
+            leaves={"distilled": True, "task_trained": True, "heads_pruned": False, "ffn_pruned": False,
+                    "structure_changed": False},
             compresses=True,
             families=("encoder", "decoder", "encoder-decoder"),
             trains=True,

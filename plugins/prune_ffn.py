@@ -381,8 +381,7 @@ def check(settings, plan):
         if split is not None and splits and split not in splits:
             yield Check(f"split '{split}' is not in task.data (it has: {', '.join(splits)})", "error", path)
     yield from _gptq_checks(settings, plan)
-    earlier = {uses for _, uses, _ in plan.stages[: plan.index]}
-    if "distill" in earlier:
+    if plan.facts.get("distilled"):
         return  # the model entering this stage is the student, not the recipe's model
     layout = ffn_layout(plan.model_config or {}, plan.family)
     if layout is None:
@@ -393,7 +392,7 @@ def check(settings, plan):
             layer_ratio_list(settings["layer_ratios"], labels)
         except ValueError as exc:
             yield Check(str(exc), "error", ("layer_ratios",))
-    if width is None or STAGE in earlier:
+    if width is None or plan.facts.get("ffn_pruned"):
         return  # an earlier prune-ffn leaves other widths than the config says
     floor = floor_of(width, settings)
     if floor >= width:
@@ -423,7 +422,8 @@ def compose_register_stages(register):
             description="Remove the least important feed-forward neurons (taylor or magnitude scores), globally or "
             "per block: BERT-class, Llama-style, GPT-2 and T5.",
             needs={"quantized": False, "task_trained": True},
-            leaves={"ffn_pruned": True},
+            leaves={"ffn_pruned": True, "structure_changed": True},
+            trains=True,  # recovery training
             compresses=True,
             families=("encoder", "decoder", "encoder-decoder"),
             check=check,

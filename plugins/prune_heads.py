@@ -344,8 +344,7 @@ def check(settings, plan):
     ):
         if split is not None and splits and split not in splits:
             yield Check(f"split '{split}' is not in task.data (it has: {', '.join(splits)})", "error", path)
-    earlier = {uses for _, uses, _ in plan.stages[: plan.index]}
-    if "distill" in earlier:
+    if plan.facts.get("distilled"):
         return  # the model entering this stage is the student, not the recipe's model
     layout = head_layout(plan.model_config or {}, plan.family)
     if layout is None:
@@ -365,7 +364,7 @@ def check(settings, plan):
             yield Check(f"heads_per_layer {n} leaves fewer than min_heads_per_layer {floor} of {heads} heads: "
                         f"only {heads - floor} per layer will go", "warning", ("heads_per_layer",))  # fmt: skip
         return
-    if STAGE in earlier:
+    if plan.facts.get("heads_pruned"):
         return  # an earlier prune-heads leaves fewer heads than the config says
     total = heads * blocks
     n = int(settings["ratio"] * total + 1e-9)
@@ -388,7 +387,8 @@ def compose_register_stages(register):
             description="Remove the least important attention heads (taylor or magnitude scores): "
             "BERT-class, Llama-style, GPT-2 and T5.",
             needs={"quantized": False, "task_trained": True},
-            leaves={"heads_pruned": True},
+            leaves={"heads_pruned": True, "structure_changed": True},
+            trains=True,  # recovery training
             compresses=True,
             families=("encoder", "decoder", "encoder-decoder"),
             check=check,

@@ -422,4 +422,4 @@ def test_distilling_layers_of_an_ffn_pruned_teacher_is_refused(write_recipe, hos
     errors, _ = _problems(write_recipe, host, "- {name: p, uses: prune-ffn, with: {ratio: 0.5}}\n"
                                               "- {name: d, uses: distill, with: {student: {from_teacher: "
                                               "{layers: every_other}}}}\n")  # fmt: skip
-    assert any("an earlier prune-ffn stage changes their structure; put distill before prune-ffn" in e for e in errors)
+    assert any("stage 'p' before it changes their structure; put distill before 'p'" in e for e in errors)
