@@ -17,7 +17,7 @@ KNOWN_FACTS = {
     "heads_pruned": "head-pruned",
     "distilled": "distilled",
     "ffn_pruned": "FFN-pruned",
-    "structure_changed": "restructured (its weights no longer match its config)",
+    "structure_changed": "restructured (shapes its config does not describe)",
     "exported": "exported",
 }
 
