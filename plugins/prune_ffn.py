@@ -54,11 +54,12 @@ from compose.api import (
     record_transform,
     train_model,
 )
+from compose.plugins import _gate_scores as gate_scores
 from compose.plugins._ffn_neurons import check_widths, find_ffn, neuron_gates
 
 STAGE = "prune-ffn"
 
-__all__ = ["choose_neurons", "find_ffn", "kept_counts", "magnitude_scores", "neuron_gates", "normalise_per_layer",
+__all__ = ["choose_neurons", "find_ffn", "kept_counts", "magnitude_scores", "neuron_gates",
            "rebuild", "taylor_scores"]  # fmt: skip
 
 
@@ -67,35 +68,12 @@ __all__ = ["choose_neurons", "find_ffn", "kept_counts", "magnitude_scores", "neu
 
 def taylor_scores(model, sites, batches, device, bar) -> list:
     """Per block: sum over batches of |dL/d gate_j| = |sum over tokens of activation x gradient| (Molchanov et al.)."""
-    import torch
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)  # only the gates need gradients
-    scores = [torch.zeros(site.width, device=device) for site in sites]
-    try:
-        with neuron_gates(sites, device) as gates:
-            for batch in batches:
-                loss = model(**batch).loss
-                if loss is None:
-                    raise ValueError("the model returned no loss: taylor scores need labelled calibration batches")
-                for score, grad in zip(scores, torch.autograd.grad(loss, gates)):
-                    score += grad.abs()
-                bar.advance()
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-    return [s.cpu() for s in scores]
+    return gate_scores.taylor_scores(model, neuron_gates(sites, device), batches, bar)
 
 
 def magnitude_scores(sites) -> list:
     """Per block: the L2 norm of each neuron's up/gate rows and down-projection column."""
     return [site.neuron_norms().cpu() for site in sites]
-
-
-def normalise_per_layer(scores) -> list:
-    """Divide each block's scores by their L2 norm (Molchanov et al. 2017), for a global ranking."""
-    return [s / (s.norm() + 1e-20) for s in scores]
 
 
 # -- how many neurons stay, and which ------------------------------------------
@@ -247,7 +225,7 @@ def run(ctx: StageContext) -> StageResult:
             raw = taylor_scores(model, sites, batches, ctx.device, bar)
     else:
         raw = magnitude_scores(sites)
-    scores = normalise_per_layer(raw)
+    scores = gate_scores.normalise_per_layer(raw)
     after = kept_counts(scores, labels, settings)
     kept = choose_neurons(scores, after)
     scoring_seconds = time.perf_counter() - started

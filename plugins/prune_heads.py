@@ -64,11 +64,12 @@ from compose.api import (
     record_transform,
     train_model,
 )
+from compose.plugins import _gate_scores as gate_scores
 from compose.plugins._attention_heads import apply_kept, check_widths, find_attention, head_gates
 
 STAGE = "prune-heads"
 
-__all__ = ["choose_heads", "find_attention", "head_gates", "magnitude_scores", "normalise_per_layer", "rebuild",
+__all__ = ["choose_heads", "find_attention", "head_gates", "magnitude_scores", "rebuild",
            "taylor_scores"]  # fmt: skip
 
 
@@ -77,25 +78,7 @@ __all__ = ["choose_heads", "find_attention", "head_gates", "magnitude_scores", "
 
 def taylor_scores(model, sites, batches, device, bar) -> list:
     """Per attention block: sum over batches of |dL/d gate_u| (Michel et al., 2019)."""
-    import torch
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)  # only the gates need gradients
-    scores = [torch.zeros(site.num_units, device=device) for site in sites]
-    try:
-        with head_gates(sites, device) as gates:
-            for batch in batches:
-                loss = model(**batch).loss
-                if loss is None:
-                    raise ValueError("the model returned no loss: taylor scores need labelled calibration batches")
-                for score, grad in zip(scores, torch.autograd.grad(loss, gates)):
-                    score += grad.abs()
-                bar.advance()
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-    return [s.cpu() for s in scores]
+    return gate_scores.taylor_scores(model, head_gates(sites, device), batches, bar)
 
 
 def magnitude_scores(sites) -> list:
@@ -104,11 +87,6 @@ def magnitude_scores(sites) -> list:
 
     with torch.no_grad():
         return [sum(w.float().pow(2).sum(1) for w in site.unit_weights()).sqrt().cpu() for site in sites]
-
-
-def normalise_per_layer(scores) -> list:
-    """Divide each block's scores by their L2 norm (Michel et al.), for a global ranking."""
-    return [s / (s.norm() + 1e-20) for s in scores]
 
 
 def choose_heads(scores, settings) -> list[list[int]]:
@@ -235,7 +213,7 @@ def run(ctx: StageContext) -> StageResult:
             raw = taylor_scores(model, sites, batches, ctx.device, bar)
     else:
         raw = magnitude_scores(sites)
-    scores = normalise_per_layer(raw)
+    scores = gate_scores.normalise_per_layer(raw)
     chosen = choose_heads(scores, settings)
     scoring_seconds = time.perf_counter() - started
     removed = sum(len(c) for c in chosen)

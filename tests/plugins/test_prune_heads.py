@@ -9,6 +9,7 @@ import torch
 from compose.api import StageType, load_artifact, save_artifact
 from compose.cli.main import main
 from compose.errors import RecipeError
+from compose.plugins import _gate_scores as gate_scores
 from compose.plugins import prune_heads
 from compose.recipe import load_recipe
 from compose.rules import check_order
@@ -134,7 +135,7 @@ def test_taylor_scores_are_nonzero_and_differ_from_magnitude(make_context, tiny_
     taylor = prune_heads.taylor_scores(model, sites, batches, torch.device("cpu"), _NoBar())
     magnitude = prune_heads.magnitude_scores(sites)
     assert all(bool((t > 0).all()) for t in taylor)
-    assert not any(torch.allclose(prune_heads.normalise_per_layer([t])[0], prune_heads.normalise_per_layer([m])[0])
+    assert not any(torch.allclose(gate_scores.normalise_per_layer([t])[0], gate_scores.normalise_per_layer([m])[0])
                    for t, m in zip(taylor, magnitude))  # fmt: skip
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     # The gate gradient is the real sensitivity: check it against a finite difference (in float64).
