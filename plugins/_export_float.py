@@ -39,8 +39,12 @@ def gptq_to_linear(module):
     return linear
 
 
-def to_float(model) -> dict:
-    """Replace quantized modules of ``model`` by float ones; return {kind: count} of what was replaced."""
+def to_float(model, *, gptq: bool = True) -> dict:
+    """Replace quantized modules of ``model`` by float ones; return {kind: count} of what was replaced.
+
+    ``gptq=False`` keeps GPTQModel's packed linears (a GPTQ checkpoint carries them) and
+    replaces only the modules with ``dequantized()`` (row-quantized tables and heads,
+    which no standard checkpoint layout describes)."""
     replaced = {"dequantized": 0, "gptq_packed": 0}
     done: list[str] = []
     for name, module in list(model.named_modules()):
@@ -50,7 +54,7 @@ def to_float(model) -> dict:
             _set_module(model, name, module.dequantized())
             replaced["dequantized"] += 1
             done.append(name)
-        elif is_gptq_packed(module):
+        elif gptq and is_gptq_packed(module):
             _set_module(model, name, gptq_to_linear(module))
             replaced["gptq_packed"] += 1
             done.append(name)

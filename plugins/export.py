@@ -176,11 +176,18 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
 def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
     from compose.plugins._export_decoder import RELOAD_TOLERANCE, compare, plain_load
 
+    from compose.plugins._export_float import to_float
+
     model = ctx.model.eval()
     transforms = [t["stage"] for t in transforms_of(model)]
     quantized = "gptq" in transforms
-    save_artifact(model, ctx.tokenizer, folder, ctx.task.kind)
     details = {"format": "gptq" if quantized else "transformers", "transforms": transforms}
+    if set(transforms) <= {"gptq"} and any(callable(getattr(m, "dequantized", None)) for m in model.modules()):
+        # Row-quantized embeddings / lm_head have no standard layout: the checkpoint carries them as
+        # float tables (the GPTQ blocks stay packed), so plain from_pretrained can load it.
+        model = copy.deepcopy(model)
+        details["replaced_with_float"] = to_float(model, gptq=False)
+    save_artifact(model, ctx.tokenizer, folder, ctx.task.kind)
     batch = next(iter(ctx.task.batches(ctx.recipe["evaluate"]["split"], ctx.tokenizer, 4, limit=4)))
     batch = {k: v.to(ctx.device) for k, v in batch.items() if k != "labels"}
     try:
@@ -202,6 +209,7 @@ def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
         f"changed: {problem}"
     )
     ctx.log(details["why_not_from_pretrained"])
+    save_artifact(ctx.model, ctx.tokenizer, folder, ctx.task.kind)  # the project's own layout, with every transform
     model, _ = load_artifact(folder, ctx.plugin_host)
     return StageResult(model=model.to(ctx.device), artifact=folder, details=details)
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compose.data_check import SAMPLE_LINES
+
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
 
 
@@ -31,8 +33,10 @@ def test_two_process_ddp_train_has_identical_replicas_and_one_report(write_recip
 
 
 def test_a_failing_rank_fails_the_run_with_its_error(write_recipe, tmp_path):
+    # a bad label past the rows validation samples: only the stage that reads it can fail
     bad = tmp_path / "bad.tsv"
-    bad.write_text("sentence\tlabel\ngood film\t7\n", encoding="utf-8")
+    good = "".join(f"good film {i}\t1\n" for i in range(SAMPLE_LINES))
+    bad.write_text("sentence\tlabel\n" + good + "odd film\t7\n", encoding="utf-8")
     recipe = write_recipe("- {name: ft, uses: train, with: {split: extra, max_steps: 1}}\n")
     out = tmp_path / "run"
     done = subprocess.run(

@@ -30,7 +30,7 @@ def test_tokenizer_train_in_a_recipe_learns_from_the_split_and_sizes_the_model(w
     model = load_model(recipe.data["model"], task, tokenizer=tokenizer)
     assert model.config.vocab_size == len(tokenizer) <= 280
     assert (model.config.pad_token_id, model.config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
-    with pytest.raises(RecipeError, match="trained on split 'trian'.*did you mean 'train'"):
+    with pytest.raises(RecipeError, match="split 'trian' is not in task.data.*did you mean 'train'"):
         load_recipe(path, ["~model.tokenizer.path", "model.tokenizer.train.split=trian"], host)
 
 

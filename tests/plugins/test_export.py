@@ -132,7 +132,8 @@ def test_export_dequantizes_gptq_layers_of_an_encoder(write_recipe, tmp_path):
     report = _apply(write_recipe, tmp_path, stages, config=WIDE_BERT)
     assert report["status"] == "passed"
     _, q, deploy = report["stages"][1:]
-    assert deploy["details"]["replaced_with_float"] == {"gptq_packed": 12}
+    # the blocks' 12 packed linears, and the 3 embedding tables gptq packs row-wise by default
+    assert deploy["details"]["replaced_with_float"] == {"gptq_packed": 12, "dequantized": 3}
     assert deploy["details"]["agreement"] == 1.0 and deploy["details"]["max_logit_difference"] < 1e-3
     assert deploy["metric"]["value"] == pytest.approx(q["metric"]["value"], abs=1e-9)
 

@@ -388,7 +388,7 @@ def test_describe_and_registration(host):
     stage_type = host.stage("prune-ffn")
     assert set(stage_type.families) == {"encoder", "decoder", "encoder-decoder"}
     assert stage_type.needs == {"quantized": False, "task_trained": True}
-    assert stage_type.leaves == {"ffn_pruned": True}
+    assert stage_type.leaves == {"ffn_pruned": True, "structure_changed": True}
     text = prune_ffn.describe({"ratio": 0.5, "scope": "global", "importance": "magnitude", "min_neurons_per_layer": 16,
                                "multiple_of": 8, "recovery": None})  # fmt: skip
     assert text == ("remove 50% of all FFN neurons (ranked across blocks) by weight magnitude, keeping at least 16 "
