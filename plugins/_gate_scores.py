@@ -1,4 +1,4 @@
-"""Taylor importance through gates: one score per prunable unit (an attention head, an FFN neuron).
+"""Calibration batches and Taylor importance through gates, for stages that prune units (heads, FFN neurons).
 
 A pruning stage puts a differentiable gate (ones) on every unit it may remove
 (``_attention_heads.head_gates``, ``_ffn_neurons.neuron_gates``); the gradient of the
@@ -7,6 +7,22 @@ removed (Michel et al. 2019 for heads, Molchanov et al. 2017 for neurons).
 """
 
 from __future__ import annotations
+
+
+def calibration_batches(ctx, count: int) -> list[dict]:
+    """Up to ``count`` shuffled, labelled batches of the stage's ``calibration_split``
+    (``calibration_batch_size`` rows each), on the stage's device."""
+    s = ctx.settings
+    loader = ctx.task.batches(s["calibration_split"], ctx.tokenizer, s["calibration_batch_size"], shuffle=True,
+                              seed=ctx.seed)  # fmt: skip
+    batches = []
+    for batch in loader:
+        batches.append({k: v.to(ctx.device) for k, v in batch.items()})
+        if len(batches) == count:
+            break
+    if not batches:
+        raise ValueError(f"split '{s['calibration_split']}' has no rows to calibrate on; set calibration_split")
+    return batches
 
 
 def taylor_scores(model, gated, batches, bar) -> list:

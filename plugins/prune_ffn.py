@@ -183,20 +183,6 @@ def rebuild(model, info):
 # -- the stage -----------------------------------------------------------------
 
 
-def _calibration(ctx: StageContext, count: int) -> list[dict]:
-    s = ctx.settings
-    loader = ctx.task.batches(s["calibration_split"], ctx.tokenizer, s["calibration_batch_size"], shuffle=True,
-                              seed=ctx.seed)  # fmt: skip
-    batches = []
-    for batch in loader:
-        batches.append({k: v.to(ctx.device) for k, v in batch.items()})
-        if len(batches) == count:
-            break
-    if not batches:
-        raise ValueError(f"split '{s['calibration_split']}' has no rows to calibrate on; set calibration_split")
-    return batches
-
-
 def requested_removal(widths: list[int], labels: list[str], settings) -> int:
     if "layer_ratios" in settings:
         return sum(int(r * w + 1e-9) for w, r in zip(widths, layer_ratio_list(settings["layer_ratios"], labels)))
@@ -217,7 +203,8 @@ def run(ctx: StageContext) -> StageResult:
         layer_ratio_list(settings["layer_ratios"], labels)  # a wrong list or label fails before any scoring
     params_before = count_parameters(model)
     # magnitude scores need no data: one batch checks the pruned model's outputs
-    batches = _calibration(ctx, settings["calibration_batches"] if settings["importance"] == "taylor" else 1)
+    count = settings["calibration_batches"] if settings["importance"] == "taylor" else 1
+    batches = gate_scores.calibration_batches(ctx, count)
 
     started = time.perf_counter()
     if settings["importance"] == "taylor":

@@ -173,20 +173,6 @@ def rebuild(model, info):
 # -- the stage -----------------------------------------------------------------
 
 
-def _calibration(ctx: StageContext, count: int) -> list[dict]:
-    s = ctx.settings
-    loader = ctx.task.batches(s["calibration_split"], ctx.tokenizer, s["calibration_batch_size"], shuffle=True,
-                              seed=ctx.seed)  # fmt: skip
-    batches = []
-    for batch in loader:
-        batches.append({k: v.to(ctx.device) for k, v in batch.items()})
-        if len(batches) == count:
-            break
-    if not batches:
-        raise ValueError(f"split '{s['calibration_split']}' has no rows to calibrate on; set calibration_split")
-    return batches
-
-
 def _unit_words(sites) -> str:
     groups = {site.group for site in sites}
     if groups == {1}:
@@ -205,7 +191,8 @@ def run(ctx: StageContext) -> StageResult:
     unit = _unit_words(sites)
     params_before = count_parameters(model)
     # magnitude scores need no data: one batch traces the model (torch-pruning) and checks the result
-    batches = _calibration(ctx, settings["calibration_batches"] if settings["importance"] == "taylor" else 1)
+    count = settings["calibration_batches"] if settings["importance"] == "taylor" else 1
+    batches = gate_scores.calibration_batches(ctx, count)
 
     started = time.perf_counter()
     if settings["importance"] == "taylor":
