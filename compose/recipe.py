@@ -210,9 +210,9 @@ def _check_label_names(labels: dict, checker: SchemaChecker) -> list[Problem]:
 
 
 def _check_split_references(tree, doc, checker: SchemaChecker, *, defaults: bool) -> list[Problem]:
-    """Every setting named ``split``, at any depth (``evaluate.split``,
-    ``stages[i].with.training.split``, ``model.tokenizer.train.split``...), must name a
-    split of ``task.data``. ``tree`` is the recipe as written (``defaults=False``: the
+    """Every setting named ``split`` or ``*_split``, at any depth (``evaluate.split``,
+    ``stages[i].with.training.split``, ``calibration_split``, ``model.tokenizer.train.split``...),
+    must name a split of ``task.data``. ``tree`` is the recipe as written (``defaults=False``: the
     values the user wrote) or with its defaults filled in (``defaults=True``: only the
     values the user did not write). The ``split`` of a hub dataset inside ``task.data``
     is that dataset's own split name and is not checked here."""
@@ -228,7 +228,7 @@ def _check_split_references(tree, doc, checker: SchemaChecker, *, defaults: bool
                 if path == ("task",) and key == "data":
                     continue
                 here = path + (key,)
-                if key == "split" and isinstance(item, str):
+                if (key == "split" or key.endswith("_split")) and isinstance(item, str):
                     if item not in splits and _written(doc, here) != defaults:
                         how = " (the default; set it)" if defaults else ""
                         problems.append(

@@ -55,3 +55,26 @@ def taylor_scores(model, gated, batches, bar) -> list:
 def normalise_per_layer(scores) -> list:
     """Divide each block's scores by their L2 norm, so that one ranking across blocks is fair."""
     return [s / (s.norm() + 1e-20) for s in scores]
+
+
+def importance_scores(ctx, model, sites, batches, taylor, magnitude, what: str) -> list:
+    """Per-block scores by ``ctx.settings["importance"]``, normalised for one ranking across blocks.
+
+    ``taylor(model, sites, batches, device, bar)`` and ``magnitude(sites)`` are the stage's
+    own scorers; ``what`` names the units in the progress bar ("heads", "FFN neurons")."""
+    if ctx.settings["importance"] == "taylor":
+        with ctx.progress.track(f"{ctx.name}: scoring {what} (taylor)", total=len(batches)) as bar:
+            raw = taylor(model, sites, batches, ctx.device, bar)
+    else:
+        raw = magnitude(sites)
+    return normalise_per_layer(raw)
+
+
+def check_finite_outputs(model, batch) -> None:
+    """Raise if the pruned model's outputs on ``batch`` are not all finite."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(**batch).logits
+    if not torch.isfinite(logits).all():
+        raise RuntimeError("the pruned model's outputs are not finite")

@@ -192,8 +192,6 @@ def requested_removal(widths: list[int], labels: list[str], settings) -> int:
 
 
 def run(ctx: StageContext) -> StageResult:
-    import torch
-
     settings = ctx.settings
     model = ctx.model.eval()
     sites = find_ffn(model)
@@ -207,12 +205,7 @@ def run(ctx: StageContext) -> StageResult:
     batches = gate_scores.calibration_batches(ctx, count)
 
     started = time.perf_counter()
-    if settings["importance"] == "taylor":
-        with ctx.progress.track(f"{ctx.name}: scoring FFN neurons (taylor)", total=len(batches)) as bar:
-            raw = taylor_scores(model, sites, batches, ctx.device, bar)
-    else:
-        raw = magnitude_scores(sites)
-    scores = gate_scores.normalise_per_layer(raw)
+    scores = gate_scores.importance_scores(ctx, model, sites, batches, taylor_scores, magnitude_scores, "FFN neurons")
     after = kept_counts(scores, labels, settings)
     kept = choose_neurons(scores, after)
     scoring_seconds = time.perf_counter() - started
@@ -228,10 +221,7 @@ def run(ctx: StageContext) -> StageResult:
         if len(keep) < site.width:
             site.keep(keep)
     check_widths(sites, after)
-    with torch.no_grad():
-        logits = model(**batches[0]).logits
-    if not torch.isfinite(logits).all():
-        raise RuntimeError("the pruned model's outputs are not finite")
+    gate_scores.check_finite_outputs(model, batches[0])
     pruning_seconds = time.perf_counter() - started
     params_pruned = count_parameters(model)
 
@@ -338,13 +328,7 @@ def _gptq_checks(settings, plan):
 
 
 def check(settings, plan):
-    splits = plan.recipe.get("task", {}).get("data", {})
-    for path, split in (
-        (("calibration_split",), settings["calibration_split"]),
-        (("recovery", "split"), (settings["recovery"] or {}).get("split")),
-    ):
-        if split is not None and splits and split not in splits:
-            yield Check(f"split '{split}' is not in task.data (it has: {', '.join(splits)})", "error", path)
+    # splits (calibration_split, recovery.split) are checked by the core, with every other split setting
     yield from _gptq_checks(settings, plan)
     if plan.facts.get("distilled"):
         return  # the model entering this stage is the student, not the recipe's model

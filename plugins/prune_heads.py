@@ -181,8 +181,6 @@ def _unit_words(sites) -> str:
 
 
 def run(ctx: StageContext) -> StageResult:
-    import torch
-
     settings = ctx.settings
     model = ctx.model.eval()
     sites = find_attention(model)
@@ -195,12 +193,7 @@ def run(ctx: StageContext) -> StageResult:
     batches = gate_scores.calibration_batches(ctx, count)
 
     started = time.perf_counter()
-    if settings["importance"] == "taylor":
-        with ctx.progress.track(f"{ctx.name}: scoring heads (taylor)", total=len(batches)) as bar:
-            raw = taylor_scores(model, sites, batches, ctx.device, bar)
-    else:
-        raw = magnitude_scores(sites)
-    scores = gate_scores.normalise_per_layer(raw)
+    scores = gate_scores.importance_scores(ctx, model, sites, batches, taylor_scores, magnitude_scores, "heads")
     chosen = choose_heads(scores, settings)
     scoring_seconds = time.perf_counter() - started
     removed = sum(len(c) for c in chosen)
@@ -218,10 +211,7 @@ def run(ctx: StageContext) -> StageResult:
         remove_heads(model, sites, chosen, example)
     heads_after = [before - len(c) for before, c in zip(heads_before, chosen)]
     check_widths(sites, heads_after)
-    with torch.no_grad():
-        logits = model(**batches[0]).logits
-    if not torch.isfinite(logits).all():
-        raise RuntimeError("the pruned model's outputs are not finite")
+    gate_scores.check_finite_outputs(model, batches[0])
     pruning_seconds = time.perf_counter() - started
 
     recovery = None
@@ -302,13 +292,7 @@ def head_layout(config, family: str) -> tuple[int, int, str] | None:
 
 
 def check(settings, plan):
-    splits = plan.recipe.get("task", {}).get("data", {})
-    for path, split in (
-        (("calibration_split",), settings["calibration_split"]),
-        (("recovery", "split"), (settings["recovery"] or {}).get("split")),
-    ):
-        if split is not None and splits and split not in splits:
-            yield Check(f"split '{split}' is not in task.data (it has: {', '.join(splits)})", "error", path)
+    # splits (calibration_split, recovery.split) are checked by the core, with every other split setting
     if plan.facts.get("distilled"):
         return  # the model entering this stage is the student, not the recipe's model
     layout = head_layout(plan.model_config or {}, plan.family)
