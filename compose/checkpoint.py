@@ -62,8 +62,10 @@ def find(folder: Path, fingerprint: str) -> Position | None:
 
 
 def restore(folder: Path, model, modules, optimizer, scheduler) -> torch.Tensor:
-    """Load the states; return the random state, to set right before the next batch trains
-    (creating the data iterator draws from the random state, so it cannot be set earlier)."""
+    """Load the states; return the random state, to set where the checkpoint was taken: once the
+    resumed pass's data iterator exists (creating it draws from the random state) and the
+    batches already trained on are skipped, before whatever comes next (the next batch, or the
+    evaluation and the next pass's iterator when the checkpoint ended a pass)."""
     folder = Path(folder)
     load_model(model, str(folder / "model.safetensors"))
     for index, module in enumerate(modules):
