@@ -273,7 +273,7 @@ def train_model(
                 if skip:  # batches the checkpointed run had already trained on
                     skip -= 1
                     if not skip:  # where the checkpoint was taken: dropout, and what follows, draws as then
-                        torch.set_rng_state(random_state)
+                        checkpoint.set_random_state(random_state)
                         random_state = None
                     continue
                 with accelerator.accumulate(model):

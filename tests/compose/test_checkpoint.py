@@ -47,7 +47,7 @@ def test_save_then_restore_gives_back_every_state(tmp_path):
     assert not same_tensors(fresh_model.state_dict(), model.state_dict())
     torch.rand(10)  # the random state moves on
     rng = checkpoint.restore(folder, fresh_model, [fresh_extra], fresh_optimizer, fresh_scheduler)
-    assert torch.equal(rng, saved_rng)
+    assert torch.equal(rng["cpu"], saved_rng)
     assert same_tensors(fresh_model.state_dict(), model.state_dict())
     assert same_tensors(fresh_extra.state_dict(), extra.state_dict())
     assert same_tensors(fresh_optimizer.state_dict(), optimizer.state_dict())
@@ -122,3 +122,19 @@ def test_remove(tmp_path):
     checkpoint.remove(folder)
     assert not folder.exists() and checkpoint.find(folder, "fp") is None
     checkpoint.remove(folder)  # nothing there: no error
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])  # fmt: skip
+def test_the_random_state_resumes_on_the_device_that_trains(tmp_path, device):
+    """Dropout draws from the generator of the device it runs on."""
+    model, extra, optimizer, scheduler = training_state(0)
+    folder = tmp_path / checkpoint.FOLDER
+    torch.rand(3, device=device)  # the generator is in use
+    checkpoint.save(folder, "fp", Position(1, 1, 1, 0.5), model, [], optimizer, scheduler)
+    expected = torch.nn.functional.dropout(torch.ones(64, device=device), 0.5)
+    torch.rand(100, device=device)
+    state = checkpoint.restore(folder, model, [], optimizer, scheduler)
+    assert (state["cuda"] is not None) == (device == "cuda")
+    checkpoint.set_random_state(state)
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(64, device=device), 0.5), expected)
