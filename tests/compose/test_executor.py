@@ -57,7 +57,8 @@ def test_an_evaluation_change_reruns_every_stage_as_compose_fingerprint_says(wri
     fast = ["evaluate.latency.enabled=false"]
 
     def run(overrides):
-        return Executor(load_recipe(recipe, fast + overrides, host), host, RunOptions(output_dir=tmp_path / "run")).run()
+        options = RunOptions(output_dir=tmp_path / "run")
+        return Executor(load_recipe(recipe, fast + overrides, host), host, options).run()
 
     first = run([])
     assert first.status == "passed" and not any(row.reused for row in first.rows)
