@@ -11,7 +11,8 @@ script only chooses seeds and folders and reads the reports (report.json) and ev
 records (stages/*/evaluation.pt) the runs write. Results: bench/results/evidence-*.json,
 .md and .png (with --quick: under runs/evidence-quick/results only).
 
-1. encoder: SST-2, arms (a) the 3-layer shape from random weights, (b) the fine-tuned
+1. encoder: SST-2, arms (a) the 3-layer shape from random weights ((a-emb): random blocks
+   on the pretrained embeddings), (b) the fine-tuned
    6-layer MiniLM distilled into 3 of its layers, (c) those layers fine-tuned without the
    teacher, (d) (b) plus intermediate-layer matching; 3 seeds; mean and 95% t-interval
    over seeds, and each run's paired-bootstrap interval of retained.
@@ -42,6 +43,7 @@ RECIPES = ROOT / "recipes" / "experiments"
 RESULTS = ROOT / "bench" / "results"
 ARMS = {
     "a": ("sst2-arm-a-small-from-scratch", "3 layers from random weights"),
+    "a-emb": ("sst2-arm-a-pretrained-embeddings", "3 random layers on the pretrained embeddings"),
     "b": ("sst2-arm-b-distill", "teacher layers, distilled (soft + hard)"),
     "c": ("sst2-arm-c-teacher-layers", "teacher layers, fine-tuned (no teacher)"),
     "d": ("sst2-arm-d-distill-hidden", "teacher layers, distilled + hidden-state matching"),
@@ -272,7 +274,8 @@ def verdict_encoder(means: dict) -> str:
 
     parts = []
     for better, worse, claim in (("b", "a", "compressing a pretrained, fine-tuned model beats training the small shape "
-                                  "from random weights"), ("b", "c", "distillation beats fine-tuning the teacher's "
+                                  "from random weights"), ("b", "a-emb", "it beats random blocks on the pretrained "
+                                  "embeddings"), ("b", "c", "distillation beats fine-tuning the teacher's "
                                   "layers alone"), ("d", "b", "adding intermediate-layer matching beats output-only "
                                   "distillation")):  # fmt: skip
         diff = means[better]["mean"] - means[worse]["mean"]
