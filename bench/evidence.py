@@ -383,6 +383,23 @@ def decoder(runner: Runner) -> None:
     lines += ["", " ".join(verdicts), ""]
     data["verdict"] = " ".join(verdicts)
     write(runner, "decoder", data, "\n".join(lines))
+    plt = figure()
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    labels = list(data["arms"])
+    values = [data["arms"][label]["perplexity"] for label in labels]
+    intervals = [data["arms"][label]["perplexity_ci"] or (v, v) for label, v in zip(labels, values)]
+    axis.bar(range(len(labels)), values, color=["C3", "C0", "C0"], alpha=0.7)
+    axis.errorbar(range(len(labels)), values, yerr=[[v - c[0] for v, c in zip(values, intervals)],
+                                                     [c[1] - v for v, c in zip(values, intervals)]],
+                  fmt="none", color="k", capsize=6)  # fmt: skip
+    axis.set_xticks(range(len(labels)), [f"{label}\n{data['arms'][label]['flops']:.1e} FLOPs" for label in labels],
+                    fontsize=8)  # fmt: skip
+    axis.set(ylabel="test perplexity (95% CI over blocks; lower is better)",
+             title="WikiText-2: the same 2 x 64 Llama, three ways to train it")  # fmt: skip
+    axis.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(runner.results / "evidence-decoder.png", dpi=120)
+    plt.close(fig)
 
 
 def _steps(stage_row: dict) -> int:
@@ -620,6 +637,24 @@ def depth_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
     lines += ["", verdict, ""]
     data["verdict"] = verdict
     write(runner, "depth", data, "\n".join(lines))
+    plt = figure()
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    for offset, key, label in ((-0.1, "six_layers", "6 layers (fine-tuned MiniLM)"),
+                               (0.1, "three_layers", "3 layers (arm (c))")):  # fmt: skip
+        xs = [e["seed"] + offset for e in data["per_seed"]]
+        ys = [e[key]["retained"] for e in data["per_seed"]]
+        cis = [e[key]["retained_ci"] or (y, y) for e, y in zip(data["per_seed"], ys)]
+        axis.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
+                      fmt="o", capsize=4, label=label)  # fmt: skip
+    axis.axhline(1.0, color="0.5", linestyle=":")
+    axis.set_xticks([e["seed"] for e in data["per_seed"]], [f"seed {e['seed']}" for e in data["per_seed"]])
+    axis.set(ylabel="retained accuracy vs own baseline (95% CI)",
+             title="40% heads + 3-bit GPTQ on a 6-layer and a 3-layer model")  # fmt: skip
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(runner.results / "evidence-depth.png", dpi=120)
+    plt.close(fig)
 
 
 # -- main -----------------------------------------------------------------------
