@@ -50,8 +50,13 @@ ARMS = {
     "d": ("sst2-arm-d-distill-hidden", "teacher layers, distilled + hidden-state matching"),
 }
 #: Labels short enough for the plot's axis.
-SHORT = {"a": "random\nweights", "a-emb": "random blocks,\npretrained\nembeddings", "b": "teacher layers,\ndistilled",
-         "c": "teacher layers,\nfine-tuned", "d": "distilled +\nhidden states"}
+SHORT = {
+    "a": "random\nweights",
+    "a-emb": "random blocks,\npretrained\nembeddings",
+    "b": "teacher layers,\ndistilled",
+    "c": "teacher layers,\nfine-tuned",
+    "d": "distilled +\nhidden states",
+}
 HEAD_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 BITS = (8, 4, 3, 2)
 #: t quantiles (two-sided 95%) for the interval of a mean over n seeds: index n - 1 degrees of freedom.
@@ -140,8 +145,11 @@ def records(report: dict, stage: str):
 def task_of(kind: str, spec: dict | None = None):
     from compose.tasks import build_task
 
-    base = {"kind": kind, "metric": None, "labels": [0, 1]} if kind == "sequence-classification" else {"kind": kind,
-                                                                                                        "metric": None}
+    base = (
+        {"kind": kind, "metric": None, "labels": [0, 1]}
+        if kind == "sequence-classification"
+        else {"kind": kind, "metric": None}
+    )
     return build_task(dict(base, **(spec or {})), 0)
 
 
@@ -361,7 +369,13 @@ def decoder(runner: Runner) -> None:
                      f"{flops:.2e} | {fmt(final['metric']['value'], 2)} ({ci_num(interval, 2)}) | "
                      f"{ci_num(data['arms'][label]['ratio_to_large_then_compress_ci'], 3)} |")  # fmt: skip
     large = data["arms"]["large-then-compress"]
-    lines += ["", "Every stage:", "", "| arm | stage | perplexity | params | seconds |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "Every stage:",
+        "",
+        "| arm | stage | perplexity | params | seconds |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for label, arm in data["arms"].items():
         for stage in arm["stages"]:
             lines.append(f"| {label} | {stage['name']} | {fmt(stage['perplexity'], 2)} | {stage['params'] / 1e6:.2f}M | "
@@ -470,6 +484,7 @@ def heads(runner: Runner) -> None:
     within_recovered = [p["ratio"] for p in points if p["recovered_retained"] is not None
                         and p["recovered_retained"] >= 0.99]  # fmt: skip
     at40 = next(p for p in points if abs(p["ratio"] - 0.4) < 1e-9)
+
     def largest(ratios):
         removed = [r for r in ratios if r > 0]
         return f"{100 * max(removed):.0f}%" if removed else "none of the shares tried"
@@ -518,10 +533,21 @@ def bits(runner: Runner) -> None:
                                   f"bits/{method}-{b}")  # fmt: skip
             base = row(report, "finetune")
             q = row(report, "quantize")
-            points.append({"method": method, "bits": b, "_records": records(report, "quantize"),
-                           "accuracy": q["metric"]["value"], "retained": q["retained"],
-                           "retained_ci": q["retained_ci"], "agreement": q["agreement"], "kl": q["kl"],
-                           "size_bytes": q["size_bytes"], "size_ratio": q["size_ratio"], "seconds": q["seconds"]})
+            points.append(
+                {
+                    "method": method,
+                    "bits": b,
+                    "_records": records(report, "quantize"),
+                    "accuracy": q["metric"]["value"],
+                    "retained": q["retained"],
+                    "retained_ci": q["retained_ci"],
+                    "agreement": q["agreement"],
+                    "kl": q["kl"],
+                    "size_bytes": q["size_bytes"],
+                    "size_ratio": q["size_ratio"],
+                    "seconds": q["seconds"],
+                }
+            )
     task = task_of("sequence-classification")
     by = {(p["method"], p["bits"]): p for p in points}
     for b in BITS:  # RTN's accuracy over GPTQ's on the same sentences: a paired interval of the difference
@@ -553,7 +579,9 @@ def bits(runner: Runner) -> None:
                  "RTN better (interval above 1)" if ci and ci[0] > 1 else "no difference shown")  # fmt: skip
         parts.append(f"{b}-bit: GPTQ {pct(g['retained'])} vs RTN {pct(r['retained'])}, RTN/GPTQ accuracy "
                      f"{ci_num(ci, 3)} ({shown})")  # fmt: skip
-    verdict = "Retained, GPTQ vs RTN, with the paired 95% interval of RTN's accuracy over GPTQ's: " + "; ".join(parts) + "."
+    verdict = (
+        "Retained, GPTQ vs RTN, with the paired 95% interval of RTN's accuracy over GPTQ's: " + "; ".join(parts) + "."
+    )
     lines += ["", verdict, ""]
     data["verdict"] = verdict
     write(runner, "bits", data, "\n".join(lines))
@@ -665,8 +693,11 @@ def main(argv=None) -> int:
     parser.add_argument("experiment", choices=["all", "encoder", "decoder", "heads", "bits", "depth"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="tiny subsets, to test the script (numbers meaningless)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: rewrite the results from the reports and records earlier runs kept")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite the results from the reports and records earlier runs kept",
+    )
     args = parser.parse_args(argv)
     runner = Runner(args.quick, args.report_only)
     started = time.time()

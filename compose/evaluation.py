@@ -38,12 +38,10 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def _reference_rows(reference: dict | None, ids: torch.Tensor) -> dict | None:
-    """The baseline's records of the examples ``ids`` (None when it lacks one of them)."""
-    if not reference:
-        return None
-    where = {int(i): n for n, i in enumerate(reference["ids"].tolist())}
-    if any(int(i) not in where for i in ids.tolist()):
+def _reference_rows(reference: dict | None, where: dict, ids: torch.Tensor) -> dict | None:
+    """The baseline's records of the examples ``ids`` (None when it lacks one of them);
+    ``where``: the position of each example id in ``reference``."""
+    if not reference or any(int(i) not in where for i in ids.tolist()):
         return None
     return select_records(reference, torch.tensor([where[int(i)] for i in ids.tolist()], dtype=torch.long))
 
@@ -66,6 +64,7 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
     timings = []
     examples = 0
     step, offset = (shard[1], shard[0]) if shard else (1, 0)
+    where = {int(i): n for n, i in enumerate(reference["ids"].tolist())} if reference else {}
     timed = settings.get("latency_batches", 20)
     progress = progress or Progress(enabled=False)
     try:
@@ -81,7 +80,7 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
                 _sync(device)
                 if index <= timed:
                     timings.append(time.perf_counter() - start)
-                records = task.example_records(outputs, batch, reference=_reference_rows(reference, ids),
+                records = task.example_records(outputs, batch, reference=_reference_rows(reference, where, ids),
                                                keep_reference=keep_reference)  # fmt: skip
                 records["ids"] = ids
                 parts.append(records)

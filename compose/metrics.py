@@ -35,7 +35,9 @@ def _per_class_f1(c: torch.Tensor) -> torch.Tensor:
 def f1_positive(predictions, labels, classes: int) -> torch.Tensor:
     """F1 of class 1, the positive class of a binary task (GLUE's MRPC/QQP F1)."""
     if classes != 2:
-        raise ValueError(f"f1 is the positive class's F1 of a binary task; this task has {classes} classes (use f1_macro)")
+        raise ValueError(
+            f"f1 is the positive class's F1 of a binary task; this task has {classes} classes (use f1_macro)"
+        )
     return _per_class_f1(confusion(predictions, labels, classes))[..., 1]
 
 

@@ -21,7 +21,9 @@ class MetricInfo:
 #: second class in task.labels) of a binary task, as MRPC and QQP report it.
 METRICS = {
     "accuracy": MetricInfo("accuracy", description="share of examples whose predicted class is the label"),
-    "f1": MetricInfo("f1", description="binary tasks: F1 of the positive class (the second in task.labels), as GLUE reports it"),
+    "f1": MetricInfo(
+        "f1", description="binary tasks: F1 of the positive class (the second in task.labels), as GLUE reports it"
+    ),
     "f1_macro": MetricInfo("f1_macro", description="the mean of every class's F1"),
     "matthews": MetricInfo("matthews", description="Matthews correlation (GLUE's CoLA metric)"),
     "perplexity": MetricInfo("perplexity", higher_is_better=False,
