@@ -15,8 +15,9 @@ through the shared loop (``compose.api.train_model``) on a weighted sum of
 - attentions:   KL or MSE between mapped self-attention distributions (same heads only).
 
 Encoders (BERT), decoders (Llama, GPT-2) and encoder-decoders (T5) share all of
-this; what differs is where the layers are, which ``_distill_student.stacks``
-knows (one stack, or an encoder and a decoder stack, each with its layer map).
+this; what differs is where the layers are, which the architecture table
+(``_architectures``) says (one stack, or an encoder and a decoder stack, each with its
+layer map).
 
 The stage's result is the student. It is a plain transformers model whose config
 describes it fully, so its artifact reloads with ``from_pretrained`` (no transform).
@@ -38,19 +39,13 @@ from compose.api import (
     load_schema_file,
     train_model,
 )
-from compose.plugins._distill_student import (
-    ALL_SIZE_KEYS,
-    SIZE_KEYS,
-    build_student,
-    chosen_layers,
-    config_differences,
-    heads_per_layer,
-    layer_counts,
-    restore,
-    set_attention_dropout,
-    size_key_message,
-    use_eager_attention,
-)
+from compose.plugins._architecture_checks import architecture_problems, model_type_at
+from compose.plugins._architecture_modules import layer_counts
+from compose.plugins._architectures import lookup
+from compose.plugins._distill_attention import heads_per_layer, restore, set_attention_dropout, use_eager_attention
+from compose.plugins._distill_sizes import ALL_SIZE_KEYS, SIZE_KEYS, SIZE_ROLES, architecture_key_message
+from compose.plugins._distill_sizes import size_key_message
+from compose.plugins._distill_student import build_student, chosen_layers, config_differences
 
 #: Output fields of each stack: (hidden states, self-attentions).
 STACK_OUTPUTS = {
@@ -361,7 +356,7 @@ def run(ctx: StageContext) -> StageResult:
     student.to(ctx.device)
     teacher.to(ctx.device)
     matching = loss_settings["hidden"]["weight"] > 0 or loss_settings["attention"]["weight"] > 0
-    student_counts, teacher_counts = layer_counts(student), layer_counts(teacher)
+    student_counts, teacher_counts = layer_counts(student, "distill"), layer_counts(teacher, "distill")
     layer_maps = resolve_layer_maps(loss_settings["layer_map"], student_counts, teacher_counts) if matching else None
     attention = loss_settings["attention"]["weight"] > 0
     if attention:
@@ -475,31 +470,32 @@ def _known_teacher_config(plan) -> dict | None:
     return plan.model_config or None
 
 
-def _counts(config: dict, family: str) -> dict | None:
+def _counts(config: dict) -> dict | None:
     """{stack name: layers} read from a config dict (None where it does not say)."""
-    if family == "encoder-decoder":
-        encoder = config.get("num_layers", config.get("encoder_layers"))
-        # T5's num_decoder_layers defaults to num_layers
-        decoder = config.get("num_decoder_layers", config.get("decoder_layers")) or encoder
-        return {"encoder": encoder, "decoder": decoder} if encoder else None
-    n = config.get("num_hidden_layers", config.get("n_layer"))
-    return {"layers": n} if n else None
+    arch = lookup(config.get("model_type"))
+    return arch.layer_counts(config) if arch else None
 
 
-def _heads(config: dict, family: str) -> int | None:
-    keys = ("num_heads",) if family == "encoder-decoder" else ("num_attention_heads", "n_head")
-    return next((config[k] for k in keys if k in config), None)
+def _heads(config: dict) -> int | None:
+    arch = lookup(config.get("model_type"))
+    return arch.config_value(config, "heads") if arch else None
 
 
-def _student_config_checks(sizes: dict, teacher: dict | None, family: str):
-    """Checks of a `config` student's sizes: keys that do not apply to the family, head arithmetic."""
+def _student_config_checks(sizes: dict, teacher: dict | None, family: str, model_type):
+    """Checks of a `config` student's sizes: keys that do not apply to the family or the architecture,
+    head arithmetic."""
+    arch = lookup(model_type)
     for key in sizes:
         if key in ALL_SIZE_KEYS and key not in SIZE_KEYS[family]:
             yield Check(size_key_message(key, family), path=("student", "config", key))
-    if family == "encoder-decoder" or teacher is None:
+        elif key in ALL_SIZE_KEYS and arch is not None and architecture_key_message(key, arch):
+            yield Check(architecture_key_message(key, arch), path=("student", "config", key))
+    if family == "encoder-decoder" or teacher is None or arch is None:
         return
-    student = {**teacher, **{k: v for k, v in sizes.items() if k in SIZE_KEYS[family]}}
-    hidden, heads = student.get("hidden_size"), student.get("num_attention_heads")
+    roles = {role: arch.config_value(teacher, role) for role in ("hidden", "heads", "kv_heads")}
+    teacher_heads, teacher_kv = roles["heads"], roles["kv_heads"]
+    roles.update({SIZE_ROLES[k]: v for k, v in sizes.items() if k in SIZE_KEYS[family]})
+    hidden, heads = roles["hidden"], roles["heads"]
     if hidden and heads and hidden % heads:
         divisors = [d for d in range(1, min(hidden, 64) + 1) if hidden % d == 0]
         yield Check(
@@ -507,9 +503,8 @@ def _student_config_checks(sizes: dict, teacher: dict | None, family: str):
             f"set student.config.num_attention_heads to a divisor of {hidden} (e.g. {divisors[-3:]})",
             path=("student", "config"),
         )
-    teacher_kv = teacher.get("num_key_value_heads")
     kv = sizes.get("num_key_value_heads")
-    if kv is None and teacher_kv is not None and teacher_kv != teacher.get("num_attention_heads"):
+    if kv is None and teacher_kv is not None and teacher_kv != teacher_heads:
         kv = teacher_kv  # grouped-query attention stays grouped; plain multi-head follows num_attention_heads
     if kv and heads and heads % kv:
         yield Check(
@@ -541,12 +536,16 @@ def _student_counts(spec: dict, teacher_counts: dict, family: str):
         return {stack: sizes.get(keys[stack], n) for stack, n in teacher_counts.items()}, problems
     if "path" in spec:
         config = _config_json(spec["path"])
-        return (_counts(config, family) if config else None), problems
+        return (_counts(config) if config else None), problems
     return None, problems
 
 
 def check(settings, plan):
     loss_settings, spec, family = settings["loss"], settings["student"], plan.family
+    refused = architecture_problems("distill", plan)
+    yield from refused
+    if refused:
+        return
     if all(loss_settings[name]["weight"] == 0 for name in TERMS):
         yield Check("every loss weight is 0: nothing to train the student on; set loss.soft.weight > 0", path=("loss",))
     if "from_teacher" in spec and plan.facts.get("structure_changed"):
@@ -562,12 +561,12 @@ def check(settings, plan):
                     path=("student", "from_teacher", "decoder_layers"))  # fmt: skip
     teacher = _known_teacher_config(plan)
     if "config" in spec:
-        yield from _student_config_checks(spec["config"], teacher, family)
+        yield from _student_config_checks(spec["config"], teacher, family, model_type_at(plan))
     matching = loss_settings["hidden"]["weight"] > 0 or loss_settings["attention"]["weight"] > 0
     wrong_form = layer_map_form_problem(loss_settings["layer_map"], family == "encoder-decoder")
     if matching and wrong_form:
         yield Check(wrong_form, path=("loss", "layer_map"))
-    teacher_counts = _counts(teacher, family) if teacher else None
+    teacher_counts = _counts(teacher) if teacher else None
     if teacher_counts is None:
         return
     student_counts, problems = _student_counts(spec, teacher_counts, family)
@@ -578,12 +577,12 @@ def check(settings, plan):
         for message, path in layer_map_problems(loss_settings["layer_map"], student_counts, teacher_counts):
             yield Check(message, path=path)
     if loss_settings["attention"]["weight"] > 0:
-        teacher_heads = _heads(teacher, family)
+        teacher_heads = _heads(teacher)
         if "config" in spec:
-            student_heads = {**teacher, **spec["config"]}.get("num_heads" if family == "encoder-decoder"
-                                                              else "num_attention_heads")  # fmt: skip
+            given = [v for k, v in spec["config"].items() if k in SIZE_KEYS[family] and SIZE_ROLES[k] == "heads"]
+            student_heads = given[0] if given else teacher_heads
         elif "path" in spec:
-            student_heads = _heads(_config_json(spec["path"]) or {}, family)
+            student_heads = _heads(_config_json(spec["path"]) or {})
         else:
             student_heads = teacher_heads
         if student_heads is not None and teacher_heads is not None and student_heads != teacher_heads:
