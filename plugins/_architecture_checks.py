@@ -46,7 +46,8 @@ def recipe_architecture(plan) -> Architecture | None:
     return lookup(config.get("model_type"))
 
 
-def architecture_problems(stage: str, plan, what: str | None = None, path: tuple = ()) -> list[Check]:
+def architecture_problems(stage: str, plan, what: str | None = None, path: tuple = (),
+                          fix: str = "remove the stage") -> list[Check]:  # fmt: skip
     """Errors where ``stage`` (or its setting ``what``, e.g. ``parallel:tp``) cannot run on the model.
 
     An unknown model type is refused (the stage would not find its layers); a known
@@ -55,13 +56,13 @@ def architecture_problems(stage: str, plan, what: str | None = None, path: tuple
     model_type = model_type_at(plan)
     if model_type is None:
         return []
+    doing = what.replace(":", ": ") if what else stage
     arch = lookup(model_type)
     if arch is None:
-        return [Check(unknown_message(stage, model_type), path=path)]
+        return [Check(unknown_message(doing, model_type, fix), path=path)]
     reason = arch.refusal(what or stage)
     if reason is None:
         return []
-    doing = what.replace(":", " ") if what else stage
     return [Check(f"{doing} is not available for model type '{model_type}': {reason}", path=path)]
 
 

@@ -285,10 +285,9 @@ def lookup(model_type) -> Architecture | None:
     return _BY_TYPE.get(model_type)
 
 
-def unknown_message(stage: str, model_type) -> str:
+def unknown_message(stage: str, model_type, fix: str = "remove the stage") -> str:
     return (f"{stage} does not know model type '{model_type}' (it knows: {', '.join(known_types())}); use a "
-            f"model of a known type, remove the stage, or add an entry for '{model_type}' to "
-            "compose/plugins/_architectures.py")  # fmt: skip
+            f"model of a known type, {fix}, or add an entry for '{model_type}' to compose/plugins/_architectures.py")
 
 
 def require(model_type, stage: str) -> Architecture:

@@ -362,7 +362,7 @@ def compose_register_stages(register):
             run=run,
             schema=load_schema_file("compose.schemas", "prune-ffn.schema.json"),
             description="Remove the least important feed-forward neurons (taylor or magnitude scores), globally or "
-            "per block (the architectures of `recipe architectures`).",
+            "per block: every architecture of plugins/_architectures.py.",
             needs={"quantized": False, "task_trained": True},
             leaves={"ffn_pruned": True, "structure_changed": True},
             trains=True,  # recovery training

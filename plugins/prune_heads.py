@@ -328,7 +328,7 @@ def compose_register_stages(register):
             run=run,
             schema=load_schema_file("compose.schemas", "prune-heads.schema.json"),
             description="Remove the least important attention heads (taylor or magnitude scores): "
-            "the architectures of `recipe architectures`.",
+            "every architecture of plugins/_architectures.py.",
             needs={"quantized": False, "task_trained": True},
             leaves={"heads_pruned": True, "structure_changed": True},
             trains=True,  # recovery training

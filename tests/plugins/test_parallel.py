@@ -79,5 +79,5 @@ def test_fsdp_trains_t5_and_tensor_parallel_is_refused_before_anything_runs(writ
     training = report["stages"][-1]["details"]["training"]
     assert training["setup"]["parallel"]["mesh"] == {"dp": 2, "tp": 1} and training["parameters_in_sync"] is True
     recipe = write_recipe(SHORT.format(parallel="tp"), name="tp.yaml", family="encoder-decoder")
-    with pytest.raises(RecipeError, match="tp is not available for encoder-decoder models.*use ddp or fsdp"):
+    with pytest.raises(RecipeError, match="parallel: tp is not available for model type 't5': T5 attention.*use ddp or fsdp"):
         load_recipe(recipe, host=host)
