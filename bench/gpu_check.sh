@@ -85,7 +85,7 @@ echo "gpu_check: tests done ($(tail -1 "$WORK/tests.log"))" >&2
 # -- 2, 3. the recipes --------------------------------------------------------------------
 if [ -n "${SHARED_DATA:-}" ]; then
     DATA_MINILM=("task.data.train.path=$SHARED_DATA/sst2/train.tsv" "task.data.dev.path=$SHARED_DATA/sst2/dev.tsv")
-    DATA_LLAMA=("task.data.train.path=$SHARED_DATA/wikitext2/wiki.valid.tokens"
+    DATA_LLAMA=("task.data.train.path=$SHARED_DATA/wikitext2/wiki.train.tokens"
                 "task.data.test.path=$SHARED_DATA/wikitext2/wiki.test.tokens")
 else
     DATA_MINILM=(); DATA_LLAMA=()

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from compose.artifacts import load_artifact, save_artifact, size_on_disk
+from compose.comparison import compare
 from compose.distributed import Ranks, init_ranks
 from compose.errors import ComposeError, StageFailed, explain_failure
 from compose.evaluation import evaluate
@@ -20,11 +21,15 @@ from compose.recipe import Recipe
 from compose.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, row_from_json, write_json_atomic
 from compose.stage import StageContext, StageResult
-from compose.tasks import METRICS, build_task
+from compose.task_kinds import METRICS
+from compose.tasks import build_task
 
 INPUT_ROW = "input"
 #: Written beside each finished stage's model: its fingerprint and its report row.
 STAGE_RECORD = "stage.json"
+#: Written beside it: the evaluation's per-example records (``Evaluation.records``), so that a
+#: resumed run compares new stages with a reused baseline.
+EVALUATION_RECORDS = "evaluation.pt"
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Executor:
         self.ranks = Ranks()
         # One thread count for every row's speed, fixed before any stage can change torch's.
         self.threads = resolve_threads(recipe.data["evaluate"]["latency"])
+        self.baseline_name = baseline_stage(recipe)
+        self.records: dict[str, dict] = {}  # every evaluated row's per-example records, by row name
 
     # -- helpers -----------------------------------------------------------
 
@@ -79,7 +86,15 @@ class Executor:
             size = size_on_disk(artifact)
             weights = size_on_disk(artifact, weights_only=True)
         settings = self.recipe.data["evaluate"]
-        result = evaluate(model, tokenizer, task, settings, self.device, self.progress, f"{name}: evaluating")
+        is_baseline = name == self.baseline_name
+        result = evaluate(model, tokenizer, task, settings, self.device, self.progress, f"{name}: evaluating",
+                          reference=None if is_baseline else self.records.get(self.baseline_name),
+                          keep_reference=settings["against_baseline"]["top_k"] if is_baseline else 0)  # fmt: skip
+        self.records[name] = result.records
+        if artifact is not None and self.ranks.is_main and result.records:
+            import torch
+
+            torch.save(result.records, self._artifact_dir(index, name) / EVALUATION_RECORDS)
         latency = None
         if settings["latency"]["enabled"] and self.ranks.is_main:  # the report is the main process's
             with self.progress.track(f"{name}: measuring latency at {self.threads} thread(s)"):
@@ -101,7 +116,35 @@ class Executor:
             details=details or {},
         )
 
-    def _write(self, report: Report) -> None:
+    def _compare_rows(self, report: Report, task) -> None:
+        """Retained's interval, agreement and KL of every row not compared yet (rows evaluated
+        before the baseline are compared once it is)."""
+        reference = self.records.get(self.baseline_name)
+        if not reference:
+            return
+        settings = self.recipe.data["evaluate"]["against_baseline"]
+        for row in report.rows:
+            if row.retained_ci is not None or row.agreement is not None or row.name not in self.records:
+                continue
+            found = compare(task, report.metric, report.higher_is_better, reference, self.records[row.name], settings,
+                            self.recipe.data["seed"])  # fmt: skip
+            if found is not None:
+                row.retained_ci = list(found.retained_ci) if found.retained_ci else None
+                row.agreement, row.kl = found.agreement, found.kl
+
+    def _load_records(self, index: int, row: StageRow) -> None:
+        """A reused row's evaluation records, when the earlier run wrote them."""
+        import torch
+
+        path = self._artifact_dir(index, row.name) / EVALUATION_RECORDS
+        try:
+            self.records[row.name] = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, ValueError, EOFError):  # missing or unreadable: no comparison
+            pass
+
+    def _write(self, report: Report, task=None) -> None:
+        if task is not None:
+            self._compare_rows(report, task)
         report.refresh_retained()
         if self.ranks.is_main:
             write_json_atomic(self.run_dir / REPORT_FILE, report.to_json())
@@ -151,7 +194,8 @@ class Executor:
             run_dir=str(self.run_dir),
             metric=metric,
             higher_is_better=METRICS[metric].higher_is_better,
-            baseline_stage=baseline_stage(self.recipe),
+            baseline_stage=self.baseline_name,
+            comparison=dict(data["evaluate"]["against_baseline"], unit=task.unit),
             gates=[
                 GateResult(g.get("stage", "final"), g.get("min_retained"), g.get("min_metric"), None, None, None)
                 for g in data["gates"]
@@ -165,6 +209,8 @@ class Executor:
         current = INPUT_ROW
         try:
             cached = [] if self.options.fresh else self._cached_rows(names)
+            for index, row in enumerate(cached):
+                self._load_records(index, row)
             report.rows.extend(cached)
             stages_bar.advance(len(cached))
             if len(cached) == len(names):
@@ -182,10 +228,11 @@ class Executor:
                                    tokenizer=tokenizer)  # fmt: skip
                 model.to(self.device)
                 row = self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0)
-                self._record(0, row)
                 report.rows.append(row)
+                self._compare_rows(report, task)
+                self._record(0, row)
                 stages_bar.advance()
-            self._write(report)
+            self._write(report, task)
             stopped = not self._check_gates(report, final=False)
             for index, (stage, stage_type) in enumerate(zip(self.recipe.stages, self.recipe.stage_types), start=1):
                 if stopped:
@@ -195,9 +242,10 @@ class Executor:
                 current = stage["name"]
                 stages_bar.update(description=f"stage {index}/{len(self.recipe.stages)}: {stage['name']}")
                 model, tokenizer, row = self._run_stage(index, stage, stage_type, model, tokenizer, task)
-                self._record(index, row)
                 report.rows.append(row)
-                self._write(report)
+                self._compare_rows(report, task)
+                self._record(index, row)
+                self._write(report, task)
                 stages_bar.advance()
                 stopped = not self._check_gates(report, final=False)
             if stopped:
@@ -223,7 +271,7 @@ class Executor:
             if report.status == "running":  # stopped by something we do not handle here
                 report.status = "stage_failed"
                 report.error = report.error or {"stage": current, "type": "Stopped", "message": "the run stopped"}
-            self._write(report)
+            self._write(report, task)
         return report
 
     # -- resuming ------------------------------------------------------------

@@ -2,10 +2,16 @@
 
 A stage's fingerprint chains the previous stage's with the stage's own recipe
 entry (name, plugin, settings with defaults) and its plugin's package and
-version. The first link covers the model source (the bytes of a local model's
-files), the task with the bytes of its data files, and the seed. Evaluation
-settings have a fingerprint of their own: changing them re-evaluates, it does
-not retrain.
+version. The first link covers the model and tokenizer sources (the bytes of a
+local folder's files, not its path), the task with the bytes of its data files,
+and the seed. Comments, key order and defaults written out change nothing.
+
+The evaluation settings (with the evaluation split's data and the thread count
+latency is measured at) have a fingerprint of their own, kept in each finished
+stage's record beside its stage fingerprint. The executor reuses a finished stage
+only when both match, so changing an evaluation setting reruns every stage: the
+rows of one report are always measured the same way, and a stage's saved artifact
+is not always a model the core can reload to evaluate again (``export`` writes ONNX).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, Mapping
 from compose.recipe import Recipe, model_folder
 
 _CHUNK = 1 << 20
+#: Where a model or tokenizer comes from: a local one counts by its files' bytes, not by its path.
+_SOURCE_KEYS = ("path", "package", "hub", "revision", "config")
 _file_cache: dict[tuple, str] = {}
 
 
@@ -65,14 +73,20 @@ def _data_digest(task: Mapping) -> dict:
     return out
 
 
+def _settings(spec: Mapping) -> dict:
+    """A model's or tokenizer's entry without where it comes from (``_source_digest`` covers that)."""
+    return {k: v for k, v in spec.items() if k not in _SOURCE_KEYS}
+
+
 def stage_fingerprints(recipe: Recipe, host) -> list[str]:
     """Fingerprints of the input row and of every stage, in order."""
     data = recipe.data
     model = data["model"]
+    tokenizer = model.get("tokenizer")
     base = {
-        "model": {k: v for k, v in model.items() if k not in ("path", "package", "hub", "revision", "config")},
+        "model": {k: v for k, v in _settings(model).items() if k != "tokenizer"},
         "source": _source_digest(model),
-        "tokenizer": _source_digest(model["tokenizer"]) if model.get("tokenizer") else None,
+        "tokenizer": {**_settings(tokenizer), "source": _source_digest(tokenizer)} if tokenizer else None,
         "task": {**{k: v for k, v in data["task"].items() if k != "data"}, "data": _data_digest(data["task"])},
         "seed": data["seed"],
     }

@@ -18,7 +18,7 @@ from compose.errors import Problem, RecipeError
 from compose.rules import check_families, check_order, run_stage_checks
 from compose.schema import fill_defaults, fill_recipe_defaults, recipe_schema
 from compose.stage import StageType
-from compose.task_kinds import TASK_METRICS
+from compose.task_kinds import BINARY_ONLY_METRICS, TASK_METRICS, metric_names
 from compose.validation import SchemaChecker, did_you_mean
 from compose.yaml_source import locate, to_plain
 
@@ -165,8 +165,18 @@ def _check_task(doc: dict, task: dict, checker: SchemaChecker) -> list[Problem]:
         return problems  # the schema reports it
     names = TASK_METRICS[kind]
     evaluate = doc.get("evaluate") if isinstance(doc.get("evaluate"), dict) else {}
+    labels = task.get("labels")
     for where, metric in ((("task", "metric"), task.get("metric")), (("evaluate", "metric"), evaluate.get("metric"))):
-        if isinstance(metric, str) and metric not in names:
+        if metric in BINARY_ONLY_METRICS and metric in names and isinstance(labels, (list, dict)):
+            if metric not in metric_names(task):
+                problems.append(
+                    checker.problem(
+                        where,
+                        f"'{metric}' is the F1 of the positive class of a binary task, and task.labels has "
+                        f"{len(labels)} classes; use f1_macro (the mean of every class's F1)",
+                    )
+                )
+        elif isinstance(metric, str) and metric not in names:
             problems.append(
                 checker.problem(
                     where,

@@ -32,6 +32,12 @@ class StageRow:
     seconds: float
     artifact: str | None
     retained: float | None = None
+    #: Against the baseline's predictions on the same examples (compose.comparison):
+    #: [low, high] of retained (paired bootstrap), the share of equal predictions, and the
+    #: mean KL(baseline || this model); None where a task does not define one.
+    retained_ci: list[float] | None = None
+    agreement: float | None = None
+    kl: float | None = None
     #: Serving speed (compose.latency.Latency as JSON: threads, batch1_p50_ms, batch1_p95_ms,
     #: throughput_per_s, batch_size...); None when not measured (evaluate.latency.enabled: false).
     latency: dict | None = None
@@ -64,6 +70,8 @@ class Report:
     metric: str
     higher_is_better: bool
     baseline_stage: str | None = None
+    #: How rows are compared with the baseline: bootstrap_samples, confidence, unit.
+    comparison: dict | None = None
     rows: list[StageRow] = field(default_factory=list)
     gates: list[GateResult] = field(default_factory=list)
     status: str = "running"  # running | passed | gate_failed | stage_failed | interrupted
@@ -135,6 +143,7 @@ class Report:
             "baseline": (
                 {"stage": base.name, "metric": base.metric, "value": base.value} if base is not None else None
             ),
+            "comparison": self.comparison,
             "stages": [row.to_json() for row in self.rows],
             "reused_stages": [row.name for row in self.rows if row.reused],
             "gates": [asdict(g) for g in self.gates],
@@ -164,6 +173,7 @@ def report_from_json(data: dict) -> Report:
         metric=data["metric"]["name"],
         higher_is_better=data["metric"]["higher_is_better"],
         baseline_stage=(data.get("baseline") or {}).get("stage"),
+        comparison=data.get("comparison"),
         rows=rows,
         gates=[GateResult(**g) for g in data.get("gates", [])],
         status=data["status"],
@@ -202,6 +212,16 @@ def format_percent(fraction: float | None) -> str:
     return f"{100 * fraction:.1f}%" if fraction is not None else "-"
 
 
+def format_retained(row: StageRow) -> str:
+    """"98.5% (97.1-99.8)": retained and its interval when there is one."""
+    if row.retained is None:
+        return "-"
+    if not row.retained_ci or row.retained_ci[0] == row.retained_ci[1]:
+        return format_percent(row.retained)
+    low, high = row.retained_ci
+    return f"{format_percent(row.retained)} ({100 * low:.1f}-{100 * high:.1f})"
+
+
 def format_ratio(ratio: float | None) -> str:
     """2.5 -> "2.50x" (a speed-up or size ratio); "-" when unknown."""
     if ratio is None or math.isnan(ratio):
@@ -231,6 +251,19 @@ def latency_note(report: Report) -> str | None:
     )
 
 
+def comparison_note(report: Report) -> str | None:
+    """One line saying how the rows were compared with the baseline, or None."""
+    settings = report.comparison
+    if not settings or not any(r.retained_ci or r.agreement is not None for r in report.rows):
+        return None
+    unit = settings.get("unit", "example")
+    return (
+        f"against the baseline on the same {unit}s: retained CI = paired bootstrap over {unit}s "
+        f"({settings['bootstrap_samples']} resamples); agree = share of equal predictions; "
+        f"KL = mean KL(baseline || stage)"
+    )
+
+
 def render_table(report: Report, console: Console) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 150)
@@ -239,7 +272,16 @@ def render_table(report: Report, console: Console) -> None:
     table.add_column("stage")
     table.add_column("plugin")
     table.add_column(report.metric, justify="right")
-    table.add_column("retained", justify="right")
+    confidence = (report.comparison or {}).get("confidence")
+    shows_ci = any(r.retained_ci for r in report.rows)
+    table.add_column(f"retained ({100 * confidence:.0f}% CI)" if shows_ci and confidence else "retained",
+                     justify="right")  # fmt: skip
+    shows_agreement = any(r.agreement is not None for r in report.rows)
+    shows_kl = any(r.kl is not None for r in report.rows)
+    if shows_agreement:
+        table.add_column("agree", justify="right")
+    if shows_kl:
+        table.add_column("KL", justify="right")
     others = [m for m in dict.fromkeys(k for r in report.rows for k in r.metrics) if m != report.metric]
     for name in others:
         table.add_column(name, justify="right")
@@ -258,7 +300,9 @@ def render_table(report: Report, console: Console) -> None:
             row.name + marker,
             row.plugin or "-",
             format_number(row.value),
-            format_percent(row.retained),
+            format_retained(row),
+            *([format_percent(row.agreement)] if shows_agreement else []),
+            *([format_number(row.kl)] if shows_kl else []),
             *(format_number(row.metrics.get(name)) for name in others),
             f"{row.params / 1e6:.2f}M",
             format_bytes(row.size_bytes),
@@ -270,6 +314,9 @@ def render_table(report: Report, console: Console) -> None:
         )
     console.print(table)
     note = latency_note(report)
+    if note:
+        console.print(note)
+    note = comparison_note(report)
     if note:
         console.print(note)
     for gate in report.gates:

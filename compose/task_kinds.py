@@ -10,12 +10,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    higher_is_better: bool = True
+    description: str = ""
+
+
+#: Every metric a task can report. ``f1`` is GLUE's: the F1 of the positive class (the
+#: second class in task.labels) of a binary task, as MRPC and QQP report it.
+METRICS = {
+    "accuracy": MetricInfo("accuracy", description="share of examples whose predicted class is the label"),
+    "f1": MetricInfo("f1", description="binary tasks: F1 of the positive class (the second in task.labels), as GLUE reports it"),
+    "f1_macro": MetricInfo("f1_macro", description="the mean of every class's F1"),
+    "matthews": MetricInfo("matthews", description="Matthews correlation (GLUE's CoLA metric)"),
+    "perplexity": MetricInfo("perplexity", higher_is_better=False,
+                             description="exp of the mean next-token loss over every predicted token"),
+    "next_token_accuracy": MetricInfo("next_token_accuracy", description="share of tokens predicted exactly"),
+    "exact_match": MetricInfo("exact_match", description="share of generated texts equal to the target (stripped)"),
+}
+
 #: The metrics of each task kind; the first is the kind's default (``task.metric: null``).
 TASK_METRICS = {
-    "sequence-classification": ("accuracy", "f1", "matthews"),
+    "sequence-classification": ("accuracy", "f1", "f1_macro", "matthews"),
     "causal-lm": ("perplexity", "next_token_accuracy"),
     "seq2seq": ("exact_match",),
 }
+
+
+#: Metrics that need exactly two classes.
+BINARY_ONLY_METRICS = ("f1",)
+
+
+def metric_names(task: Mapping[str, Any]) -> tuple[str, ...]:
+    """The metrics a task computes: its kind's, less the binary-only ones for 3+ classes."""
+    names = TASK_METRICS[task["kind"]]
+    labels = task.get("labels")
+    if task["kind"] == "sequence-classification" and labels is not None and len(labels) != 2:
+        names = tuple(n for n in names if n not in BINARY_ONLY_METRICS)
+    return names
 
 
 def column_settings(task: Mapping[str, Any]) -> list[tuple[str, str]]:

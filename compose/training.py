@@ -272,10 +272,10 @@ def train_model(
                 consumed += 1
                 if skip:  # batches the checkpointed run had already trained on
                     skip -= 1
+                    if not skip:  # where the checkpoint was taken: dropout, and what follows, draws as then
+                        checkpoint.set_random_state(random_state)
+                        random_state = None
                     continue
-                if random_state is not None:  # dropout draws as the uninterrupted run's
-                    torch.set_rng_state(random_state)
-                    random_state = None
                 with accelerator.accumulate(model):
                     loss = loss_fn(model, batch)
                     accelerator.backward(loss)

@@ -35,7 +35,11 @@ def did_you_mean(word, candidates: Iterable[str]) -> str:
 
 
 def _kind(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
+    # isinstance, not type(): YAML mappings and lists arrive as Located subclasses, and bool is an int
+    for cls, word in _JSON_TYPES.items():
+        if isinstance(value, cls):
+            return word
+    return type(value).__name__
 
 
 def _show(value) -> str:
@@ -55,6 +59,18 @@ def _expected_type(expected) -> str:
         "null": "null",
     }
     return " or ".join(words.get(n, n) for n in names)
+
+
+def _fitting_branches(context: list) -> list:
+    """The errors of the ``oneOf``/``anyOf`` branches whose type the value has (all, if none has).
+
+    jsonschema's ``best_match`` prefers the shallowest error, so a list with one bad item
+    would be told "expected a mapping" by a mapping branch; the list branch's error
+    about the item is the one that helps.
+    """
+    misfits = {e.relative_schema_path[0] for e in context if e.validator == "type" and not e.relative_path}
+    fitting = [e for e in context if e.relative_schema_path[0] not in misfits]
+    return fitting or context
 
 
 class SchemaChecker:
@@ -122,7 +138,7 @@ class SchemaChecker:
         if kind in ("oneOf", "anyOf"):
             if "x-error" in schema:
                 return [self.problem(path, schema["x-error"])]
-            inner = best_match(error.context) if error.context else None
+            inner = best_match(_fitting_branches(error.context)) if error.context else None
             if inner is not None:
                 return self._describe(inner, path + tuple(inner.relative_path))
         if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):

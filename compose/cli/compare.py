@@ -11,7 +11,7 @@ from rich.table import Table
 from compose.cli._common import CommandError, dump_json
 from compose.compare import CompareError, best_final, comparison, load_runs, plot
 from compose.exit_codes import EXIT_OK
-from compose.report import format_bytes, format_latency, format_number, format_percent, format_ratio
+from compose.report import format_bytes, format_latency, format_number, format_percent, format_ratio, format_retained
 
 HELP = "compare finished runs side by side and plot metric against size on disk"
 EXAMPLE = """\
@@ -77,7 +77,9 @@ def run(args) -> int:
     side.add_row(metric, *[format_number(f.value) for f in finals])
     for name in dict.fromkeys(k for f in finals for k in f.metrics if k != metric):
         side.add_row(name, *[format_number(f.metrics.get(name)) for f in finals])
-    side.add_row("retained (own baseline)", *[format_percent(f.retained) for f in finals])
+    side.add_row("retained (own baseline, CI)", *[format_retained(f) for f in finals])
+    side.add_row("agreement with baseline", *[format_percent(f.agreement) for f in finals])
+    side.add_row("KL(baseline || final)", *[format_number(f.kl) for f in finals])
     side.add_row("baseline", *[r.report.baseline_stage or "-" for r in runs])
     side.add_row("params", *[f"{f.params / 1e6:.2f}M" for f in finals])
     side.add_row("size on disk", *[format_bytes(f.size_bytes) for f in finals])
@@ -92,13 +94,13 @@ def run(args) -> int:
     side.add_row("status", *[r.report.status for r in runs])
     console.print(side)
     stages = Table(title="every stage", title_justify="left")
-    for column in ("run", "stage", metric, "retained", "params", "size on disk", "b1 p50", "ex/s", "x faster",
+    for column in ("run", "stage", metric, "retained (CI)", "agree", "KL", "params", "size on disk", "b1 p50", "ex/s", "x faster",
                    "x smaller"):  # fmt: skip
         stages.add_column(column, justify="left" if column in ("run", "stage") else "right")
     for r in runs:
         for row in r.report.rows:
             stages.add_row(r.label, row.name, format_number(row.value),
-                           format_percent(row.retained),
+                           format_retained(row), format_percent(row.agreement), format_number(row.kl),
                            f"{row.params / 1e6:.2f}M", format_bytes(row.size_bytes),
                            format_latency(row.latency, "batch1_p50_ms"), format_latency(row.latency, "throughput_per_s"),
                            format_ratio(row.speedup), format_ratio(row.size_ratio))  # fmt: skip

@@ -48,3 +48,21 @@ def test_a_hub_model_while_offline_exits_3_naming_the_cause(write_recipe, tmp_pa
     assert "someone/a-model-that-is-not-cached" in err and "Traceback" not in err
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["error"]["stage"] == "input"
+
+
+def test_an_evaluation_change_reruns_every_stage_as_compose_fingerprint_says(write_recipe, tmp_path):
+    """The stage fingerprints are unchanged, but no row of an earlier evaluation is reused."""
+    host = create_host()
+    recipe = write_recipe("- {name: ft, uses: train, with: {max_steps: 2, eval_every_epoch: false}}\n")
+    fast = ["evaluate.latency.enabled=false"]
+
+    def run(overrides):
+        options = RunOptions(output_dir=tmp_path / "run")
+        return Executor(load_recipe(recipe, fast + overrides, host), host, options).run()
+
+    first = run([])
+    assert first.status == "passed" and not any(row.reused for row in first.rows)
+    assert [row.reused for row in run([]).rows] == [True, True]
+    changed = run(["evaluate.limit=16"])
+    assert [row.reused for row in changed.rows] == [False, False]
+    assert [row.reused for row in run(["evaluate.limit=16"]).rows] == [True, True]

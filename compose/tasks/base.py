@@ -1,0 +1,176 @@
+"""The base of every task: data splits into tokenized batches, and per-example records
+from which the task's metrics (and their bootstrap resamples) are computed.
+
+Stages receive a task as ``ctx.task``; its public methods are part of the plugin API.
+"""
+
+from __future__ import annotations
+
+import abc
+from functools import partial
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from compose.data import read_split
+from compose.errors import DataError
+from compose.task_kinds import METRICS, MetricInfo, columns, describe_unknown_label, first_unknown_label, label_rule
+from compose.task_kinds import metric_names as metric_names_of
+
+#: A batch of examples' records: equal-length tensors (first dimension: the example) or
+#: lists, by name. ``evaluate`` adds ``ids`` (the example's position in the split).
+Records = dict
+
+
+class Task(abc.ABC):
+    """Base class: a task over named data splits. See ``SequenceClassificationTask``."""
+
+    kind: str = ""
+    #: What one record is, the unit a bootstrap resamples: "example" or "block" (causal-lm).
+    unit: str = "example"
+
+    def __init__(self, spec: Mapping[str, Any], seed: int):
+        self.spec = spec
+        self.seed = seed
+        self._rows: dict[str, list[dict]] = {}
+
+    # -- data --------------------------------------------------------------
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.spec["data"])
+
+    def columns(self) -> list[str]:
+        """The columns the task reads from every row (``compose.task_kinds.column_settings``)."""
+        return columns(self.spec)
+
+    def rows(self, split: str) -> list[dict]:
+        """The raw rows of a split (read once, then cached)."""
+        if split not in self.spec["data"]:
+            raise DataError(f"no split '{split}' in task.data (it has: {', '.join(self.splits)})")
+        if split not in self._rows:
+            rows = read_split(split, self.spec["data"][split], self.columns(), self.seed)
+            self._check_rows(split, rows)
+            self._rows[split] = rows
+        return self._rows[split]
+
+    def _check_rows(self, split: str, rows: list[dict]) -> None:
+        """Raise DataError for rows the task cannot use (a label the task does not know)."""
+        rule = label_rule(self.spec)
+        found = first_unknown_label(rows, rule) if rule is not None else None
+        if found is not None:
+            number, value = found
+            raise DataError(f"split '{split}': row {number} {describe_unknown_label(rule, value)}")
+
+    def batches(
+        self,
+        split: str,
+        tokenizer,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        limit: int | None = None,
+        with_labels: bool = True,
+        shard: tuple[int, int] | None = None,
+    ) -> DataLoader:
+        """A DataLoader of tokenized, padded batches of a split: dicts of tensors for ``model(**batch)``.
+
+        With ``shuffle`` the order is drawn from ``seed`` (default: the recipe's),
+        anew each epoch. ``shard=(rank, world_size)`` keeps every world_size-th
+        row from ``rank`` on (evaluation across processes).
+        """
+        rows = self.examples(split, tokenizer)
+        if limit is not None:
+            rows = rows[:limit]
+        if shard is not None:
+            rows = rows[shard[0] :: shard[1]]
+        sampler = EpochShuffle(len(rows), self.seed if seed is None else seed) if shuffle else None
+        return DataLoader(
+            rows,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=partial(self.collate, tokenizer=tokenizer, with_labels=with_labels),
+        )
+
+    def examples(self, split: str, tokenizer) -> list:
+        """The items ``batches`` draws from (default: the split's rows; causal-lm: token blocks)."""
+        return self.rows(split)
+
+    def texts(self, split: str) -> list[str]:
+        """All text of a split a tokenizer should learn from (sources, and targets where there are)."""
+        return [str(r[self.spec["text_column"]]) for r in self.rows(split)]
+
+    @abc.abstractmethod
+    def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
+        """Implemented by each task."""
+
+    def predict(self, model, inputs: dict, tokenizer):
+        """What evaluation runs on a batch's inputs (no labels); ``example_records`` gets it.
+        Default: the model's forward pass. seq2seq generates."""
+        return model(**inputs)
+
+    # -- metric ------------------------------------------------------------
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics this task computes; the first is its default (``task.metric: null``)."""
+        return metric_names_of(self.spec)
+
+    @property
+    def metric_name(self) -> str:
+        """``task.metric``, or the task's own metric when that is null."""
+        return self.spec.get("metric") or self.metric_names[0]
+
+    @property
+    def metric(self) -> MetricInfo:
+        return METRICS[self.metric_name]
+
+    @abc.abstractmethod
+    def example_records(self, outputs, batch: dict, reference: Records | None = None,
+                        keep_reference: int = 0) -> Records:  # fmt: skip
+        """What evaluation keeps of one batch: one record per example (tensors on the CPU).
+
+        ``reference``: the baseline's records of the same examples, for what can only be
+        compared while this model's full outputs exist (a language model's KL).
+        ``keep_reference`` > 0: this is the baseline; keep what later models are compared
+        against (a language model keeps its ``keep_reference`` most likely next tokens).
+        """
+
+    @abc.abstractmethod
+    def metric_from_records(self, records: Records, name: str | None = None,
+                            index: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """The metric over all records (a scalar tensor), or over each row of ``index``
+        (``[replicates, n]`` record positions, a bootstrap's resamples): shape ``[replicates]``."""
+
+    def agreement(self, reference: Records, records: Records) -> float | None:
+        """How often this model predicts what the baseline predicted (None: not defined)."""
+        return None
+
+    def kl(self, reference: Records, records: Records) -> float | None:
+        """Mean KL(baseline || this model) over predictions (None: not defined)."""
+        return None
+
+
+class EpochShuffle(Sampler):
+    """A new order on every pass, drawn from (seed, pass number) alone.
+
+    So a training run resumed at pass ``epoch`` (set the attribute before
+    iterating) sees exactly the order an uninterrupted run saw.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
