@@ -344,7 +344,7 @@ def decoder(runner: Runner) -> None:
     verdicts = []
     for label in ("small, equal tokens", "small, equal FLOPs"):
         arm = data["arms"][label]
-        ci = arm["ratio_to_large_then_compress_ci"]  # = large-then-compress ppl / this arm's ppl
+        ci = arm["ratio_to_large_then_compress_ci"]  # this arm's perplexity / large-then-compress's
         if ci is None:
             continue
         if ci[1] < 1:

@@ -266,8 +266,8 @@ def comparison_note(report: Report) -> str | None:
 
 def render_table(report: Report, console: Console) -> None:
     if not console.is_terminal:
-        console.width = max(console.width, 150)
-    # Light borders: 14 columns fit a 150-character line without wrapping the numbers.
+        console.width = max(console.width, 190)
+    # Light borders: up to 17 columns fit a 190-character line without wrapping the numbers.
     table = Table(title=f"recipe-compose: {report.recipe}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("stage")
     table.add_column("plugin")

@@ -65,7 +65,7 @@ def run(args) -> int:
         return EXIT_OK
     console = Console(highlight=False)
     if not console.is_terminal:
-        console.width = max(console.width, 120)
+        console.width = max(console.width, 170)
     metric = data["metric"]["name"]
     side = Table(title=f"final models ({metric}{'' if data['metric']['higher_is_better'] else ', lower is better'})",
                  title_justify="left")  # fmt: skip
