@@ -5,13 +5,15 @@ the way the claims were made (pretrained models, then compressed), with seeds an
     python bench/evidence.py encoder --seeds 1 2 3
     python bench/evidence.py decoder | heads | bits | depth
     python bench/evidence.py all --quick         # a smoke run on tiny subsets (minutes; numbers meaningless)
+    python bench/evidence.py all --report-only   # rewrite the results from the runs' kept reports
 
 Every run is a committed recipe in recipes/experiments/, applied with `recipe apply`; this
 script only chooses seeds and folders and reads the reports (report.json) and evaluation
 records (stages/*/evaluation.pt) the runs write. Results: bench/results/evidence-*.json,
 .md and .png (with --quick: under runs/evidence-quick/results only).
 
-1. encoder: SST-2, arms (a) the 3-layer shape from random weights, (b) the fine-tuned
+1. encoder: SST-2, arms (a) the 3-layer shape from random weights ((a-emb): random blocks
+   on the pretrained embeddings), (b) the fine-tuned
    6-layer MiniLM distilled into 3 of its layers, (c) those layers fine-tuned without the
    teacher, (d) (b) plus intermediate-layer matching; 3 seeds; mean and 95% t-interval
    over seeds, and each run's paired-bootstrap interval of retained.
@@ -42,10 +44,14 @@ RECIPES = ROOT / "recipes" / "experiments"
 RESULTS = ROOT / "bench" / "results"
 ARMS = {
     "a": ("sst2-arm-a-small-from-scratch", "3 layers from random weights"),
+    "a-emb": ("sst2-arm-a-pretrained-embeddings", "3 random layers on the pretrained embeddings"),
     "b": ("sst2-arm-b-distill", "teacher layers, distilled (soft + hard)"),
     "c": ("sst2-arm-c-teacher-layers", "teacher layers, fine-tuned (no teacher)"),
     "d": ("sst2-arm-d-distill-hidden", "teacher layers, distilled + hidden-state matching"),
 }
+#: Labels short enough for the plot's axis.
+SHORT = {"a": "random\nweights", "a-emb": "random blocks,\npretrained\nembeddings", "b": "teacher layers,\ndistilled",
+         "c": "teacher layers,\nfine-tuned", "d": "distilled +\nhidden states"}
 HEAD_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 BITS = (8, 4, 3, 2)
 #: t quantiles (two-sided 95%) for the interval of a mean over n seeds: index n - 1 degrees of freedom.
@@ -57,8 +63,9 @@ QUICK_STEPS = 4
 
 
 class Runner:
-    def __init__(self, quick: bool):
+    def __init__(self, quick: bool, report_only: bool = False):
         self.quick = quick
+        self.report_only = report_only
         self.base = ROOT / ("runs/evidence-quick" if quick else "runs/evidence")
         self.results = self.base / "results" if quick else RESULTS
         self.results.mkdir(parents=True, exist_ok=True)
@@ -66,7 +73,15 @@ class Runner:
         self.base.mkdir(parents=True, exist_ok=True)
 
     def apply(self, recipe: str, run_dir: Path, overrides: list[str], snapshot: str) -> dict:
-        """`recipe apply` one committed recipe; keep its report and evaluation records under ``snapshot``."""
+        """`recipe apply` one committed recipe; keep its report and evaluation records under ``snapshot``
+        (--report-only: read what an earlier run kept there)."""
+        keep = self.base / "snapshots" / snapshot
+        if self.report_only:
+            if not (keep / "report.json").is_file():
+                raise SystemExit(f"--report-only: no {keep / 'report.json'}; run the experiment first")
+            report = json.loads((keep / "report.json").read_text())
+            report["_snapshot"] = str(keep)
+            return report
         command = [str(Path(sys.executable).parent / "recipe"), "apply", str(RECIPES / f"{recipe}.yaml"), *overrides,
                    "--output", str(run_dir), "-q"]  # fmt: skip
         started = time.time()
@@ -78,14 +93,15 @@ class Runner:
               f"{time.time() - started:.0f} s", flush=True)  # fmt: skip
         if code not in (0, 1):  # 1: a gate failed, which an experiment may well show
             raise SystemExit(f"{recipe} failed (exit {code}); see {self.log}")
-        keep = self.base / "snapshots" / snapshot
         if keep.exists():
             shutil.rmtree(keep)
         keep.mkdir(parents=True)
         shutil.copy(run_dir / "report.json", keep / "report.json")
-        for records in (run_dir / "stages").glob("*/evaluation.pt"):
-            shutil.copy(records, keep / f"{records.parent.name}.pt")
         report = json.loads((keep / "report.json").read_text())
+        for index, stage in enumerate(report["stages"]):  # this run's stages only: the folder holds other runs' too
+            found = run_dir / "stages" / f"{index:02d}-{stage['name']}" / "evaluation.pt"
+            if found.is_file():
+                shutil.copy(found, keep / f"{index:02d}-{stage['name']}.pt")
         report["_snapshot"] = str(keep)
         return report
 
@@ -112,11 +128,13 @@ def row(report: dict, name: str) -> dict:
     return next(r for r in report["stages"] if r["name"] == name)
 
 
-def records(report: dict, stage_dir_suffix: str):
+def records(report: dict, stage: str):
+    """The evaluation records of the run's stage named ``stage`` (None if the run kept none)."""
     import torch
 
-    found = sorted(Path(report["_snapshot"]).glob(f"*-{stage_dir_suffix}.pt"))
-    return torch.load(found[0], weights_only=True) if found else None
+    index = next(i for i, r in enumerate(report["stages"]) if r["name"] == stage)
+    found = Path(report["_snapshot"]) / f"{index:02d}-{stage}.pt"
+    return torch.load(found, weights_only=True) if found.is_file() else None
 
 
 def task_of(kind: str, spec: dict | None = None):
@@ -242,11 +260,11 @@ def encoder_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
             lines.append(f"| ({arm}) | {entry['seed']} | {fmt(entry['accuracy'])} | {pct(entry['retained'])} "
                          f"({ci_pct(entry['retained_ci'])}) | {pct(entry['agreement'])} | {fmt(entry['kl'])} |")  # fmt: skip
     means = {arm: data["arms"][arm]["accuracy"] for arm in ARMS}
-    lines += ["", verdict_encoder(means), ""]
+    lines += ["", verdict_encoder(data), ""]
     data["verdict"] = lines[-2]
     write(runner, "encoder", data, "\n".join(lines))
     plt = figure()
-    fig, axis = plt.subplots(figsize=(7, 4.2))
+    fig, axis = plt.subplots(figsize=(8.5, 4.6))
     for i, arm in enumerate(ARMS):
         values = means[arm]["values"]
         axis.scatter([i] * len(values), values, color="0.6", zorder=2, s=18)
@@ -254,7 +272,7 @@ def encoder_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
         axis.errorbar([i], [means[arm]["mean"]], yerr=[[means[arm]["mean"] - low], [high - means[arm]["mean"]]],
                       fmt="o", color="C0", capsize=6, zorder=3)  # fmt: skip
     axis.axhline(data["teacher"]["mean"], color="C3", linestyle="--", label="teacher (6 layers), mean")
-    axis.set_xticks(range(len(ARMS)), [f"({a})\n{ARMS[a][1].replace(', ', chr(10))}" for a in ARMS], fontsize=7)
+    axis.set_xticks(range(len(ARMS)), [f"({a})\n{SHORT[a]}" for a in ARMS], fontsize=8)
     axis.set_ylabel("SST-2 dev accuracy")
     axis.set_title(f"3-layer students, {len(seeds)} seeds: mean and 95% CI (grey: each seed)", fontsize=9)
     axis.legend(fontsize=8)
@@ -264,23 +282,30 @@ def encoder_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
     plt.close(fig)
 
 
-def verdict_encoder(means: dict) -> str:
-    def beats(x, y):
-        if means[x]["ci"] is None or means[y]["ci"] is None:
-            return None
-        return means[x]["ci"][0] > means[y]["ci"][1]
-
+def verdict_encoder(data: dict) -> str:
+    """Each claim as a paired difference: per seed the two arms share the teacher and the rows,
+    so the interval is over the seeds' differences (t, n - 1 degrees of freedom)."""
     parts = []
     for better, worse, claim in (("b", "a", "compressing a pretrained, fine-tuned model beats training the small shape "
-                                  "from random weights"), ("b", "c", "distillation beats fine-tuning the teacher's "
+                                  "from random weights"), ("b", "a-emb", "it beats random blocks on the pretrained "
+                                  "embeddings"), ("b", "c", "distillation beats fine-tuning the teacher's "
                                   "layers alone"), ("d", "b", "adding intermediate-layer matching beats output-only "
                                   "distillation")):  # fmt: skip
-        diff = means[better]["mean"] - means[worse]["mean"]
-        separated = beats(better, worse)
-        word = "holds" if diff > 0 else "does not hold"
-        sure = ("the intervals over seeds do not overlap" if separated else
-                "the intervals over seeds overlap, so the data cannot tell")  # fmt: skip
-        parts.append(f"({better}) vs ({worse}), '{claim}': {word} on the means ({100 * diff:+.1f} points); {sure}.")
+        diffs = [x["accuracy"] - y["accuracy"] for x, y in zip(data["arms"][better]["per_seed"],
+                                                                  data["arms"][worse]["per_seed"])]  # fmt: skip
+        found = mean_interval(diffs)
+        ci = found["ci"]
+        word = "holds" if found["mean"] > 0 else "does not hold"
+        if ci and ci[0] > 0:
+            sure = "the interval excludes no difference"
+        elif ci and ci[1] < 0:
+            sure = "the interval shows the opposite"
+        else:
+            sure = "the interval includes no difference, so these runs cannot tell"
+        interval = f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}" if ci else "-"
+        parts.append(f"({better}) vs ({worse}), '{claim}': {word} on the mean, {100 * found['mean']:+.1f} points "
+                     f"(95% CI of the paired difference over seeds {interval}); {sure}.")  # fmt: skip
+        data.setdefault("claims", []).append({"better": better, "worse": worse, "claim": claim, "difference": found})
     return " ".join(parts)
 
 
@@ -358,6 +383,23 @@ def decoder(runner: Runner) -> None:
     lines += ["", " ".join(verdicts), ""]
     data["verdict"] = " ".join(verdicts)
     write(runner, "decoder", data, "\n".join(lines))
+    plt = figure()
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    labels = list(data["arms"])
+    values = [data["arms"][label]["perplexity"] for label in labels]
+    intervals = [data["arms"][label]["perplexity_ci"] or (v, v) for label, v in zip(labels, values)]
+    axis.bar(range(len(labels)), values, color=["C3", "C0", "C0"], alpha=0.7)
+    axis.errorbar(range(len(labels)), values, yerr=[[v - c[0] for v, c in zip(values, intervals)],
+                                                     [c[1] - v for v, c in zip(values, intervals)]],
+                  fmt="none", color="k", capsize=6)  # fmt: skip
+    axis.set_xticks(range(len(labels)), [f"{label}\n{data['arms'][label]['flops']:.1e} FLOPs" for label in labels],
+                    fontsize=8)  # fmt: skip
+    axis.set(ylabel="test perplexity (95% CI over blocks; lower is better)",
+             title="WikiText-2: the same 2 x 64 Llama, three ways to train it")  # fmt: skip
+    axis.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(runner.results / "evidence-decoder.png", dpi=120)
+    plt.close(fig)
 
 
 def _steps(stage_row: dict) -> int:
@@ -414,8 +456,8 @@ def heads(runner: Runner) -> None:
         "fine-tuned 6-layer MiniLM (72 heads), a share of its heads removed by Taylor importance, evaluated",
         "as pruned and after a 100-step recovery fine-tune. Retained vs the fine-tuned model, with paired",
         "bootstrap 95% intervals over the 872 dev sentences. Speed of the recovered model at 1 thread (batch",
-        "1 median latency; batch 64 throughput), measured while other work may have shared the 2 cores:",
-        "compare loosely.",
+        "1 median latency of 50 sentences; batch 64 throughput over 3 batches): single measurements,",
+        "noisy to about +-10%.",
         "",
         "| heads removed | accuracy | retained (95% CI) | after recovery | retained (95% CI) | b1 p50 | b64 ex/s | x faster |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -428,8 +470,12 @@ def heads(runner: Runner) -> None:
     within_recovered = [p["ratio"] for p in points if p["recovered_retained"] is not None
                         and p["recovered_retained"] >= 0.99]  # fmt: skip
     at40 = next(p for p in points if abs(p["ratio"] - 0.4) < 1e-9)
+    def largest(ratios):
+        removed = [r for r in ratios if r > 0]
+        return f"{100 * max(removed):.0f}%" if removed else "none of the shares tried"
+
     verdict = (f"Largest share removed with < 1% loss (retained >= 99% on the point estimate): "
-               f"{100 * max(within):.0f}% without recovery, {100 * max(within_recovered):.0f}% with it. "
+               f"{largest(within)} without recovery, {largest(within_recovered)} with it. "
                f"At 40%: retained {pct(at40['retained'])} ({ci_pct(at40['retained_ci'])}) without recovery, "
                f"{pct(at40['recovered_retained'])} ({ci_pct(at40['recovered_ci'])}) with it, "
                f"{at40['speedup']:.2f}x the throughput.")  # fmt: skip
@@ -472,9 +518,15 @@ def bits(runner: Runner) -> None:
                                   f"bits/{method}-{b}")  # fmt: skip
             base = row(report, "finetune")
             q = row(report, "quantize")
-            points.append({"method": method, "bits": b, "accuracy": q["metric"]["value"], "retained": q["retained"],
+            points.append({"method": method, "bits": b, "_records": records(report, "quantize"),
+                           "accuracy": q["metric"]["value"], "retained": q["retained"],
                            "retained_ci": q["retained_ci"], "agreement": q["agreement"], "kl": q["kl"],
                            "size_bytes": q["size_bytes"], "size_ratio": q["size_ratio"], "seconds": q["seconds"]})
+    task = task_of("sequence-classification")
+    by = {(p["method"], p["bits"]): p for p in points}
+    for b in BITS:  # RTN's accuracy over GPTQ's on the same sentences: a paired interval of the difference
+        found = paired(task, "accuracy", True, by[("gptq", b)].pop("_records"), by[("rtn", b)].pop("_records"))
+        by[("rtn", b)]["rtn_over_gptq_ci"] = list(found.retained_ci) if found and found.retained_ci else None
     data = {"baseline": {"accuracy": base["metric"]["value"], "size_bytes": base["size_bytes"]}, "points": points}
     lines = [
         "# Experiment 4: bits (survey 2.2), GPTQ vs round to nearest, MiniLM on SST-2",
@@ -493,12 +545,15 @@ def bits(runner: Runner) -> None:
         lines.append(f"| {p['method']} | {p['bits']} | {fmt(p['accuracy'])} | {pct(p['retained'])} "
                      f"({ci_pct(p['retained_ci'])}) | {pct(p['agreement'])} | {fmt(p['kl'])} | "
                      f"{p['size_bytes'] / 1e6:.1f} MB | {p['size_ratio']:.2f}x |")  # fmt: skip
-    by = {(p["method"], p["bits"]): p for p in points}
     parts = []
     for b in BITS:
         g, r = by[("gptq", b)], by[("rtn", b)]
-        parts.append(f"{b}-bit: GPTQ {pct(g['retained'])} vs RTN {pct(r['retained'])}")
-    verdict = "Retained, GPTQ vs RTN: " + "; ".join(parts) + "."
+        ci = r["rtn_over_gptq_ci"]
+        shown = ("GPTQ better (interval below 1)" if ci and ci[1] < 1 else
+                 "RTN better (interval above 1)" if ci and ci[0] > 1 else "no difference shown")  # fmt: skip
+        parts.append(f"{b}-bit: GPTQ {pct(g['retained'])} vs RTN {pct(r['retained'])}, RTN/GPTQ accuracy "
+                     f"{ci_num(ci, 3)} ({shown})")  # fmt: skip
+    verdict = "Retained, GPTQ vs RTN, with the paired 95% interval of RTN's accuracy over GPTQ's: " + "; ".join(parts) + "."
     lines += ["", verdict, ""]
     data["verdict"] = verdict
     write(runner, "bits", data, "\n".join(lines))
@@ -570,9 +625,9 @@ def depth_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
         lines.append(f"| {e['seed']} | {fmt(s['baseline'])} -> {fmt(s['compressed'])} | {pct(s['retained'])} "
                      f"({ci_pct(s['retained_ci'])}) | {fmt(t['baseline'])} -> {fmt(t['compressed'])} | "
                      f"{pct(t['retained'])} ({ci_pct(t['retained_ci'])}) |")  # fmt: skip
+    span = f"{100 * diffs['ci'][0]:+.1f} to {100 * diffs['ci'][1]:+.1f}" if diffs["ci"] else "-"
     verdict = (f"Mean retained: 6 layers {pct(data['six_layers']['mean'])}, 3 layers {pct(data['three_layers']['mean'])}; "
-               f"difference {100 * diffs['mean']:+.1f} points (95% CI over seeds "
-               f"{ci_num([100 * v for v in diffs['ci']], 1) if diffs['ci'] else '-'} points). "
+               f"difference {100 * diffs['mean']:+.1f} points (95% CI over seeds {span} points). "
                + ("The larger model retains more, and the interval excludes no difference."
                   if diffs["ci"] and diffs["ci"][0] > 0 else
                   "The smaller model retains more, and the interval excludes no difference."
@@ -582,6 +637,24 @@ def depth_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
     lines += ["", verdict, ""]
     data["verdict"] = verdict
     write(runner, "depth", data, "\n".join(lines))
+    plt = figure()
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    for offset, key, label in ((-0.1, "six_layers", "6 layers (fine-tuned MiniLM)"),
+                               (0.1, "three_layers", "3 layers (arm (c))")):  # fmt: skip
+        xs = [e["seed"] + offset for e in data["per_seed"]]
+        ys = [e[key]["retained"] for e in data["per_seed"]]
+        cis = [e[key]["retained_ci"] or (y, y) for e, y in zip(data["per_seed"], ys)]
+        axis.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
+                      fmt="o", capsize=4, label=label)  # fmt: skip
+    axis.axhline(1.0, color="0.5", linestyle=":")
+    axis.set_xticks([e["seed"] for e in data["per_seed"]], [f"seed {e['seed']}" for e in data["per_seed"]])
+    axis.set(ylabel="retained accuracy vs own baseline (95% CI)",
+             title="40% heads + 3-bit GPTQ on a 6-layer and a 3-layer model")  # fmt: skip
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(runner.results / "evidence-depth.png", dpi=120)
+    plt.close(fig)
 
 
 # -- main -----------------------------------------------------------------------
@@ -592,8 +665,10 @@ def main(argv=None) -> int:
     parser.add_argument("experiment", choices=["all", "encoder", "decoder", "heads", "bits", "depth"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="tiny subsets, to test the script (numbers meaningless)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite the results from the reports and records earlier runs kept")
     args = parser.parse_args(argv)
-    runner = Runner(args.quick)
+    runner = Runner(args.quick, args.report_only)
     started = time.time()
     todo = ["encoder", "bits", "heads", "decoder"] if args.experiment == "all" else [args.experiment]
     if "depth" in todo:
