@@ -118,6 +118,6 @@ def compare(task: Task, metric: str, higher_is_better: bool, reference: Records 
     interval = retained_interval(task, metric, higher_is_better, reference, records,
                                  settings["bootstrap_samples"], settings["confidence"], seed)  # fmt: skip
     agreement = task.agreement(reference, records)
-    kl = task.kl(reference, records)
+    kl = 0.0 if records is reference else task.kl(reference, records)  # the baseline against itself
     return Comparison(interval, None if agreement is None else round(agreement, 6),
                       None if kl is None else round(max(kl, 0.0), 6))  # fmt: skip

@@ -97,6 +97,7 @@ def test_a_lower_is_better_metric_retains_baseline_over_stage():
     point = task.metric_from_records(base, "perplexity") / task.metric_from_records(stage, "perplexity")
     assert found.retained_ci[0] < point.item() < found.retained_ci[1] < 1.0
     assert found.agreement == 1.0 and found.kl is None  # no KL: the stage was not evaluated against the baseline
+    assert compare(task, "perplexity", False, base, base, SETTINGS, seed=0).kl == 0.0  # the baseline itself
 
 
 def test_records_of_different_examples_are_compared_on_the_ones_both_have():
