@@ -164,5 +164,10 @@ def load_artifact(directory, host=None, task_kind: str | None = None):
 
 
 def _tied_keys(model) -> list[str]:
-    # transformers 5: a dict {tied key: source key}; 4.x: a list of keys
-    return list(getattr(model, "_tied_weights_keys", None) or [])
+    """Every tied weight's key, also those a submodule declares (BART's encoder and decoder embeddings)."""
+    keys = []
+    for prefix, module in model.named_modules():
+        # transformers 5: a dict {tied key: source key}; 4.x: a list of keys
+        for key in getattr(module, "_tied_weights_keys", None) or []:
+            keys.append(f"{prefix}.{key}" if prefix else key)
+    return keys

@@ -1,24 +1,21 @@
-"""The `distill` stage's student and the anatomy of the models it works on.
+"""The `distill` stage's student: a copy of the teacher's layers, a smaller config, or a saved model.
 
-A model has one or two *stacks* of transformer layers:
-
-- ``layers``: the one stack of an encoder (BERT: ``bert.encoder.layer``) or a
-  decoder (Llama: ``model.layers``, GPT-2: ``transformer.h``);
-- ``encoder`` and ``decoder``: the two stacks of an encoder-decoder (T5:
-  ``encoder.block`` and ``decoder.block``).
-
-Everything that walks layers (building a student from the teacher's layers, the
-layer maps of hidden-state and attention matching, attention dropout) goes
-through ``stacks``, so a family is one entry here, not a branch in the loss.
+The teacher's stacks of layers (one, or an encoder's and a decoder's) come from the
+architecture table (``_architecture_modules.stacks``), so a family is one entry there,
+not a branch here.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 from compose.api import task_model_kwargs, transforms_of
+from compose.plugins._architecture_modules import architecture, stacks
+from compose.plugins._distill_sizes import ALL_SIZE_KEYS, SIZE_KEYS, architecture_key_message, config_keys
+from compose.plugins._distill_sizes import size_key_message
+
+STAGE = "distill"
 
 #: task.kind -> the transformers Auto class a `path` / `hub` student is loaded with.
 AUTO_CLASSES = {
@@ -27,187 +24,9 @@ AUTO_CLASSES = {
     "seq2seq": "AutoModelForSeq2SeqLM",
 }
 
-#: Where the one stack of transformer layers lives under ``model.base_model``, by layout.
-LAYER_PATHS = ("encoder.layer", "transformer.layer", "layer", "h", "layers")
-
-#: Attribute names of the layer list inside each stack of an encoder-decoder (T5, BART).
-STACK_LISTS = ("block", "layers", "layer")
-
-#: Config keys holding the layer count of each stack of an encoder-decoder, first match wins.
-LAYER_COUNT_KEYS = {
-    "encoder": ("num_layers", "encoder_layers"),
-    "decoder": ("num_decoder_layers", "decoder_layers"),
-}
-
-#: Sizes a `config` student may override, by family (the schema accepts their union).
-SIZE_KEYS = {
-    "encoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"),
-    "decoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size"),
-    "encoder-decoder": ("num_layers", "num_decoder_layers", "d_model", "num_heads", "d_kv", "d_ff"),
-}  # fmt: skip
-ALL_SIZE_KEYS = tuple(dict.fromkeys(k for keys in SIZE_KEYS.values() for k in keys))
-
-#: The same size under the other naming (T5 <-> BERT/Llama), for "use X instead" messages.
-SIZE_ALIASES = {
-    "num_hidden_layers": "num_layers (encoder) and num_decoder_layers",
-    "hidden_size": "d_model",
-    "num_attention_heads": "num_heads",
-    "intermediate_size": "d_ff",
-    "num_key_value_heads": None,
-    "num_layers": "num_hidden_layers",
-    "num_decoder_layers": "num_hidden_layers",
-    "d_model": "hidden_size",
-    "num_heads": "num_attention_heads",
-    "d_ff": "intermediate_size",
-    "d_kv": None,
-}
-
 #: Config entries that are bookkeeping, not structure (left out of the config differences).
 _NOT_STRUCTURE = {"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype",
                   "_attn_implementation_autoset", "id2label", "label2id"}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------
-# Anatomy
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stack:
-    """One stack of layers: ``getattr(owner, attr)`` is its ``nn.ModuleList``."""
-
-    name: str  # "layers", "encoder" or "decoder"
-    owner: object
-    attr: str
-
-    @property
-    def layers(self):
-        return getattr(self.owner, self.attr)
-
-
-def _single_stack(model) -> Stack:
-    import torch
-
-    base = getattr(model, "base_model", model)
-    for path in LAYER_PATHS:
-        *parents, last = path.split(".")
-        owner = base
-        for part in parents:
-            owner = getattr(owner, part, None)
-        if owner is not None and isinstance(getattr(owner, last, None), torch.nn.ModuleList):
-            return Stack("layers", owner, last)
-    raise ValueError(
-        f"distill cannot find the transformer layers of {type(model).__name__} "
-        f"(looked under base_model for: {', '.join(LAYER_PATHS)})"
-    )
-
-
-def stacks(model) -> list[Stack]:
-    """The model's stacks of layers, in forward order."""
-    import torch
-
-    if not getattr(model.config, "is_encoder_decoder", False):
-        return [_single_stack(model)]
-    found = []
-    for name, part in (("encoder", model.get_encoder()), ("decoder", model.get_decoder())):
-        attr = next((a for a in STACK_LISTS if isinstance(getattr(part, a, None), torch.nn.ModuleList)), None)
-        if attr is None:
-            raise ValueError(f"distill cannot find the layers of the {name} of {type(model).__name__} "
-                             f"(looked for: {', '.join(STACK_LISTS)})")  # fmt: skip
-        found.append(Stack(name, part, attr))
-    return found
-
-
-def layer_counts(model) -> dict[str, int]:
-    """{stack name: number of layers}."""
-    return {stack.name: len(stack.layers) for stack in stacks(model)}
-
-
-def head_count(module) -> int | None:
-    for attr in ("num_attention_heads", "num_heads", "n_heads", "n_head"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def _contains(parent, child) -> bool:
-    return any(m is child for m in parent.modules())
-
-
-def attention_modules(layer) -> list:
-    """The outermost modules of one layer that know their head count (self-attention first)."""
-    found = []
-    for module in layer.modules():
-        if head_count(module) is not None and not any(_contains(f, module) for f in found):
-            found.append(module)
-    return found
-
-
-def heads_per_layer(model) -> dict[str, list[int]]:
-    """{stack name: self-attention heads of each layer} (from the modules, else the config)."""
-    heads = {}
-    for stack in stacks(model):
-        counts = []
-        for layer in stack.layers:
-            modules = attention_modules(layer)
-            counts.append(head_count(modules[0]) if modules else model.config.num_attention_heads)
-        heads[stack.name] = counts
-    return heads
-
-
-def set_attention_dropout(model, p: float) -> list:
-    """Set the dropout on attention probabilities in every layer to ``p``; return what to restore.
-
-    BERT keeps it as ``dropout`` (an nn.Dropout) on its self-attention, T5 as a float
-    ``dropout`` on T5Attention, Llama as a float ``attention_dropout``, GPT-2 as an
-    nn.Dropout ``attn_dropout``. Returns (object, attribute, old value) triples.
-    """
-    import torch
-
-    changed = []
-    for stack in stacks(model):
-        for layer in stack.layers:
-            for module in layer.modules():
-                names = ["attention_dropout", "attn_dropout"] + (["dropout"] if head_count(module) is not None else [])
-                for name in names:
-                    value = getattr(module, name, None)
-                    if isinstance(value, torch.nn.Dropout):
-                        changed.append((value, "p", value.p))
-                        value.p = p
-                    elif isinstance(value, float):
-                        changed.append((module, name, value))
-                        setattr(module, name, float(p))
-    return changed
-
-
-def use_eager_attention(model) -> list:
-    """Run every attention module of ``model`` in eager mode (the one that returns its weights).
-
-    sdpa and flash attention return no attention weights (transformers warns once and
-    gives None). The model's own config is not enough: T5's encoder and decoder stacks
-    read deep copies of it, so every distinct config a module holds is switched, after
-    ``set_attn_implementation`` (which validates the choice). Returns (config,
-    "_attn_implementation", old value) triples for ``restore``.
-    """
-    configs = []
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if hasattr(config, "_attn_implementation_internal") and all(config is not c for c in configs):
-            configs.append(config)
-    changed = [(config, "_attn_implementation", config._attn_implementation) for config in configs]
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
-    for config in configs:
-        if config._attn_implementation != "eager":
-            config._attn_implementation = "eager"
-    return changed
-
-
-def restore(changed: list) -> None:
-    for obj, name, value in changed:
-        setattr(obj, name, value)
 
 
 def _embeddings(model):
@@ -244,7 +63,7 @@ def _move_relative_bias(kept: list, teacher_first) -> None:
                 module.has_relative_attention_bias = False
 
 
-def _outside_parts(model, model_stacks: list[Stack]) -> list[str]:
+def _outside_parts(model, model_stacks: list) -> list[str]:
     """Names (two levels deep) of the modules with weights outside the layer stacks."""
     inside = {id(m) for stack in model_stacks for m in stack.layers.modules()}
     parts = []
@@ -274,15 +93,9 @@ def chosen_layers(spec: dict, stack: str, n_teacher: int) -> list[int]:
     return every_other(n_teacher) if rule == "every_other" else list(rule)
 
 
-def _set_layer_count(config, stack: str, n: int) -> None:
-    keys = config.to_dict()
-    if stack == "layers":
-        key = "num_hidden_layers"  # GPT-2's n_layer too, through the config's attribute map
-    else:
-        key = next((k for k in LAYER_COUNT_KEYS[stack] if k in keys), None)
-    if key is None:
-        raise ValueError(f"distill cannot tell which config key counts the {stack} layers of {config.model_type}")
-    setattr(config, key, n)
+def _set_layer_count(config, arch, stack: str, n: int) -> None:
+    for key in arch.config_keys["decoder_layers" if stack == "decoder" else "layers"]:
+        setattr(config, key, n)
 
 
 def _subset_layer_types(config, chosen: list[int]) -> None:
@@ -294,7 +107,8 @@ def _subset_layer_types(config, chosen: list[int]) -> None:
 
 def student_from_teacher(teacher, spec: dict) -> tuple:
     """A deep copy of the teacher with only the chosen layers of each stack, renumbered."""
-    teacher_stacks = stacks(teacher)
+    arch = architecture(teacher, STAGE)
+    teacher_stacks = stacks(teacher, STAGE)
     if spec["decoder_layers"] is not None and [s.name for s in teacher_stacks] != ["encoder", "decoder"]:
         raise ValueError("student.from_teacher.decoder_layers applies only to encoder-decoder models (T5); "
                          "remove it and choose the layers with `layers`")  # fmt: skip
@@ -313,7 +127,7 @@ def student_from_teacher(teacher, spec: dict) -> tuple:
         choices[stack.name] = chosen
 
     student = copy.deepcopy(teacher)  # the teacher has no recorded transforms (build_student refuses them)
-    for stack, teacher_stack in zip(stacks(student), teacher_stacks):
+    for stack, teacher_stack in zip(stacks(student, STAGE), teacher_stacks):
         chosen = choices[stack.name]
         old = stack.layers
         kept = type(old)([old[i] for i in chosen])
@@ -321,7 +135,7 @@ def student_from_teacher(teacher, spec: dict) -> tuple:
             _renumber(layer, index)
         _move_relative_bias(list(kept), teacher_stack.layers[0])
         setattr(stack.owner, stack.attr, kept)
-        _set_layer_count(student.config, stack.name, len(chosen))
+        _set_layer_count(student.config, arch, stack.name, len(chosen))
         part_config = getattr(stack.owner, "config", None)
         if part_config is not None and part_config is not student.config and hasattr(part_config, "num_layers"):
             part_config.num_layers = len(chosen)  # T5 builds each stack from its own copy of the config
@@ -330,7 +144,7 @@ def student_from_teacher(teacher, spec: dict) -> tuple:
         info = {"source": "from_teacher", "teacher_layers": choices["layers"]}
     else:
         info = {"source": "from_teacher", "teacher_layers": choices}
-    info["copied"] = _outside_parts(student, stacks(student))
+    info["copied"] = _outside_parts(student, stacks(student, STAGE))
     return student, info
 
 
@@ -360,12 +174,14 @@ def student_from_config(teacher, settings: dict, family: str, seed: int) -> tupl
     wrong = [k for k in overrides if k not in SIZE_KEYS.get(family, ())]
     if wrong:
         raise ValueError(size_key_message(wrong[0], family))
+    arch = architecture(teacher, STAGE)
     config = copy.deepcopy(teacher.config)
     for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise ValueError(f"student.config.{key} does not apply to {config.model_type} models (their config has "
-                             f"no {key}); leave it out")  # fmt: skip
-        setattr(config, key, value)
+        problem = architecture_key_message(key, arch)
+        if problem:
+            raise ValueError(problem)
+        for name in config_keys(key, arch):
+            setattr(config, name, value)
     _fit_heads(config, teacher.config, overrides)
     if "d_kv" not in config.to_dict() and config.hidden_size % config.num_attention_heads:
         raise ValueError(
@@ -390,13 +206,6 @@ def student_from_config(teacher, settings: dict, family: str, seed: int) -> tupl
                 s_out.load_state_dict(t_out.state_dict())
         copied = True
     return student, {"source": "config", "overrides": overrides, "embeddings_copied": copied}
-
-
-def size_key_message(key: str, family: str) -> str:
-    alias = SIZE_ALIASES.get(key)
-    instead = f"; use {alias}" if alias and alias.split(" ")[0] in SIZE_KEYS.get(family, ()) else "; leave it out"
-    return (f"student.config.{key} does not apply to {family} models (their sizes are "
-            f"{', '.join(SIZE_KEYS.get(family, ()))}){instead}")  # fmt: skip
 
 
 def student_from_saved(ctx, settings) -> tuple:
@@ -442,7 +251,7 @@ def build_student(ctx, teacher) -> tuple:
                 f"the student has {what} {mine} but the teacher has {theirs}; the student reads the teacher's "
                 f"tokenizer and imitates its outputs, so they must agree"
             )
-    mine, theirs = [s.name for s in stacks(student)], [s.name for s in stacks(teacher)]
+    mine, theirs = [s.name for s in stacks(student, STAGE)], [s.name for s in stacks(teacher, STAGE)]
     if mine != theirs:
         raise ValueError(f"the student has layer stacks {mine} but the teacher {theirs}; give a student of the "
                          "teacher's family")  # fmt: skip

@@ -7,18 +7,15 @@ projection (and its bias) and column j of the output projection, so removing
 neurons is slicing those rows and columns; nothing else in the model depends on the
 intermediate width.
 
-Architectures (``find_ffn`` tries them in this order):
-
-- ``bert``: BERT-class encoders (BERT, RoBERTa, ELECTRA, MiniLM...):
-  ``encoder.layer[i].intermediate.dense`` (in) and ``encoder.layer[i].output.dense`` (out).
-- ``llama``: Llama-style decoders (Llama, Mistral, Qwen2/3...): any module with
-  ``gate_proj``, ``up_proj`` and ``down_proj`` (``nn.Linear``): down(act(gate(x)) * up(x)).
-- ``gpt2``: GPT-2's ``transformer.h[i].mlp``: ``c_fc`` and ``c_proj`` are ``Conv1D``
-  layers, whose weight is stored transposed, (in, out): neuron j is column j of
-  ``c_fc`` and row j of ``c_proj``.
-- ``t5``: T5 / mT5: the last layer of every encoder and decoder block
-  (``T5LayerFF.DenseReluDense``): ``wi`` -> ``wo``, or the gated variant (T5 v1.1,
-  mT5, Flan-T5) ``wi_0``, ``wi_1`` -> ``wo``. Labelled ``encoder.i`` and ``decoder.i``.
+Where the FFN blocks are comes from the architecture table (``_architectures``): per
+stack, the input projection(s) and the output projection of a layer, e.g. BERT and
+RoBERTa ``intermediate.dense`` -> ``output.dense``, Llama and Qwen2 ``mlp.gate_proj``,
+``mlp.up_proj`` -> ``mlp.down_proj`` (down(act(gate(x)) * up(x))), BART ``fc1`` ->
+``fc2``, T5 ``DenseReluDense.wi`` (or the gated ``wi_0``, ``wi_1`` of T5 v1.1, mT5,
+Flan-T5) -> ``wo``. GPT-2's ``mlp.c_fc`` -> ``mlp.c_proj`` are ``Conv1D`` layers, whose
+weight is stored transposed, (in, out): neuron j is column j of ``c_fc`` and row j of
+``c_proj``. Labels: ``i`` for block i of a one-stack model, ``encoder.i`` /
+``decoder.i`` for an encoder-decoder.
 
 ``neuron_gates`` multiplies the output projection's input, the intermediate
 activations, by a differentiable vector of ones per site: setting gate[j] = 0 is
@@ -29,16 +26,17 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from compose.plugins._architecture_modules import architecture, stacks, submodule
+
 
 class FFNSite:
     """One feed-forward block. ``inputs``: the projections into the intermediate width; ``output``: the one out."""
 
-    architecture = ""
-
-    def __init__(self, label: str, module, inputs: list, output):
-        self.label = label  # "3" (block 3), or for T5 "encoder.3" / "decoder.3"
-        self.module = module
+    def __init__(self, label: str, module, inputs: list, output, architecture: str = ""):
+        self.label = label  # "3" (block 3), or for encoder-decoders "encoder.3" / "decoder.3"
+        self.module = module  # the module that may state the width (``intermediate_size``)
         self.inputs, self.output = inputs, output
+        self.architecture = architecture  # the registry entry's name
 
     @property
     def width(self) -> int:
@@ -65,7 +63,9 @@ class FFNSite:
         self.after_keep(len(neurons))
 
     def after_keep(self, width: int) -> None:
-        """Update module attributes that state the width (none by default)."""
+        """Update the module attribute that states the width, where it has one (Llama's mlp)."""
+        if isinstance(getattr(self.module, "intermediate_size", None), int):
+            self.module.intermediate_size = width
 
 
 def _keep_rows(linear, index) -> None:
@@ -82,18 +82,6 @@ def _keep_columns(linear, index) -> None:
 
     linear.weight = torch.nn.Parameter(linear.weight.data.index_select(1, index).clone())
     linear.in_features = len(index)
-
-
-class BertSite(FFNSite):
-    architecture = "bert"
-
-
-class LlamaSite(FFNSite):
-    architecture = "llama"
-
-    def after_keep(self, width: int) -> None:
-        if isinstance(getattr(self.module, "intermediate_size", None), int):
-            self.module.intermediate_size = width
 
 
 class _Conv1DView:
@@ -119,18 +107,17 @@ class _Conv1DView:
         return self.conv.bias
 
 
-class GPT2Site(FFNSite):
+class Conv1DSite(FFNSite):
     """GPT-2: ``c_fc`` (weight (hidden, intermediate)) and ``c_proj`` (weight (intermediate, hidden))."""
 
-    architecture = "gpt2"
-
-    def __init__(self, label, module):
-        super().__init__(label, module, [_Conv1DView(module.c_fc)], _Conv1DView(module.c_proj))
+    def __init__(self, label, module, c_fc, c_proj, architecture: str = ""):
+        super().__init__(label, module, [_Conv1DView(c_fc)], _Conv1DView(c_proj), architecture)
+        self.c_fc, self.c_proj = c_fc, c_proj
 
     def keep(self, neurons: list[int]) -> None:
         import torch
 
-        c_fc, c_proj = self.module.c_fc, self.module.c_proj
+        c_fc, c_proj = self.c_fc, self.c_proj
         index = torch.tensor(list(neurons), dtype=torch.long, device=c_fc.weight.device)
         c_fc.weight = torch.nn.Parameter(c_fc.weight.data.index_select(1, index).clone())
         c_fc.bias = torch.nn.Parameter(c_fc.bias.data.index_select(0, index).clone())
@@ -140,84 +127,39 @@ class GPT2Site(FFNSite):
 
     @property
     def gate_module(self):
-        return self.module.c_proj
-
-
-class T5Site(FFNSite):
-    architecture = "t5"
+        return self.c_proj
 
 
 # -- finding the sites -----------------------------------------------------------
 
-
-def _is_linear(module) -> bool:
-    import torch
-
-    return isinstance(module, torch.nn.Linear)
+STAGE = "prune-ffn"
 
 
-def _bert_sites(model) -> list:
-    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+def _projections(layer, names):
+    modules = [submodule(layer, name) for name in names]
+    return modules if modules and all(m is not None for m in modules) else None
+
+
+def find_ffn(model, stage: str = STAGE) -> list[FFNSite]:
+    """The model's prunable feed-forward blocks, in forward order, where the architecture table puts them."""
+    arch = architecture(model, stage)
     sites = []
-    for index, layer in enumerate(layers or ()):
-        up = getattr(getattr(layer, "intermediate", None), "dense", None)
-        down = getattr(getattr(layer, "output", None), "dense", None)
-        if not (_is_linear(up) and _is_linear(down)):
-            return []
-        sites.append(BertSite(str(index), layer, [up], down))
+    for stack in stacks(model, stage):
+        spec = stack.spec.ffn
+        for index, layer in enumerate(stack.layers):
+            label = str(index) if stack.name == "layers" else f"{stack.name}.{index}"
+            inputs = _projections(layer, spec.inputs) or _projections(layer, spec.gated_inputs)
+            output = submodule(layer, spec.output)
+            if inputs is None or output is None:
+                raise ValueError(f"{stage}: layer {stack.prefix}.{index} of {type(model).__name__} has no "
+                                 f"{' / '.join(spec.inputs + (spec.output,))}, where the architecture table puts "
+                                 "its feed-forward block")  # fmt: skip
+            module = submodule(layer, spec.module) if spec.module else layer
+            if arch.conv1d:
+                sites.append(Conv1DSite(label, module, inputs[0], output, arch.name))
+            else:
+                sites.append(FFNSite(label, module, inputs, output, arch.name))
     return sites
-
-
-def _llama_sites(model) -> list:
-    sites = []
-    for module in model.modules():
-        projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-        if all(_is_linear(p) for p in projections):
-            sites.append(LlamaSite(str(len(sites)), module, projections[:2], projections[2]))
-    return sites
-
-
-def _gpt2_sites(model) -> list:
-    blocks = getattr(getattr(model, "transformer", None), "h", None)
-    sites = []
-    for index, block in enumerate(blocks or ()):
-        mlp = getattr(block, "mlp", None)
-        c_fc, c_proj = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None)
-        if type(c_fc).__name__ != "Conv1D" or type(c_proj).__name__ != "Conv1D":
-            return []
-        sites.append(GPT2Site(str(index), mlp))
-    return sites
-
-
-def _t5_sites(model) -> list:
-    if getattr(getattr(model, "config", None), "model_type", None) not in ("t5", "mt5"):
-        return []
-    sites = []
-    for stack in ("encoder", "decoder"):
-        for index, block in enumerate(getattr(getattr(model, stack, None), "block", None) or ()):
-            layers = getattr(block, "layer", ())
-            dense = getattr(layers[-1], "DenseReluDense", None) if len(layers) else None
-            names = ("wi_0", "wi_1") if hasattr(dense, "wi_0") else ("wi",)
-            inputs = [getattr(dense, name, None) for name in names]
-            output = getattr(dense, "wo", None)
-            if not (all(_is_linear(p) for p in inputs) and _is_linear(output)):
-                return []
-            sites.append(T5Site(f"{stack}.{index}", dense, inputs, output))
-    return sites
-
-
-SUPPORTED = ("BERT-class encoders (intermediate.dense/output.dense), Llama-style decoders "
-             "(gate_proj/up_proj/down_proj), GPT-2 (mlp.c_fc/c_proj), and T5/mT5 (DenseReluDense wi or wi_0/wi_1, wo)")  # fmt: skip
-
-
-def find_ffn(model) -> list[FFNSite]:
-    """The model's prunable feed-forward blocks, in forward order (the one place that knows the layouts)."""
-    for finder in (_bert_sites, _llama_sites, _gpt2_sites, _t5_sites):
-        sites = finder(model)
-        if sites:
-            return sites
-    raise ValueError(f"prune-ffn cannot find feed-forward layers it knows in {type(model).__name__}; "
-                     f"it supports {SUPPORTED}")  # fmt: skip
 
 
 def _gate_module(site):
@@ -259,4 +201,4 @@ def check_widths(sites, widths: list[int]) -> None:
                                f"widths {site.widths()}")  # fmt: skip
 
 
-__all__ = ["FFNSite", "SUPPORTED", "check_widths", "find_ffn", "neuron_gates"]
+__all__ = ["FFNSite", "check_widths", "find_ffn", "neuron_gates"]

@@ -185,7 +185,7 @@ def model_definition(eng, model) -> str | None:
     return definition.__name__ if definition is not None else None
 
 
-def _linear_shape(module):
+def linear_shape(module):
     """(in_features, out_features, bias, weight as [out, in]) of an nn.Linear or a GPT-2 Conv1D."""
     import torch
 
@@ -232,7 +232,7 @@ def hand_back(eng, model, spec: dict, state: dict) -> tuple[dict, dict]:
     layers, weights = {}, {}
     for name in names:
         try:
-            shape = _linear_shape(model.get_submodule(name))
+            shape = linear_shape(model.get_submodule(name))
         except AttributeError:
             shape = None
         if shape is None:

@@ -3,9 +3,10 @@
 Used where GPTQModel has no model definition: encoders (BERT-class) and
 encoder-decoders (T5), and decoders it does not know.
 
-1. The model's *stacks* of blocks, in forward order: its largest ``nn.ModuleList``
-   of layers holding ``nn.Linear`` s; for an encoder-decoder, the encoder's and
-   then the decoder's.
+1. The model's *stacks* of blocks, in forward order, where the architecture table
+   (``_architectures``) puts them; for an encoder-decoder, the encoder's and then the
+   decoder's. A block's layers are its ``nn.Linear`` s, or GPT-2's ``Conv1D`` s (weight
+   stored (in, out); GPTQModel's GPTQ reads both, and the packed module replaces either).
 2. For each stack, one forward pass per calibration batch records what every
    block receives (args and kwargs: masks, position encodings, T5's shared
    position bias, the encoder's states for cross-attention). The stack's first
@@ -29,35 +30,26 @@ from __future__ import annotations
 
 import inspect
 
-from compose.plugins._gptq_engine import pack, quantized_bytes, relative_error, set_module
+from types import SimpleNamespace
 
-
-def _largest_block_list(root):
-    import torch
-
-    best = None
-    for module in root.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module):
-            count = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
-            if count and (best is None or count > best[1]):
-                best = (module, count)
-    return None if best is None else best[0]
+from compose.plugins import _architecture_modules
+from compose.plugins._gptq_engine import linear_shape, pack, quantized_bytes, relative_error, set_module
 
 
 def stacks(model) -> list[tuple[str, list]]:
     """[(name, blocks)] in forward order: one stack, or the encoder's and the decoder's."""
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    parts = [model.get_encoder(), model.get_decoder()] if encoder_decoder else [model]
-    names = {id(module): name for name, module in model.named_modules()}
-    found = []
-    for part in parts:
-        blocks = _largest_block_list(part)
-        if blocks is None:
-            raise ValueError(
-                f"found no transformer blocks (a ModuleList of layers with nn.Linear) in {type(part).__name__}"
-            )
-        found.append((names[id(blocks)], list(blocks)))
-    return found
+    return [(stack.prefix, list(stack.layers)) for stack in _architecture_modules.stacks(model, "gptq")]
+
+
+def block_linears(block) -> dict:
+    """{name: layer} of the block's nn.Linear and Conv1D layers."""
+    return {name: module for name, module in block.named_modules() if linear_shape(module) is not None}
+
+
+def _as_linear(module):
+    """in_features, out_features, weight ([out, in]) and bias of an nn.Linear or a Conv1D."""
+    in_features, out_features, _, weight = linear_shape(module)
+    return SimpleNamespace(in_features=in_features, out_features=out_features, weight=weight, bias=module.bias)
 
 
 class _Captured(Exception):
@@ -202,8 +194,9 @@ def quantize_block(eng, qcfg, spec, settings, block, prefix, inputs, masks, foun
     """Quantize and pack ``block``'s linear layers in place, group by group."""
     import torch
 
-    linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = block_linears(block)
     for name, lin in linears.items():
+        lin = _as_linear(lin)
         check_shapes(settings, lin.in_features, lin.out_features, f"{prefix}.{name}")
     for group in call_groups(block, linears, inputs[0], settings["true_sequential"]):
         gptq = {}
@@ -224,11 +217,13 @@ def quantize_block(eng, qcfg, spec, settings, block, prefix, inputs, masks, foun
 
         run_block(block, inputs, masks, {n: observer(n) for n in group}, linears)
         for name in group:
-            lin = linears[name]
             if name in gptq:
                 q_weight, scale, zero, g_idx, *_ = gptq.pop(name).quantize()
             else:
-                q_weight, scale, zero, g_idx, *_ = eng.RTN(lin, qcfg).quantize()
+                q_weight, scale, zero, g_idx, *_ = eng.RTN(linears[name], qcfg).quantize()
+            lin = _as_linear(linears[name])
+            if not isinstance(linears[name], torch.nn.Linear):
+                q_weight = q_weight.t()  # a Conv1D's weight comes back as it stores it: (in, out)
             packed = pack(eng, spec, lin, q_weight, scale, zero, g_idx)
             full = f"{prefix}.{name}"
             found["errors"][full] = round(relative_error(lin.weight, packed, hessians.pop(name)), 6)

@@ -15,9 +15,9 @@ Engine: GPTQModel (pip ``gptqmodel``), by one of two paths, per model family:
   model (``_gptq_engine``: why the engine's in-memory result is not used as is).
   GPTQModel then decides the block order, the input capture and the per-block
   grouping (``true_sequential``).
-- encoder (BERT-class) and encoder-decoder (T5): GPTQModel 7.6.0 has no model
+- encoder (BERT, RoBERTa) and encoder-decoder (T5, BART): GPTQModel 7.6.0 has no model
   definition for them (its table has no bert, t5, bart...), so the stage walks the
-  blocks itself and leaves the maths and the packing to GPTQModel's layer-level
+  blocks the architecture table (``_architectures``) names itself and leaves the maths and the packing to GPTQModel's layer-level
   API (``_gptq_layers``): the encoder's blocks, then for T5 the decoder's, each
   calibrated on the outputs of the blocks already quantized. A decoder GPTQModel
   does not know, or one whose structure an earlier stage changed (a recorded
@@ -80,6 +80,8 @@ from compose.api import (
     record_transform,
     transforms_of,
 )
+from compose.plugins._architecture_checks import architecture_problems
+from compose.plugins._architectures import lookup
 from compose.plugins._gptq_engine import (
     chatter_off,
     engine,
@@ -354,30 +356,23 @@ def rebuild(model, info):
 # -- plan-time rules ----------------------------------------------------------------------
 
 
-def _first_int(config: Mapping, *names):
-    return next((config[n] for n in names if isinstance(config.get(n), int) and not isinstance(config[n], bool)), None)
-
-
 def _model_widths(config) -> dict:
     """The linear layers' widths the recipe's model config tells, by role.
 
-    Knows BERT/Llama (hidden_size, intermediate_size, num_attention_heads,
-    head_dim, num_key_value_heads), T5 (d_model, d_ff, num_heads * d_kv), GPT-2
-    (n_embd, n_inner or 4 * n_embd, n_head) and DistilBERT (dim, hidden_dim).
-    ``inputs`` are in_features (what group_size divides), ``outputs`` the other
-    out_features; a width the config does not state is left out."""
-    if not isinstance(config, Mapping):
+    Reads the architecture's own config keys (``_architectures``: hidden, intermediate,
+    heads, head_dim, kv_heads). ``inputs`` are in_features (what group_size divides),
+    ``outputs`` the other out_features; a width the config does not state is left out."""
+    arch = lookup(config.get("model_type")) if isinstance(config, Mapping) else None
+    if arch is None:
         return {"inputs": set(), "outputs": set()}
-    hidden = _first_int(config, "hidden_size", "d_model", "n_embd", "dim")
-    intermediate = _first_int(config, "intermediate_size", "d_ff", "n_inner", "hidden_dim")
-    if intermediate is None and config.get("model_type") == "gpt2" and hidden:
-        intermediate = 4 * hidden
-    heads = _first_int(config, "num_attention_heads", "num_heads", "n_head", "n_heads")
-    head_dim = _first_int(config, "head_dim", "d_kv")
+    hidden = arch.config_value(config, "hidden")
+    intermediate = arch.config_value(config, "intermediate")
+    heads = arch.config_value(config, "heads")
+    head_dim = arch.config_value(config, "head_dim")
     if head_dim is None and hidden and heads and hidden % heads == 0:
         head_dim = hidden // heads
     attention = heads * head_dim if heads and head_dim else None
-    kv_heads = _first_int(config, "num_key_value_heads")
+    kv_heads = arch.config_value(config, "kv_heads")
     key_value = kv_heads * head_dim if kv_heads and head_dim else None
     inputs = {w for w in (hidden, intermediate, attention) if w}
     return {"inputs": inputs, "outputs": {w for w in (key_value,) if w} - inputs}
@@ -386,7 +381,8 @@ def _model_widths(config) -> dict:
 def _check_rows(settings, plan):
     """A 4-bit row must fill whole bytes: an odd hidden width needs an even group_size."""
     config = plan.model_config if isinstance(plan.model_config, Mapping) else {}
-    hidden = _first_int(config, "hidden_size", "d_model", "n_embd", "dim")
+    arch = lookup(config.get("model_type"))
+    hidden = arch.config_value(config, "hidden") if arch else None
     for role in ("embeddings", "lm_head", "heads"):
         rows = settings[role]
         if hidden and rows["bits"] == 4 and hidden % 2 and (rows["group_size"] == -1 or rows["group_size"] >= hidden):
@@ -399,6 +395,7 @@ def _check_rows(settings, plan):
 
 def check(settings, plan):
     # (a `split` missing from task.data is reported by the core for every stage)
+    yield from architecture_problems(STAGE, plan)
     yield from _check_rows(settings, plan)
     if settings["method"] == "rtn" and settings["act_order"]:
         yield Check(

@@ -11,12 +11,8 @@ import copy
 
 from compose import hookimpl
 from compose.api import Check, TrainingExtension, TrainingSetup, load_schema_file
-
-#: Families whose blocks this plugin knows how to split for tensor parallelism. T5
-#: (encoder-decoder) is left out: its attention reshapes to the config's full head
-#: count and adds a relative position bias computed for every head, so a block
-#: holding half the heads cannot run unchanged. ddp and fsdp work for every family.
-TENSOR_PARALLEL_FAMILIES = ("encoder", "decoder")
+from compose.plugins._architecture_checks import architecture_problems
+from compose.plugins._architecture_modules import architecture, stacks
 
 
 def normalise(value) -> dict:
@@ -28,57 +24,34 @@ def normalise(value) -> dict:
 def check(value, plan) -> list[Check]:
     settings = normalise(value)
     found = []
-    if settings["strategy"] in ("tp", "hybrid") and plan.family not in TENSOR_PARALLEL_FAMILIES:
-        found.append(Check(f"parallel: {settings['strategy']} is not available for {plan.family} models yet "
-                           f"(it is for: {', '.join(TENSOR_PARALLEL_FAMILIES)}); use ddp or fsdp"))  # fmt: skip
+    if settings["strategy"] != "ddp":  # ddp wraps any model; the others split the table's layers
+        found += architecture_problems("parallel", plan, what=f"parallel:{settings['strategy']}", fix="use ddp")
     if settings["strategy"] == "hybrid" and not settings["tensor_parallel"]:
         found.append(Check("parallel: hybrid needs `tensor_parallel:` (processes per tensor-parallel group)"))
     return found
 
 
 def blocks_and_plan(model):
-    """(transformer blocks, tensor-parallel plan of one block or None, (heads, kv heads, FFN width)).
+    """(transformer blocks, tensor-parallel plan per block or None, (heads, kv heads, FFN width)).
 
-    BERT-class encoders, Llama-style decoders (q/k/v/o_proj, gate/up/down_proj) and
-    T5 (both stacks; no tensor-parallel plan, see TENSOR_PARALLEL_FAMILIES).
+    The blocks are every stack's layers, where the architecture table (``_architectures``)
+    puts them; the plan is the table's ``tp_plan`` of each stack (None where a stack has
+    none: tp and hybrid are then refused at validation).
     """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    config = model.config
-    base = getattr(model, model.base_model_prefix, model)
-    if hasattr(getattr(base, "encoder", None), "layer"):  # BERT-class
-        plan = {
-            "attention.self.query": ColwiseParallel(),
-            "attention.self.key": ColwiseParallel(),
-            "attention.self.value": ColwiseParallel(),
-            "attention.output.dense": RowwiseParallel(),
-            "intermediate.dense": ColwiseParallel(),
-            "output.dense": RowwiseParallel(),
-        }
-        heads = config.num_attention_heads
-        return list(base.encoder.layer), plan, (heads, heads, config.intermediate_size)
-    layers = getattr(base, "layers", None)
-    if layers is not None and hasattr(layers[0], "self_attn") and hasattr(layers[0].self_attn, "q_proj"):
-        plan = {
-            "self_attn.q_proj": ColwiseParallel(),
-            "self_attn.k_proj": ColwiseParallel(),
-            "self_attn.v_proj": ColwiseParallel(),
-            "self_attn.o_proj": RowwiseParallel(),
-            "mlp.gate_proj": ColwiseParallel(),
-            "mlp.up_proj": ColwiseParallel(),
-            "mlp.down_proj": RowwiseParallel(),
-        }
-        heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        return list(layers), plan, (heads, kv_heads, config.intermediate_size)
-    if getattr(config, "is_encoder_decoder", False) and hasattr(model, "encoder") and hasattr(model, "decoder"):
-        blocks = list(getattr(model.encoder, "block", [])) + list(getattr(model.decoder, "block", []))
-        if blocks:
-            return blocks, None, None
-    raise ValueError(
-        f"parallel: cannot find the transformer blocks of {type(model).__name__} "
-        "(it knows BERT-class encoders, Llama-style decoders and T5); use ddp"
-    )
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    arch = architecture(model, "parallel")
+    model_stacks = stacks(model, "parallel")
+    blocks = [layer for stack in model_stacks for layer in stack.layers]
+    plans = None
+    if all(stack.spec.tp_plan is not None for stack in model_stacks):
+        plans = [{path: styles[style]() for path, style in stack.spec.tp_plan.items()}
+                 for stack in model_stacks for _ in stack.layers]  # fmt: skip
+    config = model.config.to_dict()
+    heads = arch.config_value(config, "heads")
+    widths = (heads, arch.config_value(config, "kv_heads") or heads, arch.config_value(config, "intermediate"))
+    return blocks, plans, widths
 
 
 def clip_across_meshes(parameters, max_norm: float) -> None:
@@ -134,7 +107,7 @@ def setup(training: TrainingSetup, value) -> None:
         raise ValueError(f"parallel: tensor_parallel={tp} must divide the number of processes ({world})")
     if tp > 1 and plan is None:
         raise ValueError(f"parallel: {strategy} cannot split {type(model).__name__}; use ddp or fsdp")
-    if tp > 1 and any(width % tp for width in widths):
+    if tp > 1 and any(width is None or width % tp for width in widths):
         heads, kv_heads, ffn = widths
         raise ValueError(
             f"parallel: {heads} attention heads, {kv_heads} key/value heads and FFN size {ffn} must all be "
@@ -143,8 +116,8 @@ def setup(training: TrainingSetup, value) -> None:
     training.on_train_end.append(gather_into(copy.deepcopy(model)))
     mesh = init_device_mesh(device, (world // tp, tp), mesh_dim_names=("dp", "tp"))
     if tp > 1:
-        for block in blocks:
-            parallelize_module(block, mesh["tp"], plan)
+        for block, block_plan in zip(blocks, plan):
+            parallelize_module(block, mesh["tp"], block_plan)
     if world // tp > 1:
         for block in blocks:
             fully_shard(block, mesh=mesh["dp"])

@@ -5,9 +5,10 @@ channels"): intermediate neuron j of a block is row j of its up (and gate)
 projection and column j of its down projection; removing it shrinks those matrices
 and nothing else. The FFN holds about two thirds of a BERT block's weights and most
 of its FLOPs at short sequence lengths, which is why head pruning alone buys little
-speed. ``compose.plugins._ffn_neurons`` knows the layouts: BERT-class encoders,
-Llama-style decoders (gated), GPT-2 (``Conv1D``: transposed weights) and T5 (``wi``
-or gated ``wi_0``/``wi_1``, then ``wo``; encoder and decoder blocks).
+speed. ``compose.plugins._ffn_neurons`` finds the blocks where the architecture table
+(``_architectures``) puts them: BERT, RoBERTa, Llama, Qwen2 (gated), GPT-2 (``Conv1D``:
+transposed weights), T5 (``wi`` or gated ``wi_0``/``wi_1``, then ``wo``) and BART
+(``fc1``, ``fc2``; encoder and decoder blocks).
 
 Scoring (``importance``), on shuffled calibration batches of ``calibration_split``:
 
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 from compose import hookimpl
 from compose.api import (
@@ -55,6 +56,7 @@ from compose.api import (
     train_model,
 )
 from compose.plugins import _gate_scores as gate_scores
+from compose.plugins._architecture_checks import architecture_problems, recipe_architecture
 from compose.plugins._ffn_neurons import check_widths, find_ffn, neuron_gates
 
 STAGE = "prune-ffn"
@@ -282,30 +284,18 @@ def describe(settings) -> str:
 # -- validation ------------------------------------------------------------------
 
 
-def _first_int(config, *keys) -> Any:
-    for key in keys:
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def ffn_layout(config, family: str) -> tuple[int | None, list[str]] | None:
+def ffn_layout(config, arch) -> tuple[int | None, list[str]] | None:
     """(intermediate width or None, block labels) from a config dict, without importing transformers.
 
-    Reads BERT/Llama ``intermediate_size``, T5 ``d_ff``, GPT-2 ``n_inner`` (or 4 x
-    ``n_embd``); None where the config does not say how many blocks there are.
+    Reads the architecture's own config keys (``_architectures``: BERT/Llama
+    ``intermediate_size``, T5 ``d_ff``, GPT-2 ``n_inner`` or 4 x ``n_embd``, BART
+    ``encoder_ffn_dim``); None where the config does not say how many blocks there are.
     """
-    layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
-    if layers is None:
+    counts = arch.layer_counts(config)
+    if counts is None:
         return None
-    width = _first_int(config, "intermediate_size", "d_ff", "n_inner")
-    if width is None and config.get("model_type") == "gpt2" and _first_int(config, "n_embd"):
-        width = 4 * config["n_embd"]
-    if family == "encoder-decoder" or config.get("is_encoder_decoder"):
-        decoder = _first_int(config, "num_decoder_layers") or layers
-        return width, [f"encoder.{i}" for i in range(layers)] + [f"decoder.{i}" for i in range(decoder)]
-    return width, [str(i) for i in range(layers)]
+    labels = [str(i) if stack == "layers" else f"{stack}.{i}" for stack, n in counts.items() for i in range(n)]
+    return arch.config_value(config, "intermediate"), labels
 
 
 def _gptq_checks(settings, plan):
@@ -330,9 +320,12 @@ def _gptq_checks(settings, plan):
 def check(settings, plan):
     # splits (calibration_split, recovery.split) are checked by the core, with every other split setting
     yield from _gptq_checks(settings, plan)
-    if plan.facts.get("distilled"):
+    refused = architecture_problems(STAGE, plan)
+    yield from refused
+    if refused or plan.facts.get("distilled"):
         return  # the model entering this stage is the student, not the recipe's model
-    layout = ffn_layout(plan.model_config or {}, plan.family)
+    arch = recipe_architecture(plan)
+    layout = ffn_layout(plan.model_config, arch) if arch else None
     if layout is None:
         return
     width, labels = layout
@@ -369,7 +362,7 @@ def compose_register_stages(register):
             run=run,
             schema=load_schema_file("compose.schemas", "prune-ffn.schema.json"),
             description="Remove the least important feed-forward neurons (taylor or magnitude scores), globally or "
-            "per block: BERT-class, Llama-style, GPT-2 and T5.",
+            "per block: every architecture of plugins/_architectures.py.",
             needs={"quantized": False, "task_trained": True},
             leaves={"ffn_pruned": True, "structure_changed": True},
             trains=True,  # recovery training

@@ -1,8 +1,8 @@
 """The `prune-heads` stage: score every attention head, then remove the weakest for real.
 
-Works on the three families (``compose.plugins._attention_heads`` knows the layouts):
-BERT-class encoders, Llama-style decoders and GPT-2, and T5 (encoder self-attention,
-decoder self- and cross-attention). Where a model shares key/value heads between
+Works on every architecture of the table (``_architectures``; ``_attention_sites``
+finds the attention blocks it names): BERT, RoBERTa, Llama, Qwen2, GPT-2, T5 and BART
+(encoder self-attention, decoder self- and cross-attention). Where a model shares key/value heads between
 query heads (grouped-query attention), a key/value head and its query heads are
 scored and removed together as one *unit*, so the grouping stays valid; elsewhere a
 unit is one head. The settings (``ratio``, ``heads_per_layer``,
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
 from compose import hookimpl
 from compose.api import (
@@ -65,7 +64,9 @@ from compose.api import (
     train_model,
 )
 from compose.plugins import _gate_scores as gate_scores
-from compose.plugins._attention_heads import apply_kept, check_widths, find_attention, head_gates
+from compose.plugins._architecture_checks import architecture_problems, recipe_architecture
+from compose.plugins._attention_sites import find_attention
+from compose.plugins._head_removal import apply_kept, check_widths, head_gates
 
 STAGE = "prune-heads"
 
@@ -146,7 +147,7 @@ def remove_with_torch_pruning(model, sites, chosen, example) -> None:
 
 
 def remove_heads(model, sites, chosen, example) -> None:
-    if sites[0].architecture == "bert":
+    if sites[0].kind == "bert":
         remove_with_torch_pruning(model, sites, chosen, example)
     else:
         apply_kept(model, sites, [[u for u in range(site.num_units) if u not in gone]
@@ -264,28 +265,18 @@ def describe(settings) -> str:
     return text + f"; then recovery training for {length} at lr {recovery['learning_rate']}"
 
 
-def _first_int(config, *keys) -> Any:
-    for key in keys:
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
+def head_layout(config, arch) -> tuple[int, int, str] | None:
+    """(units per attention block, attention blocks, what a unit is) from a config dict.
 
-
-def head_layout(config, family: str) -> tuple[int, int, str] | None:
-    """(units per attention block, attention blocks, what a unit is, plural) from a config dict.
-
-    Reads the usual names (BERT/Llama ``num_attention_heads``, GPT-2 ``n_head``, T5
-    ``num_heads``...) without importing transformers; None where the config does not
-    say (the checks then skip).
+    Reads the architecture's own config keys (``_architectures``) without importing
+    transformers; None where the config does not say (the checks then skip).
     """
-    heads = _first_int(config, "num_attention_heads", "n_head", "num_heads")
-    layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
-    if heads is None or layers is None:
+    heads = arch.config_value(config, "heads")
+    counts = arch.layer_counts(config)
+    if heads is None or counts is None:
         return None
-    kv = _first_int(config, "num_key_value_heads") or heads
-    blocks = layers
-    if family == "encoder-decoder" or config.get("is_encoder_decoder"):
-        blocks = layers + 2 * (_first_int(config, "num_decoder_layers") or layers)  # + self- and cross-attention
+    kv = arch.config_value(config, "kv_heads") or heads
+    blocks = sum(counts[stack.name] * len(stack.attention) for stack in arch.stacks)
     if 0 < kv < heads and heads % kv == 0:
         return kv, blocks, f"key/value groups of {heads // kv} query heads"
     return heads, blocks, "heads"
@@ -293,9 +284,12 @@ def head_layout(config, family: str) -> tuple[int, int, str] | None:
 
 def check(settings, plan):
     # splits (calibration_split, recovery.split) are checked by the core, with every other split setting
-    if plan.facts.get("distilled"):
+    refused = architecture_problems(STAGE, plan)
+    yield from refused
+    if refused or plan.facts.get("distilled"):
         return  # the model entering this stage is the student, not the recipe's model
-    layout = head_layout(plan.model_config or {}, plan.family)
+    arch = recipe_architecture(plan)
+    layout = head_layout(plan.model_config, arch) if arch else None
     if layout is None:
         return
     heads, blocks, units = layout
@@ -334,7 +328,7 @@ def compose_register_stages(register):
             run=run,
             schema=load_schema_file("compose.schemas", "prune-heads.schema.json"),
             description="Remove the least important attention heads (taylor or magnitude scores): "
-            "BERT-class, Llama-style, GPT-2 and T5.",
+            "every architecture of plugins/_architectures.py.",
             needs={"quantized": False, "task_trained": True},
             leaves={"heads_pruned": True, "structure_changed": True},
             trains=True,  # recovery training

@@ -15,6 +15,8 @@ from compose.api import count_parameters, load_artifact, save_artifact, train_mo
 from compose.errors import RecipeError
 from compose.evaluation import evaluate
 from compose.plugins import distill
+from compose.plugins._distill_attention import use_eager_attention
+from compose.plugins._distill_loss import DistillationLoss
 
 #: The teacher: the tiny BERT of conftest with 4 layers, so that a student can keep 2 of them.
 TEACHER = {"num_hidden_layers": 4}
@@ -155,7 +157,7 @@ def test_each_term_alone_equals_the_loss_computed_by_hand(make_context, teacher,
     for m in (model, student):
         m.set_attn_implementation("eager")
         m.eval()  # no dropout: the two computations must see the same forward
-    loss_fn = distill.DistillationLoss(model, settings, [0, 2])
+    loss_fn = DistillationLoss(model, settings, [0, 2])
     batch = _one_batch(ctx)
     value = loss_fn(student, batch)
 
@@ -454,10 +456,10 @@ def test_lm_terms_equal_the_loss_computed_by_hand(make_context, lm_teacher, term
     ctx = lm_context(make_context, family, model, tokenizer, f"{{loss: {{{loss_yaml}}}}}")
     student, _ = distill.build_student(ctx, model)
     for m in (model, student):
-        distill.use_eager_attention(m)  # the weights for the hand computation (sdpa returns none)
+        use_eager_attention(m)  # the weights for the hand computation (sdpa returns none)
         m.eval()
     maps = {"layers": [1, 3]} if family == "decoder" else {"encoder": [1, 3], "decoder": [1, 3]}
-    loss_fn = distill.DistillationLoss(model, ctx.settings["loss"], maps, family=family)
+    loss_fn = DistillationLoss(model, ctx.settings["loss"], maps, family=family)
     batch = next(iter(ctx.task.batches("train", tokenizer, 8)))
     if family == "decoder":  # blocks are full: pad the end of row 0 so that the masks matter
         batch["attention_mask"][0, 10:] = 0
@@ -551,11 +553,11 @@ def test_gpt2_student_from_teacher_distils_and_reloads(make_context, tiny_bpe_to
     batch = next(iter(ctx.task.batches("dev", tokenizer, 8)))
     with torch.no_grad():
         assert torch.allclose(student(**batch).logits, reloaded(**batch).logits, atol=1e-5)
-    # GPT-2's config has no intermediate_size (its n_inner is not a size the stage overrides)
+    # GPT-2 states its FFN width as n_inner: the architecture table maps intermediate_size to it
     ctx = make_context("- {name: kd, uses: distill, with: {student: {config: {intermediate_size: 32}}}}", model,
                        tokenizer, config=TINY_GPT2, family="decoder")  # fmt: skip
-    with pytest.raises(ValueError, match="intermediate_size does not apply to gpt2 models"):
-        distill.build_student(ctx, model)
+    student, _ = distill.build_student(ctx, model)
+    assert student.config.n_inner == 32 and student.transformer.h[0].mlp.c_fc.weight.shape[1] == 32
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
 TRAIN = "- {{name: ft, uses: train, with: {{epochs: 4, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
 
 
-def apply(write_recipe, tmp_path, parallel: str, nproc: int, family: str = "encoder", train: str = TRAIN) -> dict:
-    recipe = write_recipe(train.format(parallel=parallel), family=family)
+def apply(write_recipe, tmp_path, parallel: str, nproc: int, family: str = "encoder", train: str = TRAIN,
+          config: dict | None = None) -> dict:  # fmt: skip
+    recipe = write_recipe(train.format(parallel=parallel), family=family, config=config)
     out = tmp_path / "run"
     done = subprocess.run(
         [RECIPE_BIN, "apply", "--nproc", str(nproc), str(recipe), "--output", str(out), "--json", "-q"],
@@ -79,5 +80,16 @@ def test_fsdp_trains_t5_and_tensor_parallel_is_refused_before_anything_runs(writ
     training = report["stages"][-1]["details"]["training"]
     assert training["setup"]["parallel"]["mesh"] == {"dp": 2, "tp": 1} and training["parameters_in_sync"] is True
     recipe = write_recipe(SHORT.format(parallel="tp"), name="tp.yaml", family="encoder-decoder")
-    with pytest.raises(RecipeError, match="tp is not available for encoder-decoder models.*use ddp or fsdp"):
+    with pytest.raises(RecipeError, match="parallel: tp is not available for model type 't5': T5 attention.*use ddp or fsdp"):
+        load_recipe(recipe, host=host)
+
+
+def test_fsdp_trains_gpt2_and_tensor_parallel_is_refused_before_anything_runs(write_recipe, tmp_path, host):
+    gpt2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 64}
+    report = apply(write_recipe, tmp_path, "fsdp", 2, family="decoder", train=SHORT, config=gpt2)
+    training = report["stages"][-1]["details"]["training"]
+    assert training["setup"]["parallel"]["mesh"] == {"dp": 2, "tp": 1} and training["parameters_in_sync"] is True
+    recipe = write_recipe(SHORT.format(parallel="tp"), name="tp.yaml", family="decoder", config=gpt2)
+    with pytest.raises(RecipeError, match="parallel: tp is not available for model type 'gpt2': GPT-2's layers are "
+                                          "transformers Conv1D"):  # fmt: skip
         load_recipe(recipe, host=host)
