@@ -53,11 +53,11 @@ from compose.api import (
     count_parameters,
     load_schema_file,
     record_transform,
-    train_model,
 )
 from compose.plugins import _gate_scores as gate_scores
 from compose.plugins._architecture_checks import architecture_problems, recipe_architecture
 from compose.plugins._ffn_neurons import check_widths, find_ffn, neuron_gates
+from compose.plugins._recovery import describe_recovery, recover
 
 STAGE = "prune-ffn"
 
@@ -227,10 +227,7 @@ def run(ctx: StageContext) -> StageResult:
     pruning_seconds = time.perf_counter() - started
     params_pruned = count_parameters(model)
 
-    recovery = None
-    if settings["recovery"] is not None:
-        model, summary = train_model(ctx, model, dict(settings["recovery"]))
-        recovery = summary.to_json()
+    model, recovery = recover(ctx, model, settings["recovery"])
     if removed:
         record_transform(model, STAGE, {"architecture": sites[0].architecture, "labels": labels,
                                         "neurons_before": before, "neurons_after": after})  # fmt: skip
@@ -274,11 +271,7 @@ def describe(settings) -> str:
         how = "weight magnitude"
     text = (f"{what} by {how}, keeping at least {settings['min_neurons_per_layer']} per block and a multiple of "
             f"{settings['multiple_of']}")  # fmt: skip
-    recovery = settings["recovery"]
-    if recovery is None:
-        return text + "; no recovery training"
-    length = f"{recovery['max_steps']} steps" if recovery["max_steps"] else f"{recovery['epochs']} epoch(s)"
-    return text + f"; then recovery training for {length} at lr {recovery['learning_rate']}"
+    return text + describe_recovery(settings["recovery"])
 
 
 # -- validation ------------------------------------------------------------------

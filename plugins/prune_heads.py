@@ -61,12 +61,12 @@ from compose.api import (
     count_parameters,
     load_schema_file,
     record_transform,
-    train_model,
 )
 from compose.plugins import _gate_scores as gate_scores
 from compose.plugins._architecture_checks import architecture_problems, recipe_architecture
 from compose.plugins._attention_sites import find_attention
 from compose.plugins._head_removal import apply_kept, check_widths, head_gates
+from compose.plugins._recovery import describe_recovery, recover
 
 STAGE = "prune-heads"
 
@@ -215,10 +215,7 @@ def run(ctx: StageContext) -> StageResult:
     gate_scores.check_finite_outputs(model, batches[0])
     pruning_seconds = time.perf_counter() - started
 
-    recovery = None
-    if settings["recovery"] is not None:
-        model, summary = train_model(ctx, model, dict(settings["recovery"]))
-        recovery = summary.to_json()
+    model, recovery = recover(ctx, model, settings["recovery"])
     if removed:
         kept = {site.label: [h for h in range(before) if h not in gone]
                 for site, before, gone in zip(sites, heads_before, chosen)}  # fmt: skip
@@ -258,11 +255,7 @@ def describe(settings) -> str:
     else:
         how = "weight magnitude"
     text = f"{what} by {how}, keeping at least {settings['min_heads_per_layer']} per attention block"
-    recovery = settings["recovery"]
-    if recovery is None:
-        return text + "; no recovery training"
-    length = f"{recovery['max_steps']} steps" if recovery["max_steps"] else f"{recovery['epochs']} epoch(s)"
-    return text + f"; then recovery training for {length} at lr {recovery['learning_rate']}"
+    return text + describe_recovery(settings["recovery"])
 
 
 def head_layout(config, arch) -> tuple[int, int, str] | None:
