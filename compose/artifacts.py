@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from compose import interrupts
 from compose.errors import ModelLoadError
 
 MANIFEST = "compose-artifact.json"
@@ -43,8 +44,13 @@ def transforms_of(model) -> list[dict]:
     return copy.deepcopy(getattr(model, _TRANSFORMS_ATTR, []))
 
 
-def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapping | None = None) -> Path:
-    """Save atomically into ``directory`` (replacing an older one); return it."""
+def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapping | None = None, *,
+                  point: str | None = None) -> Path:  # fmt: skip
+    """Save atomically into ``directory`` (replacing an older one); return it.
+
+    ``point``: this save's name as a point of the run's progress (``compose.interrupts.point``),
+    reached when every file is written and none is in place yet.
+    """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".partial")
     if tmp.exists():
@@ -63,6 +69,8 @@ def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapp
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
+        if point is not None:
+            interrupts.point(point)
         if directory.exists():
             old = directory.with_name(directory.name + ".old")
             if old.exists():

@@ -10,6 +10,7 @@ from typing import Mapping
 
 import torch
 
+from compose import interrupts
 from compose.comparison import concat_records, select_records, sort_by_id
 from compose.distributed import current_ranks, gather_objects
 from compose.progress import Progress
@@ -48,12 +49,14 @@ def _reference_rows(reference: dict | None, where: dict, ids: torch.Tensor) -> d
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, description="evaluating", *,
-             reference: dict | None = None, keep_reference: int = 0) -> Evaluation:  # fmt: skip
+             reference: dict | None = None, keep_reference: int = 0, point: str | None = None) -> Evaluation:  # fmt: skip
     """Run the model over ``settings['split']`` (``evaluate:`` section of the recipe).
 
     ``reference``: the baseline's records (its ``Evaluation.records``), for comparisons
     that need this model's full outputs (a language model's KL). ``keep_reference`` > 0:
-    this is the baseline (see ``Task.example_records``)."""
+    this is the baseline (see ``Task.example_records``). ``point``: this evaluation's name
+    as a point of the run's progress (``compose.interrupts.point``, reached after every batch).
+    """
     ranks = current_ranks()
     shard = (ranks.rank, ranks.world_size) if ranks.distributed else None
     loader = task.batches(settings["split"], tokenizer, settings["batch_size"], limit=settings.get("limit"), shard=shard)
@@ -86,6 +89,8 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
                 parts.append(records)
                 examples += count
                 bar.advance()
+                if point is not None:
+                    interrupts.point(point)
     finally:
         if was_training:
             model.train(True)

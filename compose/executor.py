@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from compose import interrupts
 from compose.artifacts import load_artifact, save_artifact, size_on_disk
 from compose.comparison import compare
 from compose.distributed import Ranks, init_ranks
@@ -81,14 +82,15 @@ class Executor:
         if written is not None:
             artifact = Path(written)
         elif self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
-            artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind)
+            artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind,
+                                     point=f"{name}/saving")  # fmt: skip
         if artifact is not None and self.ranks.is_main:
             size = size_on_disk(artifact)
             weights = size_on_disk(artifact, weights_only=True)
         settings = self.recipe.data["evaluate"]
         is_baseline = name == self.baseline_name
         result = evaluate(model, tokenizer, task, settings, self.device, self.progress, f"{name}: evaluating",
-                          reference=None if is_baseline else self.records.get(self.baseline_name),
+                          point=f"{name}/evaluating", reference=None if is_baseline else self.records.get(self.baseline_name),
                           keep_reference=settings["against_baseline"]["top_k"] if is_baseline else 0)  # fmt: skip
         self.records[name] = result.records
         if artifact is not None and self.ranks.is_main and result.records:
@@ -99,7 +101,7 @@ class Executor:
         if settings["latency"]["enabled"] and self.ranks.is_main:  # the report is the main process's
             with self.progress.track(f"{name}: measuring latency at {self.threads} thread(s)"):
                 latency = measure_latency(model, tokenizer, task, settings["split"], settings["latency"], self.device,
-                                          self.threads).to_json()  # fmt: skip
+                                          self.threads, point=f"{name}/latency").to_json()  # fmt: skip
         return StageRow(
             name=name,
             plugin=plugin,
@@ -143,6 +145,8 @@ class Executor:
             pass
 
     def _write(self, report: Report, task=None) -> None:
+        if report.rows and report.status == "running":
+            interrupts.point(f"{report.rows[-1].name}/report")
         if task is not None:
             self._compare_rows(report, task)
         report.refresh_retained()
@@ -240,6 +244,7 @@ class Executor:
                 if index < len(cached):
                     continue
                 current = stage["name"]
+                interrupts.point(f"{current}/start")
                 stages_bar.update(description=f"stage {index}/{len(self.recipe.stages)}: {stage['name']}")
                 model, tokenizer, row = self._run_stage(index, stage, stage_type, model, tokenizer, task)
                 report.rows.append(row)
@@ -248,6 +253,7 @@ class Executor:
                 self._write(report, task)
                 stages_bar.advance()
                 stopped = not self._check_gates(report, final=False)
+            interrupts.point("run/result")  # a signal that some library swallowed still stops the run here
             if stopped:
                 report.status = "gate_failed"
             else:
@@ -258,20 +264,25 @@ class Executor:
         except ComposeError as exc:  # model, tokenizer or data could not be loaded
             report.status = "stage_failed"
             report.error = {"stage": current, "type": type(exc).__name__, "message": str(exc)}
-        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into it by the CLI
+        except KeyboardInterrupt:  # SIGINT or SIGTERM (compose.interrupts)
             report.status = "interrupted"
             report.error = {
                 "stage": current,
                 "type": "Interrupted",
-                "message": "the run was interrupted; `recipe apply` on the same run folder resumes "
-                "after the last finished stage",
+                "message": f"the run was interrupted ({interrupts.received() or 'KeyboardInterrupt'}); "
+                "`recipe apply` on the same run folder resumes after the last finished stage",
             }
         finally:
             report.seconds = time.perf_counter() - started
             if report.status == "running":  # stopped by something we do not handle here
                 report.status = "stage_failed"
                 report.error = report.error or {"stage": current, "type": "Stopped", "message": "the run stopped"}
-            self._write(report, task)
+            if report.status == "interrupted":
+                with interrupts.stopping():  # a second signal now ends the process at once
+                    interrupts.point("run/stopping")
+                    self._write(report, task)
+            else:
+                self._write(report, task)
         return report
 
     # -- resuming ------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import torch
 
+from compose import interrupts
 from compose.errors import DataError
 from compose.evaluation import _sync, _to
 
@@ -85,11 +86,13 @@ def _take(loader, count: int, split: str, device, full_only: bool = False) -> li
 
 @torch.no_grad()
 def measure_latency(model, tokenizer, task, split: str, settings: Mapping, device,
-                    threads: int | None = None) -> Latency:  # fmt: skip
+                    threads: int | None = None, point: str | None = None) -> Latency:  # fmt: skip
     """Time ``task.predict`` on single examples and on full batches of ``split``.
 
     ``settings`` is the recipe's ``evaluate.latency`` section. ``threads`` (default:
     ``resolve_threads(settings)``) is set for the measurement and restored after.
+    ``point``: this measurement's name as a point of the run's progress
+    (``compose.interrupts.point``, reached between timed calls, never inside one).
     """
     threads = threads or resolve_threads(settings)
     samples, warmup = settings["batch1_samples"], settings["warmup"]
@@ -113,6 +116,8 @@ def measure_latency(model, tokenizer, task, split: str, settings: Mapping, devic
                 task.predict(model, inputs, tokenizer)
                 _sync(device)
                 timings.append(time.perf_counter() - start)
+                if point is not None:
+                    interrupts.point(point)
             for inputs in fulls[:warmup]:
                 task.predict(model, inputs, tokenizer)
             _sync(device)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from compose import interrupts
 from compose.distributed import gather_objects
 
 if TYPE_CHECKING:
@@ -288,6 +289,7 @@ def train_model(
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
+                interrupts.point(f"{ctx.name}/step {step}")
                 # The mean stays on the device: reading it waits for the GPU to finish the step, so
                 # it is read only when something needs the number (not on every step).
                 pending = torch.stack(window).mean()

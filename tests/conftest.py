@@ -158,6 +158,17 @@ def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "
     )
 
 
+def _recipe_writer(folder_for, data_dir, tokenizer_dir, text_dir, bpe_tokenizer_dir):
+    def write(stages: str, extra: str = "", name: str = "recipe.yaml", config: dict | None = None,
+              family: str = "encoder") -> Path:  # fmt: skip
+        tokenizer = tokenizer_dir if family == "encoder" else bpe_tokenizer_dir
+        path = folder_for() / name
+        path.write_text(recipe_text(data_dir, tokenizer, stages, extra, config, family, text_dir), encoding="utf-8")
+        return path
+
+    return write
+
+
 @pytest.fixture
 def write_recipe(tmp_path, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tiny_bpe_tokenizer_dir):
     """write_recipe(stages_yaml, extra_yaml="", name="recipe.yaml", config=None, family="encoder") -> Path.
@@ -165,16 +176,14 @@ def write_recipe(tmp_path, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tin
     family: encoder (tiny BERT, sequence-classification), decoder (tiny Llama,
     causal-lm on running text) or encoder-decoder (tiny T5, seq2seq sentiment).
     """
+    return _recipe_writer(lambda: tmp_path, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tiny_bpe_tokenizer_dir)
 
-    def write(stages: str, extra: str = "", name: str = "recipe.yaml", config: dict | None = None,
-              family: str = "encoder") -> Path:  # fmt: skip
-        tokenizer = tiny_tokenizer_dir if family == "encoder" else tiny_bpe_tokenizer_dir
-        path = tmp_path / name
-        path.write_text(recipe_text(tiny_data_dir, tokenizer, stages, extra, config, family, tiny_text_dir),
-                        encoding="utf-8")  # fmt: skip
-        return path
 
-    return write
+@pytest.fixture(scope="session")
+def write_shared_recipe(tmp_path_factory, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tiny_bpe_tokenizer_dir):
+    """write_recipe for module- and session-scoped fixtures: each call writes into a new folder."""
+    return _recipe_writer(lambda: tmp_path_factory.mktemp("recipe"), tiny_data_dir, tiny_tokenizer_dir,
+                          tiny_text_dir, tiny_bpe_tokenizer_dir)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

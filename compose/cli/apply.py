@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from compose import interrupts
 from compose.cli._common import CommandError, dump_json, host_or_exit, print_problems, stderr
 from compose.distributed import launched_world_size
 from compose.errors import RecipeError
@@ -103,27 +103,32 @@ def launch(args, recipe) -> Report | None:
     try:
         returncode = child.wait()
     except KeyboardInterrupt:  # pass the interruption on, and let the processes write their report
-        child.send_signal(signal.SIGTERM)
-        returncode = child.wait()
+        child.terminate()  # torch.distributed.run passes SIGTERM on to every rank
+        with interrupts.stopping():  # a second signal ends this process at once
+            returncode = child.wait()
     try:
         data = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         stderr.print(f"[red]error:[/] the {args.nproc} processes ended (exit {returncode}) without a report")
         return None
     report = report_from_json(data)
-    if report.status == "running":  # a rank died and the launcher stopped the others
+    if report.status == "running" and interrupts.received():  # the ranks were stopped before they could say so
+        report.status = "interrupted"
+        report.error = {"stage": None, "type": "Interrupted",
+                        "message": f"the run was interrupted ({interrupts.received()})"}  # fmt: skip
+    elif report.status == "running":  # a rank died and the launcher stopped the others
         report.status = "stage_failed"
         report.error = {"stage": None, "type": "ProcessFailed",
                         "message": f"a process failed (exit {returncode}); its error is shown above"}  # fmt: skip
     return report
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(args) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the run as cleanly as Ctrl-C
+    with interrupts.handling_signals():  # SIGINT and SIGTERM stop the run alike, and are never lost
+        return _apply(args)
+
+
+def _apply(args) -> int:
     from compose.executor import Executor, RunOptions
     from compose.progress import Progress, interval_from_env
     from compose.report import render_table
@@ -168,7 +173,12 @@ def run(args) -> int:
         if rank != 0 or os.environ.get(LAUNCHED_ENV):
             return report.exit_code  # the launching process prints the report
     render_table(report, Console(stderr=args.json))
-    if report.error:
+    if report.status == "interrupted":
+        where = f" in stage '{report.error['stage']}'" if report.error.get("stage") else ""
+        stderr.print(f"[yellow]interrupted{where}:[/] ", end="")
+        stderr.print(report.error["message"], markup=False, soft_wrap=True)
+        stderr.print("Earlier stages' artifacts and the report are kept.")
+    elif report.error:
         stderr.print(f"[red]error:[/] stage '{report.error['stage']}' failed: ", end="")
         stderr.print(f"{report.error['type']}: {report.error['message']}", markup=False, soft_wrap=True)
         stderr.print("Earlier stages' artifacts and the report are kept.")
