@@ -221,8 +221,9 @@ def train_model(
                            f"{ctx.device}; set the device through the executor, not accelerate's config")  # fmt: skip
 
     loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed,
-                              shard=setup.data_shard)  # fmt: skip
-    sampler = loader.sampler  # its pass number fixes the order (see EpochShuffle)
+                              shard=setup.data_shard, group_by_length=settings["group_by_length"])  # fmt: skip
+    # Its pass number fixes the order (EpochShuffle, or LengthGroupedBatches when grouping).
+    sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "epoch") else loader.sampler
     if len(loader) == 0:
         raise ValueError(f"split '{settings['split']}' has no rows to train on")
     optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))

@@ -34,6 +34,7 @@ class Task(abc.ABC):
         self.spec = spec
         self.seed = seed
         self._rows: dict[str, list[dict]] = {}
+        self._lengths: dict[str, tuple[object, list[int]]] = {}  # split -> (tokenizer, lengths)
 
     # -- data --------------------------------------------------------------
 
@@ -74,25 +75,43 @@ class Task(abc.ABC):
         limit: int | None = None,
         with_labels: bool = True,
         shard: tuple[int, int] | None = None,
+        group_by_length: bool = False,
     ) -> DataLoader:
         """A DataLoader of tokenized, padded batches of a split: dicts of tensors for ``model(**batch)``.
 
         With ``shuffle`` the order is drawn from ``seed`` (default: the recipe's),
         anew each epoch. ``shard=(rank, world_size)`` keeps every world_size-th
-        row from ``rank`` on (evaluation across processes).
+        row from ``rank`` on (evaluation across processes). ``group_by_length`` (with
+        ``shuffle``): batches of examples of similar token length, so that little of a
+        batch is padding (``LengthGroupedBatches``); the loader's ``batch_sampler`` then
+        holds the pass number (``epoch``) that ``EpochShuffle`` holds otherwise.
         """
         rows = self.examples(split, tokenizer)
         if limit is not None:
             rows = rows[:limit]
+        positions = list(range(len(rows)))
         if shard is not None:
-            rows = rows[shard[0] :: shard[1]]
-        sampler = EpochShuffle(len(rows), self.seed if seed is None else seed) if shuffle else None
-        return DataLoader(
-            rows,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=partial(self.collate, tokenizer=tokenizer, with_labels=with_labels),
-        )
+            rows, positions = rows[shard[0] :: shard[1]], positions[shard[0] :: shard[1]]
+        collate = partial(self.collate, tokenizer=tokenizer, with_labels=with_labels)
+        seed = self.seed if seed is None else seed
+        lengths = self.example_lengths(split, tokenizer) if shuffle and group_by_length else None
+        if lengths is not None:
+            grouped = LengthGroupedBatches([lengths[i] for i in positions], batch_size, seed)
+            return DataLoader(rows, batch_sampler=grouped, collate_fn=collate)
+        sampler = EpochShuffle(len(rows), seed) if shuffle else None
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+    def example_lengths(self, split: str, tokenizer) -> list[int] | None:
+        """Each item's length in tokens as ``collate`` pads it (None: all items are equally
+        long, nothing to group). Computed once per split and tokenizer."""
+        return None
+
+    def _cached_lengths(self, split: str, tokenizer, measure) -> list[int]:
+        """``measure(rows) -> lengths`` once per split and tokenizer."""
+        cached = self._lengths.get(split)
+        if cached is None or cached[0] is not tokenizer:
+            cached = self._lengths[split] = (tokenizer, list(measure(self.rows(split))))
+        return cached[1]
 
     def examples(self, split: str, tokenizer) -> list:
         """The items ``batches`` draws from (default: the split's rows; causal-lm: token blocks)."""
@@ -174,3 +193,44 @@ class EpochShuffle(Sampler):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+
+
+class LengthGroupedBatches(Sampler):
+    """Batches of similar length in a new order on every pass, drawn from (seed, pass number) alone.
+
+    Each pass shuffles the examples (as ``EpochShuffle``), cuts the order into windows of
+    ``WINDOW_BATCHES`` batches, sorts each window by length (longest first; ties keep
+    the shuffled order), cuts it into batches, and shuffles the batches of the whole
+    pass. Every example is in exactly one batch per pass; only the last window's last
+    batch can be short, so a pass has as many batches as plain shuffling gives. This is
+    what ``group_by_length`` does in transformers' Trainer (windows of 50 batches there
+    too). Like ``EpochShuffle``, set ``epoch`` before iterating to replay a pass.
+    """
+
+    WINDOW_BATCHES = 50
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def batches_of_pass(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        window = self.WINDOW_BATCHES * self.batch_size
+        batches = []
+        for start in range(0, len(order), window):
+            part = order[start : start + window]
+            ranked = part[torch.sort(self.lengths[part], descending=True, stable=True).indices].tolist()
+            batches += [ranked[i : i + self.batch_size] for i in range(0, len(ranked), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
+
+    def __iter__(self):
+        batches = self.batches_of_pass(self.epoch)
+        self.epoch += 1
+        return iter(batches)

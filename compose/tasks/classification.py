@@ -52,20 +52,18 @@ class SequenceClassificationTask(Task):
             index.setdefault(name, i)
         return index
 
-    def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
+    def _encode(self, rows: list[dict], tokenizer, **options):
         texts = [str(r[self.spec["text_column"]]) for r in rows]
         pair_column = self.spec.get("text_pair_column")
         pairs = [str(r[pair_column]) for r in rows] if pair_column else None
-        batch = dict(
-            tokenizer(
-                texts,
-                pairs,
-                truncation=True,
-                max_length=self.spec["max_length"],
-                padding=True,
-                return_tensors="pt",
-            )
-        )
+        return tokenizer(texts, pairs, truncation=True, max_length=self.spec["max_length"], **options)
+
+    def example_lengths(self, split: str, tokenizer) -> list[int]:
+        return self._cached_lengths(split, tokenizer,
+                                    lambda rows: map(len, self._encode(rows, tokenizer)["input_ids"]))  # fmt: skip
+
+    def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
+        batch = dict(self._encode(rows, tokenizer, padding=True, return_tensors="pt"))
         if with_labels:
             index = self._label_index()
             batch["labels"] = torch.tensor([index[str(r[self.spec["label_column"]]).strip()] for r in rows])

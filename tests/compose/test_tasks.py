@@ -153,3 +153,81 @@ def test_every_saved_model_names_its_classes_in_config_json(write_recipe, host, 
     name_labels(model, task)
     model.save_pretrained(tmp_path / "student")
     assert json.loads((tmp_path / "student" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+
+
+# -- length-grouped batches (training) ----------------------------------------------------
+
+
+def varied_task(write_recipe, host, tmp_path, rows=300):
+    """A classification task whose training rows are 1 to 14 words long."""
+    import random
+
+    rng = random.Random(5)
+    words = ["good", "great", "bad", "awful", "the", "film", "plot", "was"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 14))) + f"\t{i % 2}" for i in range(rows)]
+    data = tmp_path / "varied.tsv"
+    data.write_text("sentence\tlabel\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    recipe = load_recipe(write_recipe("- {name: t, uses: train, with: {epochs: 1}}"), [f"task.data.train.path={data}"],
+                         host)  # fmt: skip
+    return build_task(recipe.data["task"], recipe.data["seed"])
+
+
+def test_grouped_batches_cover_every_example_once_per_pass_in_an_order_fixed_by_the_seed():
+    from compose.tasks.base import LengthGroupedBatches
+
+    lengths = [(7 * i) % 23 + 1 for i in range(1000)]
+    grouped = LengthGroupedBatches(lengths, batch_size=8, seed=3)
+    first, second = list(grouped), list(grouped)  # two passes
+    assert len(first) == len(grouped) == 125
+    for batches in (first, second):
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert first != second  # a new order every pass
+    again = LengthGroupedBatches(lengths, batch_size=8, seed=3)
+    assert list(again) == first and list(again) == second  # the same seed replays the same passes
+    again.epoch = 1
+    assert list(again) == second  # resuming at pass 1 replays pass 1 (the training loop sets epoch)
+    assert list(LengthGroupedBatches(lengths, batch_size=8, seed=4)) != first
+    # within a window of 50 batches the lengths are sorted, so a batch spans few lengths
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first]
+    assert sum(spread) / len(spread) < 1.0
+
+
+def test_grouped_batches_are_mostly_real_tokens_where_random_ones_are_mostly_padding(write_recipe, host, tiny_bert,
+                                                                                    tmp_path):  # fmt: skip
+    _, tokenizer = tiny_bert
+    task = varied_task(write_recipe, host, tmp_path)
+
+    def real_share(loader):
+        real = total = 0
+        for batch in loader:
+            real += int(batch["attention_mask"].sum())
+            total += batch["attention_mask"].numel()
+        return real / total
+
+    grouped = task.batches("train", tokenizer, 16, shuffle=True, seed=0, group_by_length=True)
+    plain = task.batches("train", tokenizer, 16, shuffle=True, seed=0)
+    assert len(grouped) == len(plain) == 19
+    assert real_share(grouped) > 0.9 > 0.7 > real_share(plain)
+    seen = [int(x) for batch in task.batches("train", tokenizer, 300, shuffle=True, group_by_length=True)
+            for x in batch["labels"]]  # fmt: skip
+    assert len(seen) == 300
+
+
+def test_grouped_batches_give_each_process_a_disjoint_share(write_recipe, host, tiny_bert, tmp_path):
+    """Both ways the loop shards: accelerate's batch-sampler shards (data parallel), and task rows (tp groups)."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from compose.tasks.base import LengthGroupedBatches
+
+    lengths = [(5 * i) % 17 + 1 for i in range(256)]
+    shares = [{i for b in BatchSamplerShard(LengthGroupedBatches(lengths, batch_size=16, seed=0), num_processes=2,
+                                            process_index=rank) for i in b} for rank in (0, 1)]  # fmt: skip
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(256))
+
+    _, tokenizer = tiny_bert
+    task = varied_task(write_recipe, host, tmp_path, rows=64)
+    texts = []
+    for rank in (0, 1):
+        loader = task.batches("train", tokenizer, 8, shuffle=True, shard=(rank, 2), group_by_length=True)
+        texts.append([tokenizer.decode(ids, skip_special_tokens=True) for b in loader for ids in b["input_ids"]])
+    assert len(texts[0]) == len(texts[1]) == 32
