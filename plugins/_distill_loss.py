@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 #: Output fields of each stack: (hidden states, self-attentions).
 STACK_OUTPUTS = {
     "layers": ("hidden_states", "attentions"),
@@ -94,8 +96,10 @@ class DistillationLoss:
                 (a plain list is the map of a one-stack model).
     """
 
-    def __init__(self, teacher, settings: dict, layer_maps, projection=None, family: str = "encoder"):
+    def __init__(self, teacher, settings: dict, layer_maps, projection=None, family: str = "encoder",
+                 teacher_cache=None):  # fmt: skip
         self.teacher = teacher
+        self.teacher_cache = teacher_cache  # a TeacherCache: the teacher's logits by example, or None
         self.soft_weight = settings["soft"]["weight"]
         self.temperature = settings["soft"]["temperature"]
         self.hard_weight = settings["hard"]["weight"]
@@ -152,7 +156,15 @@ class DistillationLoss:
         if self.family != "encoder":
             extra["use_cache"] = False  # no key/value cache: each batch is one forward pass
         teacher_out = None
-        if self.soft_weight > 0 or want_hidden or want_attention:
+        if self.teacher_cache is not None:  # only the logits are needed (see _distill_teacher_cache)
+            keys = self.teacher_cache.keys(inputs)
+            logits = self.teacher_cache.lookup(keys, inputs)
+            if logits is None:
+                with torch.no_grad():
+                    logits = self.teacher(**inputs, **extra).logits
+                self.teacher_cache.store(keys, logits, inputs)
+            teacher_out = SimpleNamespace(logits=logits)
+        elif self.soft_weight > 0 or want_hidden or want_attention:
             with torch.no_grad():
                 teacher_out = self.teacher(**inputs, **extra)
         student_inputs = {**inputs, "labels": batch["labels"]} if self.hard_weight > 0 and "labels" in batch else inputs

@@ -9,6 +9,7 @@ from pathlib import Path
 from compose.api import Check
 from compose.plugins._architecture_checks import architecture_problems, model_type_at
 from compose.plugins._architectures import lookup
+from compose.plugins._distill_teacher_cache import why_not_cached
 from compose.plugins._distill_layer_maps import stack_label, layer_map_form_problem, layer_map_problems
 from compose.plugins._distill_loss import TERMS
 from compose.plugins._distill_sizes import ALL_SIZE_KEYS, SIZE_KEYS, SIZE_ROLES, architecture_key_message
@@ -44,9 +45,14 @@ def describe(settings) -> str:
         att = loss_settings["attention"]
         terms.append(f"attention {att['measure'].upper()} x{att['weight']} ({mapping})")
     length = f"{training['max_steps']} steps" if training["max_steps"] else f"{training['epochs']} epoch(s)"
+    not_cached = why_not_cached(settings, None)
+    teacher = (f"teacher's logits cached per example, up to {settings['teacher_cache']['max_megabytes']:g} MB "
+               "(an encoder-decoder's teacher runs every step)" if not_cached is None
+               else f"teacher run every step ({not_cached})")  # fmt: skip
     return (
         f"distil into a student made of {student}; loss: {' + '.join(terms) or 'none'}; "
-        f"train on '{training['split']}' for {length}, batch {training['batch_size']}, lr {training['learning_rate']}"
+        f"train on '{training['split']}' for {length}, batch {training['batch_size']}, lr {training['learning_rate']}; "
+        f"{teacher}"
     )
 
 

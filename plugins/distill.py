@@ -37,6 +37,7 @@ from compose.plugins._distill_layer_maps import stack_label, resolve_layer_maps
 from compose.plugins._distill_loss import TERMS, DistillationLoss
 from compose.plugins._distill_plan import check, describe
 from compose.plugins._distill_student import build_student, config_differences
+from compose.plugins._distill_teacher_cache import TeacherCache, why_not_cached
 
 def _one_or_all(per_stack: dict):
     """A one-stack model's value itself, an encoder-decoder's {encoder: ..., decoder: ...}."""
@@ -78,7 +79,9 @@ def run(ctx: StageContext) -> StageResult:
     was_grad = {name: p.requires_grad for name, p in teacher.named_parameters()}
     was_training = teacher.training
     changed = []  # dropouts and attention implementations, restored afterwards
-    loss = DistillationLoss(teacher, loss_settings, layer_maps, projection, ctx.family)
+    not_cached = why_not_cached(settings, ctx.family)
+    cache = TeacherCache(settings["teacher_cache"]["max_megabytes"]) if not_cached is None else None
+    loss = DistillationLoss(teacher, loss_settings, layer_maps, projection, ctx.family, teacher_cache=cache)
     if not loss.terms:
         raise ValueError("every loss weight is 0: nothing to train the student on; give loss.soft.weight > 0")
     try:
@@ -117,6 +120,7 @@ def run(ctx: StageContext) -> StageResult:
             "attention_measure": loss_settings["attention"]["measure"] if attention else None,
             "values": loss.summary(),
         },
+        "teacher_cache": cache.summary() if cache is not None else {"used": False, "reason": not_cached},
         "training": summary.to_json(),
     }
     return StageResult(model=student, details=details)

@@ -253,6 +253,7 @@ def test_describe_names_student_and_loss_terms(host):
     assert "every other layer" in text
     assert "soft-target KL at T=2.0" in text and "hard labels" in text and "attention KL x0.5" in text
     assert "hidden-state" not in text
+    assert "teacher run every step (layer matching" in text  # no cached logits: it needs attentions
 
 
 def test_recipe_apply_train_then_distill_end_to_end(write_recipe, tmp_path):
@@ -628,3 +629,57 @@ def test_recipe_apply_train_then_distill_end_to_end_on_language_models(write_rec
         assert rows["shrink"]["metric"]["name"] == "exact_match"
         assert rows["shrink"]["details"]["student"]["layers"] == {"encoder": 2, "decoder": 2}
         assert (reloaded.config.num_layers, reloaded.config.num_decoder_layers) == (2, 2)
+
+
+# -- the teacher's logits, cached per example ------------------------------------------------
+
+
+def _cached_and_live(model, student, settings, batches, family="encoder"):
+    """(losses with a TeacherCache, losses with the live teacher) over ``batches``, and the cache."""
+    from compose.plugins._distill_teacher_cache import TeacherCache
+
+    cache = TeacherCache(max_megabytes=64)
+    cached = DistillationLoss(model, settings, None, family=family, teacher_cache=cache)
+    live = DistillationLoss(model, settings, None, family=family)
+    with torch.no_grad():
+        return [cached(student, b).item() for b in batches], [live(student, b).item() for b in batches], cache
+
+
+def test_the_cached_teacher_gives_the_live_teachers_loss_and_runs_once_per_example(make_context, teacher):
+    model, tokenizer, _ = teacher
+    ctx = distill_context(make_context, model, tokenizer, "{student: {from_teacher: {layers: [1, 3]}}}")
+    student, _ = distill.build_student(ctx, model)
+    for m in (model, student):
+        m.eval()
+    batch = _one_batch(ctx)
+    padded = {k: torch.nn.functional.pad(v, (0, 5)) if v.dim() == 2 else v for k, v in batch.items()}  # longer padding
+    cached, live, cache = _cached_and_live(model, student, ctx.settings["loss"], [batch, batch, padded])
+    assert cached == pytest.approx(live, rel=1e-5)
+    assert cache.misses == 8 and cache.hits == 16  # the same 8 examples, whatever their padding: one teacher run
+    assert cache.summary()["examples"] == 8
+
+
+def test_the_cached_teacher_keeps_a_language_models_logits_per_position(make_context, request):
+    family, model, tokenizer = trained_teacher(request, make_context, "decoder")
+    ctx = lm_context(make_context, family, model, tokenizer, "{}")
+    student, _ = distill.build_student(ctx, model)
+    for m in (model, student):
+        m.eval()
+    batch = next(iter(ctx.task.batches("train", tokenizer, 8)))
+    batch["attention_mask"][0, 10:] = 0  # a padded row: its padding positions are not kept
+    batch["labels"][0, 10:] = -100
+    cached, live, cache = _cached_and_live(model, student, ctx.settings["loss"], [batch, batch], family)
+    assert cached == pytest.approx(live, rel=1e-5) and cache.hits == 8
+    assert cache.bytes == (7 * 16 + 10) * model.config.vocab_size * 4
+
+
+def test_the_teacher_cache_is_used_only_where_it_is_exact():
+    from compose.plugins._distill_teacher_cache import why_not_cached
+
+    base = {"loss": {"soft": {"weight": 1.0}, "hidden": {"weight": 0}, "attention": {"weight": 0}},
+            "teacher_cache": {"enabled": True}}  # fmt: skip
+    assert why_not_cached(base, "encoder") is None and why_not_cached(base, "decoder") is None
+    assert "encoder-decoder" in why_not_cached(base, "encoder-decoder")
+    matching = {**base, "loss": {**base["loss"], "hidden": {"weight": 1.0}}}
+    assert "layer matching" in why_not_cached(matching, "encoder")
+    assert "enabled is false" in why_not_cached({**base, "teacher_cache": {"enabled": False}}, "encoder")
