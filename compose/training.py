@@ -87,6 +87,10 @@ class TrainingSummary:
     resumed_from_step: int | None = None  # the in-stage checkpoint this run resumed from
     #: With several processes: whether every rank ended with bit-identical parameters.
     parameters_in_sync: bool | None = None
+    #: Tokens this process trained on (resumed runs: since the resume): ``real`` (attention
+    #: mask set) and ``computed`` (the padded batches' size), so real/computed is how much of
+    #: the work was not padding.
+    tokens: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -99,6 +103,7 @@ class TrainingSummary:
             "setup": self.setup,
             "resumed_from_step": self.resumed_from_step,
             "parameters_in_sync": self.parameters_in_sync,
+            "tokens": self.tokens,
         }
 
 
@@ -166,6 +171,15 @@ def _check_declared_training(ctx) -> None:
             f"stage type '{ctx.plugin}' runs the shared training loop (train_model) but was registered with "
             "trains=False; register it with StageType(..., trains=True)"
         )
+
+
+def _count_tokens(batch: dict, real, computed):
+    """Add a batch's real (attention mask set) and computed (padded) token counts; on the device."""
+    ids = batch.get("input_ids")
+    if ids is None:
+        return real, computed
+    mask = batch.get("attention_mask")
+    return real + (mask.sum() if mask is not None else ids.numel()), computed + ids.numel()
 
 
 def train_model(
@@ -250,6 +264,7 @@ def train_model(
 
     start = time.perf_counter()
     step, epoch, window, last_loss, pending = 0, 0, [], None, None
+    real_tokens = computed_tokens = 0  # tensors on the device once counting starts (read once at the end)
     host = ctx.plugin_host
     step_hooks = host.hook.compose_training_step_end.get_hookimpls() if host is not None else []
     watched = bool(setup.on_step_end or step_hooks)  # someone reads every step's loss
@@ -278,6 +293,7 @@ def train_model(
                         checkpoint.set_random_state(random_state)
                         random_state = None
                     continue
+                real_tokens, computed_tokens = _count_tokens(batch, real_tokens, computed_tokens)
                 with accelerator.accumulate(model):
                     loss = loss_fn(model, batch)
                     accelerator.backward(loss)
@@ -333,7 +349,8 @@ def train_model(
     model.eval()
     epochs_done = step / steps_per_epoch
     summary = TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history,
-                              setup=setup.notes, resumed_from_step=position.step if position else None)  # fmt: skip
+                              setup=setup.notes, resumed_from_step=position.step if position else None,
+                              tokens={"real": int(real_tokens), "computed": int(computed_tokens)})  # fmt: skip
     if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
         digests = gather_objects(parameters_digest(model))
         summary.processes = len(digests)

@@ -29,8 +29,10 @@ def test_training_lowers_the_loss_and_stops_at_max_steps(make_context, tiny_bert
                   "eval_every_epoch: false, log_every: 4}")  # fmt: skip
     before = fixed_batch_loss(ctx.model, ctx)
     seen = []
-    trained, summary = train_model(ctx, loss_fn=lambda m, batch: seen.append(1) or m(**batch).loss)
+    trained, summary = train_model(ctx, loss_fn=lambda m, batch: seen.append(batch) or m(**batch).loss)
     assert len(seen) == 24 and summary.steps == 24
+    assert summary.tokens == {"real": sum(int(b["attention_mask"].sum()) for b in seen),
+                              "computed": sum(b["input_ids"].numel() for b in seen)}  # fmt: skip
     assert summary.epochs == 1.5  # 256 rows in batches of 16: 16 steps a pass
     assert summary.resumed_from_step is None and summary.processes == 1
     assert not trained.training  # handed back in eval mode
@@ -157,5 +159,5 @@ def test_summary_json():
     summary = TrainingSummary(steps=3, epochs=0.5, final_loss=0.25, seconds=1.23456, history=[{"epoch": 1}])
     assert summary.to_json() == {
         "steps": 3, "epochs": 0.5, "final_loss": 0.25, "seconds": 1.235, "history": [{"epoch": 1}], "processes": 1,
-        "setup": {}, "resumed_from_step": None, "parameters_in_sync": None,
+        "setup": {}, "resumed_from_step": None, "parameters_in_sync": None, "tokens": {},
     }  # fmt: skip
