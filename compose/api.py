@@ -9,6 +9,7 @@ Plugins import from here (and ``compose.hookimpl``), never from other core modul
 from typing import TYPE_CHECKING
 
 from compose import hookimpl
+from compose.atomic import writing_folder
 from compose.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
 from compose.errors import ComposeError, DataError, ModelLoadError
 from compose.modeling import count_parameters, task_model_kwargs
@@ -72,4 +73,5 @@ __all__ = [
     "task_model_kwargs",
     "train_model",
     "transforms_of",
+    "writing_folder",
 ]

@@ -9,20 +9,18 @@ the model from its config, lets each transform's stage type ``rebuild`` the
 structure, then loads the weights strictly. A model without transforms reloads
 with plain ``from_pretrained`` too.
 
-Writes go to a temporary folder that is renamed into place, so a killed run never
-leaves a half-written artifact that looks finished.
+Writes go through compose.atomic: a killed run never leaves a half-written artifact
+that looks finished, and a save killed between its renames is recovered when read.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from compose import interrupts
+from compose import atomic, interrupts
 from compose.errors import ModelLoadError
 
 MANIFEST = "compose-artifact.json"
@@ -52,11 +50,8 @@ def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapp
     reached when every file is written and none is in place yet.
     """
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    before_replace = (lambda: interrupts.point(point)) if point is not None else None
+    with atomic.writing_folder(directory, before_replace) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -68,29 +63,7 @@ def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapp
             **(dict(extra) if extra else {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        if point is not None:
-            interrupts.point(point)
-        if directory.exists():
-            old = directory.with_name(directory.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
 
 
 def size_on_disk(directory: Path, *, weights_only: bool = False) -> int:
@@ -123,7 +96,7 @@ def load_artifact(directory, host=None, task_kind: str | None = None):
 
     from compose.modeling import auto_class
 
-    directory = Path(directory)
+    directory = atomic.recover(Path(directory))  # a save killed between its two renames
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory} is not a saved model (no config.json)")
     manifest = read_manifest(directory)

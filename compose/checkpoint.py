@@ -3,7 +3,7 @@
 A checkpoint is a folder in the stage's work folder: the weights (safetensors), the
 optimizer and schedule state and the random state, the GPU's too (``torch.save``, read back with
 ``weights_only=True``), and ``meta.json`` with the step, the pass over the data and
-the stage's fingerprint. It is written under a temporary name and renamed into place;
+the stage's fingerprint. It is written through compose.atomic;
 only a checkpoint whose fingerprint matches the stage's is ever resumed.
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+from compose import atomic
+
 FOLDER = "checkpoint"
 
 
@@ -29,31 +31,22 @@ class Position:
 
 
 def save(folder: Path, fingerprint: str, position: Position, model, modules, optimizer, scheduler) -> None:
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    for index, module in enumerate(modules):
-        save_model(module, str(tmp / f"module{index}.safetensors"))
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from its own generator
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    torch.save(state, tmp / "state.pt")
-    meta = {"fingerprint": fingerprint, **position.__dict__}
-    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic.writing_folder(Path(folder)) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        for index, module in enumerate(modules):
+            save_model(module, str(tmp / f"module{index}.safetensors"))
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from its own generator
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        torch.save(state, tmp / "state.pt")
+        meta = {"fingerprint": fingerprint, **position.__dict__}
+        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def find(folder: Path, fingerprint: str) -> Position | None:
     """The position of a resumable checkpoint for this fingerprint, if there is one."""
     try:
-        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((atomic.recover(Path(folder)) / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not fingerprint or meta.get("fingerprint") != fingerprint:

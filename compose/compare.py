@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from compose import atomic
 from compose.errors import ComposeError
 from compose.report import REPORT_FILE, Report, report_from_json
 
@@ -170,8 +171,7 @@ def plot(runs: list[Run], target: Path) -> Path:
     figure.suptitle("recipe compare: one point per stage per run")
     figure.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial.png")
-    figure.savefig(tmp, dpi=120)
+    with atomic.writing_file(target) as handle:
+        figure.savefig(handle, dpi=120, format="png")
     plt.close(figure)
-    tmp.replace(target)
     return target

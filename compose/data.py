@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def read_file(path: Path, fmt: str, columns: list[str], split: str, *, max_lines
     data). A UTF-8 byte-order mark (Excel and GLUE's MRPC files have one) is dropped.
     """
     if not path.is_file():
-        raise DataError(f"split '{split}': no such data file {path}")
+        raise DataError(f"split '{split}': {not_a_data_file(path)}")
     fmt = file_format(path, fmt, split)
     text = _read_text(path, split, max_lines)
     if fmt == "text":  # one row per line, under the task's text column (WikiText and the like)
@@ -93,14 +94,56 @@ def read_file(path: Path, fmt: str, columns: list[str], split: str, *, max_lines
     return rows
 
 
+def not_a_data_file(path: Path) -> str:
+    """What is at ``path`` instead of a readable regular file (it is never opened if it is not one)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"no such data file {path}"
+    except OSError as exc:
+        return f"{path} cannot be looked at ({exc.strerror}); check the path and its permissions"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder, not a data file; give the path of the file inside it"
+    if stat.S_ISFIFO(mode):
+        return f"{path} is a named pipe (FIFO), not a regular file; it was not read: give a data file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"{path} is a device, not a regular file; it was not read: give a data file"
+    if stat.S_ISSOCK(mode):
+        return f"{path} is a socket, not a regular file; it was not read: give a data file"
+    if not os.access(path, os.R_OK):
+        return f"{path} cannot be read (permission denied); give this user read access to it"
+    return f"{path} is not a regular file; give a data file"
+
+
 def _read_text(path: Path, split: str, max_lines: int | None) -> str:
+    if not os.access(path, os.R_OK):
+        raise DataError(f"split '{split}': {not_a_data_file(path)}")
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             if max_lines is None:
-                return handle.read()
-            return "".join(line for _, line in zip(range(max_lines), handle))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"split '{split}': {path} is not UTF-8 text (offset {exc.start})") from None
+                text = handle.read()
+            else:
+                text = "".join(line for _, line in zip(range(max_lines), handle))
+    except UnicodeDecodeError:
+        number = _first_undecodable_line(path)
+        raise DataError(f"split '{split}': {path}:{number}: this line is not UTF-8 text; save the file as UTF-8") from None
+    if "\x00" in text:
+        number = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"split '{split}': {path}:{number}: this line holds a NUL byte, which no text file has; "
+                        "is this the right file (or a corrupted one)?")  # fmt: skip
+    return text
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 class MissingColumns(DataError):

@@ -75,6 +75,52 @@ class DiskFull(ComposeError):
     """The disk filled up while a stage's results were written."""
 
 
+class MachineFault(ComposeError):
+    """The machine refused a file operation (permissions, a read-only disk, a path that cannot be)."""
+
+
+#: errno -> (what went wrong, what to do), for faults of the machine rather than of recipe-compose.
+_FILE_FAULTS = {
+    "EACCES": ("permission denied", "give this user write access to it, or choose another --output"),
+    "EPERM": ("operation not permitted", "give this user write access to it, or choose another --output"),
+    "EROFS": ("the file system is read-only", "choose an --output on a writable disk"),
+    "ENOTDIR": ("a part of the path is a file, not a folder", "choose an --output whose parents are folders"),
+    "EISDIR": ("a folder is where a file must go", "remove or rename that folder, or choose another --output"),
+    "ENAMETOOLONG": ("the path is too long for the file system", "choose a shorter --output"),
+    "EMFILE": ("too many open files", "raise the limit (ulimit -n) and run `recipe apply` again to resume"),
+}
+
+
+def _as_os_error(exc: BaseException) -> BaseException:
+    """A library's error that reports an OS error only in its text (safetensors: "... (os error 28)")."""
+    import os
+    import re
+
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def file_fault_message(exc: OSError) -> str | None:
+    """The machine's words for a file-system fault: the path, what went wrong, what to do (None: not one)."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or -1)
+    path = exc.filename or "a file of the run"
+    if name in ("ENOSPC", "EDQUOT"):
+        what = "the disk is full" if name == "ENOSPC" else "the disk quota is used up"
+        return (f"{what} while writing {path}; the partial files were removed and finished stages are kept: "
+                "free some space and run `recipe apply` again to resume")  # fmt: skip
+    if name in _FILE_FAULTS:
+        what, fix = _FILE_FAULTS[name]
+        return f"{what}: {path}; {fix}"
+    return None
+
+
 def explain_failure(exc: BaseException, run_dir=None) -> BaseException:
     """Out-of-memory and disk-full failures as messages that say what to do; others unchanged."""
     import errno
@@ -91,10 +137,9 @@ def explain_failure(exc: BaseException, run_dir=None) -> BaseException:
             f"out of memory ({exc}); lower the stage's batch_size, or turn on `checkpointing: true` "
             "for stages that train; finished stages are kept, so `recipe apply` resumes after them"
         )
+    exc = _as_os_error(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" in {run_dir}" if run_dir else ""
-        return DiskFull(
-            f"the disk is full{where} ({exc.strerror}); the partial files were removed and finished stages "
-            "are kept: free some space and run `recipe apply` again to resume"
-        )
+        return DiskFull(file_fault_message(exc))
+    if isinstance(exc, OSError) and file_fault_message(exc):
+        return MachineFault(file_fault_message(exc))
     return exc

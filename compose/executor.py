@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from compose import interrupts
+from compose import atomic, integrity, interrupts
 from compose.artifacts import load_artifact, save_artifact, size_on_disk
 from compose.comparison import compare
 from compose.distributed import Ranks, init_ranks
@@ -20,7 +20,7 @@ from compose.modeling import count_parameters, load_model, load_tokenizer, name_
 from compose.progress import Progress
 from compose.recipe import Recipe
 from compose.fingerprint import evaluation_fingerprint, stage_fingerprints
-from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, row_from_json, write_json_atomic
+from compose.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, row_from_json
 from compose.stage import StageContext, StageResult
 from compose.task_kinds import METRICS
 from compose.tasks import build_task
@@ -69,6 +69,7 @@ class Executor:
         self.threads = resolve_threads(recipe.data["evaluate"]["latency"])
         self.baseline_name = baseline_stage(recipe)
         self.records: dict[str, dict] = {}  # every evaluated row's per-example records, by row name
+        self.reuse_refused: list[dict] = []  # finished stages of an earlier run not reused, and why
 
     # -- helpers -----------------------------------------------------------
 
@@ -96,7 +97,8 @@ class Executor:
         if artifact is not None and self.ranks.is_main and result.records:
             import torch
 
-            torch.save(result.records, self._artifact_dir(index, name) / EVALUATION_RECORDS)
+            with atomic.writing_file(self._artifact_dir(index, name) / EVALUATION_RECORDS) as handle:
+                torch.save(result.records, handle)
         latency = None
         if settings["latency"]["enabled"] and self.ranks.is_main:  # the report is the main process's
             with self.progress.track(f"{name}: measuring latency at {self.threads} thread(s)"):
@@ -151,7 +153,7 @@ class Executor:
             self._compare_rows(report, task)
         report.refresh_retained()
         if self.ranks.is_main:
-            write_json_atomic(self.run_dir / REPORT_FILE, report.to_json())
+            atomic.write_json(self.run_dir / REPORT_FILE, report.to_json())
 
     def _check_gates(self, report: Report, final: bool) -> bool:
         """Evaluate the gates that can be evaluated now; False if one failed."""
@@ -213,6 +215,7 @@ class Executor:
         current = INPUT_ROW
         try:
             cached = [] if self.options.fresh else self._cached_rows(names)
+            report.reuse_refused = self.reuse_refused
             for index, row in enumerate(cached):
                 self._load_records(index, row)
             report.rows.extend(cached)
@@ -264,6 +267,12 @@ class Executor:
         except ComposeError as exc:  # model, tokenizer or data could not be loaded
             report.status = "stage_failed"
             report.error = {"stage": current, "type": type(exc).__name__, "message": str(exc)}
+        except OSError as exc:  # writing the report or a record: the machine's fault, in its words
+            fault = explain_failure(exc, self.run_dir)
+            if not isinstance(fault, ComposeError):
+                raise
+            report.status = "stage_failed"
+            report.error = {"stage": current, "type": type(fault).__name__, "message": str(fault)}
         except KeyboardInterrupt:  # SIGINT or SIGTERM (compose.interrupts)
             report.status = "interrupted"
             report.error = {
@@ -291,9 +300,15 @@ class Executor:
         """Note a finished stage (after its artifact is in place), so a later run can reuse it."""
         if not self.ranks.is_main or row.artifact is None:
             return
+        folder = self._artifact_dir(index, row.name)
         record = {"fingerprint": self.fingerprints[index], "evaluation": self.eval_fingerprint,
-                  "row": row.to_json()}  # fmt: skip
-        write_json_atomic(self._artifact_dir(index, row.name) / STAGE_RECORD, record)
+                  "row": row.to_json(), "files": integrity.digest(folder, self._kept_files(folder, row))}  # fmt: skip
+        atomic.write_json(folder / STAGE_RECORD, record)
+
+    @staticmethod
+    def _kept_files(folder: Path, row: StageRow) -> list[Path]:
+        """What a later run reuses of a finished stage: its artifact and its evaluation records."""
+        return [atomic.recover(Path(row.artifact)), folder / EVALUATION_RECORDS]
 
     def _cached_rows(self, names: list[str]) -> list[StageRow]:
         """Rows of the leading stages an earlier run in this folder finished with the same fingerprints."""
@@ -311,7 +326,14 @@ class Executor:
             if record.get("evaluation") != self.eval_fingerprint:
                 break
             row = row_from_json(record["row"])
-            if not row.artifact or not Path(row.artifact, "config.json").is_file():
+            if not row.artifact or not Path(atomic.recover(Path(row.artifact)), "config.json").is_file():
+                break
+            folder = self._artifact_dir(index, name)
+            changed = integrity.changes(folder, record.get("files") or {}, self._kept_files(folder, row))
+            if changed or "files" not in record:
+                why = "; ".join(changed[:3]) or "its record has no file hashes (written by an older version)"
+                self.reuse_refused.append({"stage": name, "reason": why})
+                self.progress.log(f"not reusing stage '{name}' (and those after it): {why}")
                 break
             row.reused = True
             rows.append(row)
@@ -319,14 +341,11 @@ class Executor:
 
     def _write_resolved_recipe(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = self.run_dir / RESOLVED_RECIPE
-        tmp = resolved.with_name(resolved.name + ".partial")
-        tmp.write_text(
+        atomic.write_text(
+            self.run_dir / RESOLVED_RECIPE,
             f"# The fully resolved recipe (defaults filled in) that produced this run.\n"
             f"# Source: {self.recipe.source}\n" + yaml.safe_dump(self.recipe.data, sort_keys=False),
-            encoding="utf-8",
         )
-        tmp.replace(resolved)
 
     def _run_stage(self, index, stage, stage_type, model, tokenizer, task):
         import transformers

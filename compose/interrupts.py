@@ -29,6 +29,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from compose import atomic
+
 __all__ = ["check", "handling_signals", "point", "received", "stopping", "PAUSE_AT_ENV", "PAUSE_FILE_ENV"]
 
 PAUSE_AT_ENV = "RECIPE_COMPOSE_PAUSE_AT"
@@ -122,9 +124,7 @@ def _pause(name: str) -> None:
     if target:
         rank = int(os.environ.get("RANK", "0"))
         path = Path(target + (f".rank{rank}" if rank else ""))
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(f"{name}\n{os.getpid()}\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic.write_text(path, f"{name}\n{os.getpid()}\n")
     else:
         print(f"[paused at {name}; pid {os.getpid()}]", file=sys.stderr, flush=True)
     deadline = time.monotonic() + PAUSE_LIMIT_S

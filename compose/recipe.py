@@ -13,6 +13,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from compose.data_check import check_data
+from compose.model_check import check_model_source
 from compose.composition import PATH_KEYS, CompositionError, apply_overrides, load_composed, path_base
 from compose.errors import Problem, RecipeError
 from compose.rules import check_families, check_order, run_stage_checks
@@ -109,7 +110,7 @@ def validate_document(doc, path: Path, host) -> Recipe:
     problems = _check_split_references(data, doc, checker, defaults=True)
     if problems:
         raise RecipeError(_sorted(problems))
-    problems = check_data(data, checker)
+    problems = check_data(data, checker) + check_model_source(data, checker, model_folder(data["model"]))
     if problems:
         raise RecipeError(_sorted(problems))
     family = model_family(data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,8 @@ class Report:
     status: str = "running"  # running | passed | gate_failed | stage_failed | interrupted
     error: dict | None = None
     seconds: float = 0.0
+    #: Finished stages of an earlier run in this folder that were not reused: [{stage, reason}].
+    reuse_refused: list = field(default_factory=list)
 
     @property
     def baseline(self) -> StageRow | None:
@@ -146,6 +147,7 @@ class Report:
             "comparison": self.comparison,
             "stages": [row.to_json() for row in self.rows],
             "reused_stages": [row.name for row in self.rows if row.reused],
+            "reuse_refused": self.reuse_refused,
             "gates": [asdict(g) for g in self.gates],
             "error": self.error,
             "seconds": round(self.seconds, 3),
@@ -180,16 +182,6 @@ def report_from_json(data: dict) -> Report:
         error=data.get("error"),
         seconds=data.get("seconds", 0.0),
     )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def format_bytes(n: int | None) -> str:

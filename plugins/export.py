@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from compose.api import (
     load_schema_file,
     save_artifact,
     transforms_of,
+    writing_folder,
 )
 
 STAGE = "export"
@@ -68,21 +68,6 @@ logits = session.run(["logits"], feeds)[0]
 print([labels[str(i)] for i in logits.argmax(-1)])
 ```
 """
-
-
-def _write_atomically(folder: Path, write) -> None:
-    """``write(tmp)`` fills a temporary folder that then replaces ``folder``."""
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _check_rows(ctx: StageContext, reference, exported) -> dict:
@@ -159,7 +144,8 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
             encoding="utf-8",
         )  # fmt: skip
 
-    _write_atomically(folder, write)
+    with writing_folder(folder) as tmp:  # the folder appears whole, or the old one stays
+        write(tmp)
     if not (folder / "tokenizer.json").is_file():
         raise ValueError(f"the tokenizer did not write tokenizer.json into {folder}")
     exported = onnx_module(folder, parameters, model.config)

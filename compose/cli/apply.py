@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +18,8 @@ from compose.distributed import launched_world_size
 from compose.errors import RecipeError
 from compose.recipe import load_recipe
 from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
-from compose.report import REPORT_FILE, RESOLVED_RECIPE, Report, report_from_json
+from compose.report import REPORT_FILE, Report, report_from_json
+from compose.run_folder import RunFolderError, claim, locked
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\
@@ -67,19 +69,11 @@ def add_parser(subparsers) -> None:
                    help="rerun every stage, ignoring finished stages of an earlier run in the run folder")  # fmt: skip
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="run on N processes on this machine (through torch.distributed.run)")  # fmt: skip
+    p.add_argument("--use-output-folder", action="store_true",
+                   help="write into an existing folder that holds other files (never one the run would overwrite)")  # fmt: skip
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub to run, if the recipe also sets model.trust_remote_code")  # fmt: skip
     p.set_defaults(handler=run)
-
-
-def is_safe_run_dir(run_dir: Path) -> bool:
-    """A folder we may write into: new, empty, or an earlier run's (it has our marker files)."""
-    if not run_dir.exists():
-        return True
-    if not run_dir.is_dir():
-        return False
-    entries = {p.name for p in run_dir.iterdir()}
-    return not entries or bool(entries & {REPORT_FILE, RESOLVED_RECIPE})
 
 
 def launch(args, recipe) -> Report | None:
@@ -129,9 +123,7 @@ def run(args) -> int:
 
 
 def _apply(args) -> int:
-    from compose.executor import Executor, RunOptions
-    from compose.progress import Progress, interval_from_env
-    from compose.report import render_table
+    from compose.progress import interval_from_env
 
     try:
         interval = interval_from_env()
@@ -154,11 +146,22 @@ def _apply(args) -> int:
             "on the command line; nothing ran"
         )
     run_dir = Path(args.output or recipe.data["output"]["dir"])
-    if not is_safe_run_dir(run_dir):
-        raise CommandError(
-            f"the run folder {run_dir} already holds files that are not from a recipe-compose run; "
-            "nothing ran (so that nothing there is overwritten): choose another --output or output.dir"
-        )
+    owner = not os.environ.get(LAUNCHED_ENV) and int(os.environ.get("RANK", "0")) == 0  # claims and locks
+    with ExitStack() as stack:
+        if owner:
+            try:
+                claim(run_dir, adopt=args.use_output_folder)
+                stack.enter_context(locked(run_dir))
+            except RunFolderError as exc:
+                raise CommandError(str(exc)) from None
+        return _run(args, recipe, host, run_dir, interval)
+
+
+def _run(args, recipe, host, run_dir: Path, interval: float) -> int:
+    from compose.executor import Executor, RunOptions
+    from compose.progress import Progress
+    from compose.report import render_table
+
     if args.nproc > 1 and launched_world_size() == 1:
         report = launch(args, recipe)
         if report is None:

@@ -7,16 +7,18 @@ import os
 import sys
 
 from compose import __version__
-from compose.cli import apply, compare, plan, plugins, schema, validate
+from compose.cli import apply, compare, plan, plugins, schema, validate, verify
 from compose.cli._common import CommandError, stderr
-from compose.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, help_text
+from compose.errors import file_fault_message
+from compose.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, help_text
 from compose.quiet import quiet_libraries
 
 DESCRIPTION = """\
 recipe-compose: declarative 'train large, then compress' recipes for transformers.
 
 A recipe (YAML) names a model, a task with its data and metric, and an ordered list
-of stages (train, distill, prune-heads, gptq, or a third-party plugin's). `apply`
+of stages (train, distill, prune-heads, prune-ffn, gptq, export, or a third-party
+plugin's; `recipe plugins` lists them). `apply`
 validates the whole recipe first, then runs the stages in order and, after each,
 reports the metric, the metric retained against the baseline, parameters, size
 on disk, batch-1 latency and throughput (x faster, x smaller than the baseline)
@@ -30,6 +32,7 @@ start here:
   recipe plan recipes/minilm-sst2.yaml        the recipe with every default, stage by stage
   recipe apply recipes/minilm-sst2.yaml       run it
   recipe compare runs/a runs/b                two finished runs side by side, and a plot
+  recipe verify runs/minilm-sst2              check a run folder's files against their recorded hashes
 
 exit codes:
 {exit_codes}
@@ -37,6 +40,7 @@ exit codes:
 environment:
   RECIPE_COMPOSE_PLUGINS  comma-separated plugin names to load (empty: none)
   RECIPE_COMPOSE_DEBUG=1  show Python tracebacks for failures
+  RECIPE_COMPOSE_PAUSE_AT, RECIPE_COMPOSE_PAUSE_FILE  pause a run at named points (tests; see README)
 """.format(exit_codes=help_text())
 
 
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"recipe-compose {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (apply, validate, plan, plugins, schema, compare):
+    for module in (apply, validate, plan, plugins, schema, compare, verify):
         module.add_parser(sub)
     return parser
 
@@ -78,6 +82,11 @@ def main(argv=None) -> int:
         stderr.print("[yellow]interrupted[/]")
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug of ours: say so briefly unless debugging
+        message = file_fault_message(exc) if isinstance(exc, OSError) else None
+        if message is not None:  # the machine's fault (a full disk, a read-only folder ...), not ours
+            stderr.print("[red]error:[/] ", end="")
+            stderr.print(message, markup=False, soft_wrap=True)
+            return EXIT_STAGE_FAILED
         if os.environ.get("RECIPE_COMPOSE_DEBUG"):
             raise
         stderr.print("[red]internal error:[/] ", end="")

@@ -96,7 +96,7 @@ def test_a_folder_with_other_files_is_never_used_as_run_folder(write_recipe, tmp
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work", encoding="utf-8")
     assert main(["apply", str(write_recipe(TRAIN)), "--output", str(precious), "-q"]) == 2
-    assert "not from a recipe-compose run" in capsys.readouterr().err
+    assert "holds files that recipe-compose did not write (thesis.tex)" in capsys.readouterr().err
     assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
 
 
