@@ -11,8 +11,20 @@ from compose import checkpoint, hookimpl
 from compose.training import TrainingSummary, parameters_digest, train_model
 
 
-def context(make_context, model, tokenizer, settings: str):
-    return make_context(f"- {{name: ft, uses: train, with: {settings}}}", model, tokenizer, overrides=())
+def context(make_context, model, tokenizer, settings: str, overrides=()):
+    return make_context(f"- {{name: ft, uses: train, with: {settings}}}", model, tokenizer, overrides=overrides)
+
+
+def varied_lengths(folder) -> str:
+    """An override pointing the training split at 256 rows of 1 to 12 words, so that grouping by length matters."""
+    import random
+
+    rng = random.Random(7)
+    words = ["good", "great", "bad", "awful", "the", "film", "plot", "was"]
+    rows = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) + f"\t{i % 2}" for i in range(256)]
+    path = folder / "varied.tsv"
+    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return f"task.data.train.path={path}"
 
 
 def fixed_batch_loss(model, ctx) -> float:
@@ -107,15 +119,17 @@ RESUMABLE = "{max_steps: 10, batch_size: 64, learning_rate: 1.0e-3, checkpoint_e
 
 
 @pytest.mark.parametrize(
-    "every, killed_in_step, resumed_from, evaluate",
-    [(3, 8, 6, "false"), (4, 6, 4, "false"), (4, 6, 4, "true")],
-    ids=["checkpoint-mid-pass", "checkpoint-at-the-end-of-a-pass", "checkpoint-before-an-evaluation-between-passes"],
+    "every, killed_in_step, resumed_from, evaluate, lengths",
+    [(3, 8, 6, "false", "equal"), (4, 6, 4, "false", "equal"), (4, 6, 4, "true", "equal"), (3, 8, 6, "false", "varied")],
+    ids=["checkpoint-mid-pass", "checkpoint-at-the-end-of-a-pass", "checkpoint-before-an-evaluation-between-passes",
+         "checkpoint-mid-pass-of-length-grouped-batches"],
 )
 def test_a_killed_run_resumes_to_the_uninterrupted_result(make_context, tiny_bert, tmp_path, every, killed_in_step,
-                                                          resumed_from, evaluate):  # fmt: skip
+                                                          resumed_from, evaluate, lengths):  # fmt: skip
     model, tokenizer = tiny_bert
     assert model.config.hidden_dropout_prob > 0  # dropout draws random numbers: the random state must resume too
-    ctx = context(make_context, model, tokenizer, RESUMABLE % (every, evaluate))
+    overrides = [varied_lengths(tmp_path)] if lengths == "varied" else []
+    ctx = context(make_context, model, tokenizer, RESUMABLE % (every, evaluate), overrides)
     ctx = dataclasses.replace(ctx, fingerprint="stage-fingerprint")
     reference, ref_summary, ref_batches = run(dataclasses.replace(ctx, work_dir=tmp_path / "reference"), model)
 
@@ -129,6 +143,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(make_context, tiny_ber
 
     assert summary.resumed_from_step == resumed_from and summary.steps == ref_summary.steps == 10
     assert [b.tolist() for b in batches] == [b.tolist() for b in ref_batches[resumed_from:]]  # the same order
+    if lengths == "varied":  # the batches were grouped: each spans a few of the split's 12 lengths
+        real = [(b != tokenizer.pad_token_id).sum(1) for b in ref_batches]
+        assert ctx.settings["group_by_length"] and max(int(r.max() - r.min()) for r in real) <= 4
     assert parameters_digest(resumed) == parameters_digest(reference)
     assert summary.final_loss == ref_summary.final_loss
     assert summary.history == ref_summary.history and len(summary.history) == (2 if evaluate == "true" else 0)
