@@ -128,7 +128,8 @@ def _read_text(path: Path, split: str, max_lines: int | None) -> str:
                 text = "".join(line for _, line in zip(range(max_lines), handle))
     except UnicodeDecodeError:
         number = _first_undecodable_line(path)
-        raise DataError(f"split '{split}': {path}:{number}: this line is not UTF-8 text; save the file as UTF-8") from None
+        raise DataError(f"split '{split}': {path}:{number}: this line is not UTF-8 text; "
+                        "save the file as UTF-8") from None
     if "\x00" in text:
         number = text.count("\n", 0, text.index("\x00")) + 1
         raise DataError(f"split '{split}': {path}:{number}: this line holds a NUL byte, which no text file has; "

@@ -49,7 +49,8 @@ def _reference_rows(reference: dict | None, where: dict, ids: torch.Tensor) -> d
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, description="evaluating", *,
-             reference: dict | None = None, keep_reference: int = 0, point: str | None = None) -> Evaluation:  # fmt: skip
+             reference: dict | None = None, keep_reference: int = 0,
+             point: str | None = None) -> Evaluation:  # fmt: skip
     """Run the model over ``settings['split']`` (``evaluate:`` section of the recipe).
 
     ``reference``: the baseline's records (its ``Evaluation.records``), for comparisons

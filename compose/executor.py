@@ -91,7 +91,8 @@ class Executor:
         settings = self.recipe.data["evaluate"]
         is_baseline = name == self.baseline_name
         result = evaluate(model, tokenizer, task, settings, self.device, self.progress, f"{name}: evaluating",
-                          point=f"{name}/evaluating", reference=None if is_baseline else self.records.get(self.baseline_name),
+                          point=f"{name}/evaluating",
+                          reference=None if is_baseline else self.records.get(self.baseline_name),
                           keep_reference=settings["against_baseline"]["top_k"] if is_baseline else 0)  # fmt: skip
         self.records[name] = result.records
         if artifact is not None and self.ranks.is_main and result.records:

@@ -71,7 +71,8 @@ def check_model_source(data: Mapping, checker, folder: Path | None) -> list[Prob
             config = None
         if isinstance(config, dict) and config.get("auto_map") and not model.get("trust_remote_code"):
             problems.append(checker.problem(("model", source_key), (
-                f"{folder / 'config.json'}: auto_map asks for the model's own code ({', '.join(sorted(config['auto_map']))}); "
+                f"{folder / 'config.json'}: auto_map asks for the model's own code "
+                f"({', '.join(sorted(config['auto_map']))}); "
                 "recipe-compose runs no code from a model unless the recipe sets model.trust_remote_code: true "
                 "and apply is given --trust-remote-code")))  # fmt: skip
     if isinstance(config, Mapping):

@@ -70,7 +70,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="run on N processes on this machine (through torch.distributed.run)")  # fmt: skip
     p.add_argument("--use-output-folder", action="store_true",
-                   help="write into an existing folder that holds other files (never one the run would overwrite)")  # fmt: skip
+                   help="write into an existing folder that holds other files (never over one of them)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the hub to run, if the recipe also sets model.trust_remote_code")  # fmt: skip
     p.set_defaults(handler=run)

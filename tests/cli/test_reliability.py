@@ -1,4 +1,4 @@
-"""What a deployment pipeline relies on: the user's files, the cache's bytes, the machine's faults, one run per folder."""
+"""What a pipeline relies on: the user's files, the cache's bytes, the machine's faults, one run per folder."""
 
 import errno
 import json

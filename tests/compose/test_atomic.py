@@ -44,6 +44,7 @@ def test_a_folder_left_as_old_by_a_kill_between_the_renames_is_recovered_by_read
 
 def test_before_replace_runs_when_the_folder_is_complete_and_not_yet_in_place(tmp_path):
     folder, seen = tmp_path / "model", []
-    with atomic.writing_folder(folder, before_replace=lambda: seen.append(sorted(p.name for p in tmp_path.iterdir()))) as tmp:
+    listing = lambda: seen.append(sorted(p.name for p in tmp_path.iterdir()))  # noqa: E731
+    with atomic.writing_folder(folder, before_replace=listing) as tmp:
         (tmp / "w.bin").write_bytes(b"x")
     assert seen == [["model.partial"]] and (folder / "w.bin").read_bytes() == b"x"
