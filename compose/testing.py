@@ -40,10 +40,12 @@ class PausedRun:
 
     ``folder``: where the pause file and the child's stderr (``stderr.txt``) go.
     ``ranks``: the processes that pause (``--nproc N``: N).
+    ``sigint_ignored``: start it with SIGINT ignored, as a background job of a non-interactive
+    shell (``cmd &`` in a script, many CI runners) is.
     """
 
     def __init__(self, args: Sequence[str], at: Sequence[str], folder: Path, ranks: int = 1,
-                 env: dict | None = None):  # fmt: skip
+                 env: dict | None = None, sigint_ignored: bool = False):  # fmt: skip
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.flag = self.folder / "paused"
@@ -52,8 +54,9 @@ class PausedRun:
         self.stderr_path = self.folder / "stderr.txt"
         full_env = {**os.environ, **(env or {}), PAUSE_AT_ENV: ",".join(at), PAUSE_FILE_ENV: str(self.flag)}
         with open(self.stderr_path, "wb") as err:
+            ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
             self.process = subprocess.Popen([*recipe_command(), "apply", *args], env=full_env,
-                                            stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+                                            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=ignore)  # fmt: skip
 
     def _flags(self) -> list[Path]:
         return [self.flag] + [self.flag.with_name(f"{self.flag.name}.rank{r}") for r in range(1, self.ranks)]

@@ -96,6 +96,19 @@ def test_a_signal_at_a_point_stops_the_run_and_it_resumes_to_the_uninterrupted_r
     _assert_resumes_to(recipe, run, reference_run, finished)
 
 
+def test_sigint_stops_a_run_that_was_started_with_sigint_ignored(reference, tmp_path):
+    """The lost Ctrl-C: a job started in the background of a non-interactive shell (CI) inherits SIGINT as
+    ignored, Python keeps an inherited SIG_IGN, and the run used to go on and exit 0. It stops now."""
+    recipe, reference_run = reference
+    run = tmp_path / "run"
+    paused = PausedRun([str(recipe), "--output", str(run), "-q"], at=["b/step 5"], folder=tmp_path,
+                       sigint_ignored=True)  # fmt: skip
+    assert paused.wait_paused() == "b/step 5"
+    paused.send(signal.SIGINT)
+    assert paused.wait() == 130 and report_of(run)["status"] == "interrupted"
+    _assert_resumes_to(recipe, run, reference_run, ["input", "a"])
+
+
 def test_a_second_signal_while_stopping_ends_the_run_at_once(reference, tmp_path):
     recipe, reference_run = reference
     run = tmp_path / "run"
