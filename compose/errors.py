@@ -122,7 +122,7 @@ def file_fault_message(exc: OSError) -> str | None:
 
 
 def explain_failure(exc: BaseException, run_dir=None) -> BaseException:
-    """Out-of-memory and disk-full failures as messages that say what to do; others unchanged."""
+    """Out-of-memory and file-system faults as messages that say what to do; others unchanged."""
     import errno
 
     oom_types = (MemoryError,)
@@ -137,9 +137,8 @@ def explain_failure(exc: BaseException, run_dir=None) -> BaseException:
             f"out of memory ({exc}); lower the stage's batch_size, or turn on `checkpointing: true` "
             "for stages that train; finished stages are kept, so `recipe apply` resumes after them"
         )
-    exc = _as_os_error(exc)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(file_fault_message(exc))
-    if isinstance(exc, OSError) and file_fault_message(exc):
-        return MachineFault(file_fault_message(exc))
-    return exc
+    os_error = _as_os_error(exc)
+    message = file_fault_message(os_error) if isinstance(os_error, OSError) else None
+    if message is None:
+        return exc
+    return DiskFull(message) if os_error.errno in (errno.ENOSPC, errno.EDQUOT) else MachineFault(message)

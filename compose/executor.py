@@ -26,11 +26,7 @@ from compose.task_kinds import METRICS
 from compose.tasks import build_task
 
 INPUT_ROW = "input"
-#: Written beside each finished stage's model: its fingerprint and its report row.
-STAGE_RECORD = "stage.json"
-#: Written beside it: the evaluation's per-example records (``Evaluation.records``), so that a
-#: resumed run compares new stages with a reused baseline.
-EVALUATION_RECORDS = "evaluation.pt"
+STAGE_RECORD, EVALUATION_RECORDS = integrity.STAGE_RECORD, integrity.EVALUATION_RECORDS
 
 
 @dataclass
@@ -302,14 +298,10 @@ class Executor:
         if not self.ranks.is_main or row.artifact is None:
             return
         folder = self._artifact_dir(index, row.name)
+        files = integrity.digest(folder, integrity.kept_files(folder, Path(row.artifact)))
         record = {"fingerprint": self.fingerprints[index], "evaluation": self.eval_fingerprint,
-                  "row": row.to_json(), "files": integrity.digest(folder, self._kept_files(folder, row))}  # fmt: skip
+                  "row": row.to_json(), "files": files}  # fmt: skip
         atomic.write_json(folder / STAGE_RECORD, record)
-
-    @staticmethod
-    def _kept_files(folder: Path, row: StageRow) -> list[Path]:
-        """What a later run reuses of a finished stage: its artifact and its evaluation records."""
-        return [atomic.recover(Path(row.artifact)), folder / EVALUATION_RECORDS]
 
     def _cached_rows(self, names: list[str]) -> list[StageRow]:
         """Rows of the leading stages an earlier run in this folder finished with the same fingerprints."""
@@ -327,12 +319,12 @@ class Executor:
             if record.get("evaluation") != self.eval_fingerprint:
                 break
             row = row_from_json(record["row"])
-            if not row.artifact or not Path(atomic.recover(Path(row.artifact)), "config.json").is_file():
+            artifact = atomic.recover(Path(row.artifact)) if row.artifact else None
+            if artifact is None or not (artifact / "config.json").is_file():
                 break
-            folder = self._artifact_dir(index, name)
-            changed = integrity.changes(folder, record.get("files") or {}, self._kept_files(folder, row))
-            if changed or "files" not in record:
-                why = "; ".join(changed[:3]) or "its record has no file hashes (written by an older version)"
+            changed = integrity.stage_changes(self._artifact_dir(index, name), record, artifact)
+            if changed:
+                why = "; ".join(changed[:3])
                 self.reuse_refused.append({"stage": name, "reason": why})
                 self.progress.log(f"not reusing stage '{name}' (and those after it): {why}")
                 break

@@ -13,8 +13,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-__all__ = ["changes", "digest"]
+__all__ = ["EVALUATION_RECORDS", "STAGE_RECORD", "changes", "digest", "kept_files", "stage_changes"]
 
+#: Written beside each finished stage's model: its fingerprint, its report row and its files' hashes.
+STAGE_RECORD = "stage.json"
+#: Written beside it: the evaluation's per-example records (``Evaluation.records``), so that a
+#: resumed run compares new stages with a reused baseline.
+EVALUATION_RECORDS = "evaluation.pt"
+_NO_HASHES = "its record has no file hashes (written by an older version)"
 _CHUNK = 1 << 20
 
 
@@ -43,6 +49,18 @@ def _name(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:  # outside the stage's folder (a plugin's own artifact location)
         return str(path.resolve())
+
+
+def kept_files(folder: Path, artifact: Path) -> list[Path]:
+    """What a later run reuses of the finished stage in ``folder``: its artifact and its evaluation records."""
+    return [Path(artifact), Path(folder) / EVALUATION_RECORDS]
+
+
+def stage_changes(folder: Path, record: dict, artifact: Path) -> list[str]:
+    """How a finished stage's kept files differ from its ``record`` (empty: intact)."""
+    if "files" not in record:
+        return [_NO_HASHES]
+    return changes(folder, record["files"], kept_files(folder, artifact))
 
 
 def changes(root: Path, recorded: dict[str, str], paths: list[Path]) -> list[str]:

@@ -46,14 +46,16 @@ class TeacherCache:
 
     @staticmethod
     def keys(inputs: dict) -> list[bytes]:
-        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        types = inputs.get("token_type_ids")
+        """One key per example; the batch is copied off the device once, not once per example."""
+        ids = inputs["input_ids"].cpu().numpy()
+        mask = inputs["attention_mask"].cpu().numpy().astype(bool) if "attention_mask" in inputs else None
+        types = inputs["token_type_ids"].cpu().numpy() if "token_type_ids" in inputs else None
         keys = []
         for i in range(ids.shape[0]):
-            where = mask[i].bool() if mask is not None else slice(None)
-            key = ids[i][where].cpu().numpy().tobytes()
+            where = mask[i] if mask is not None else slice(None)
+            key = ids[i][where].tobytes()
             if types is not None:
-                key += b"|" + types[i][where].cpu().numpy().tobytes()
+                key += b"|" + types[i][where].tobytes()
             keys.append(key)
         return keys
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from compose import atomic, integrity
 from compose.cli._common import CommandError, dump_json, stderr
+from compose.integrity import STAGE_RECORD
 from compose.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
 HELP = "check a run folder's finished stages against the hashes recorded when they were written"
@@ -35,8 +36,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from compose.executor import EVALUATION_RECORDS, STAGE_RECORD
-
     records = sorted((args.run / "stages").glob(f"*/{STAGE_RECORD}")) if args.run.is_dir() else []
     if not records:
         raise CommandError(f"{args.run} is not a run folder with finished stages (no stages/*/{STAGE_RECORD})")
@@ -50,12 +49,8 @@ def run(args) -> int:
         except (OSError, ValueError, KeyError, TypeError):
             results.append({"stage": folder.name, "ok": False, "problems": [f"{STAGE_RECORD} cannot be read"]})
             continue
-        recorded = record.get("files")
-        if recorded is None:
-            results.append({"stage": folder.name, "ok": False,
-                            "problems": ["no file hashes recorded (written by an older version)"]})  # fmt: skip
-            continue
-        problems = integrity.changes(folder, recorded, [artifact, folder / EVALUATION_RECORDS])
+        problems = integrity.stage_changes(folder, record, artifact)
+        recorded = record.get("files", {})
         hashed += sum((folder / name).stat().st_size for name in recorded if (folder / name).is_file())
         results.append({"stage": folder.name, "ok": not problems, "problems": problems, "files": len(recorded)})
     seconds = time.perf_counter() - started

@@ -188,9 +188,14 @@ class EpochShuffle(Sampler):
         return self.size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = pass_generator(self.seed, self.epoch)
         self.epoch += 1
         return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def pass_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random generator of one pass over the data: drawn from (seed, pass number) alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 
@@ -219,7 +224,7 @@ class LengthGroupedBatches(Sampler):
         return -(-len(self.lengths) // self.batch_size)
 
     def batches_of_pass(self, epoch: int) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = pass_generator(self.seed, epoch)
         order = torch.randperm(len(self.lengths), generator=generator)
         window = self.WINDOW_BATCHES * self.batch_size
         batches = []

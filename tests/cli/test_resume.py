@@ -10,12 +10,9 @@ import pytest
 from safetensors.torch import load_file
 
 from compose.cli.main import main
-from compose.testing import PausedRun
+from compose.testing import HANG_S, PausedRun
 
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
-#: Only a hung process fails on time: no limit here assumes a CPU speed (a slow shared CPU
-#: took over 300 s for one of these runs).
-HANG_S = 3600
 STAGES = """\
 - {name: a, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}
 - {name: b, uses: train, with: {max_steps: 150, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}
