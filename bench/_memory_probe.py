@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from compose.modeling import load_model, load_tokenizer
+from compose.run.modeling import load_model, load_tokenizer
 from compose.plugin_host import create_host
 from compose.progress import Progress
 from compose.quiet import quiet_libraries
-from compose.recipe import load_recipe
+from compose.recipe.load import load_recipe
 from compose.stage import StageContext
 from compose.tasks import build_task
-from compose.training import train_model
+from compose.run.training import train_model
 
 
 def status_kb(field: str) -> int:

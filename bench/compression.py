@@ -55,11 +55,10 @@ def dev_logits(model, tokenizer, task):
 
 def agreement_and_kl(base_dir: str, other_dir: str) -> dict:
     """Agreement of predictions and mean KL(fp32 || compressed) over the dev set."""
-    import torch
 
     from compose.api import load_artifact
     from compose.plugin_host import create_host
-    from compose.recipe import load_recipe
+    from compose.recipe.load import load_recipe
     from compose.tasks import build_task
 
     recipe = load_recipe(RECIPES / "compress.yaml", host=create_host())

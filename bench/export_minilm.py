@@ -37,7 +37,7 @@ def defaults() -> dict:
     """The export stage's schema defaults (what a recipe gets without `with:`)."""
     from compose.api import load_schema_file
 
-    schema = load_schema_file("compose.schemas", "export.schema.json")
+    schema = load_schema_file("compose.plugins.export", "export.schema.json")
     return {key: spec["default"] for key, spec in schema["properties"].items()}
 
 
@@ -77,9 +77,9 @@ def main(argv=None) -> int:
     import torch
 
     from compose.api import count_parameters, load_artifact, size_on_disk
-    from compose.plugins._export_float import to_float
-    from compose.plugins._export_onnx import export_classifier, onnx_module
-    from compose.plugins.export import _deploy_tokenizer
+    from compose.plugins.export.floating import to_float
+    from compose.plugins.export.onnx_runtime import export_classifier, onnx_module
+    from compose.plugins.export.stage import _deploy_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+")

@@ -47,7 +47,7 @@ export RECIPE_COMPOSE_PROGRESS_INTERVAL=${RECIPE_COMPOSE_PROGRESS_INTERVAL:-60}
 "$PYTHON" - > "$WORK/machine.json" <<'EOF'
 import json, os, platform, subprocess
 import torch
-from compose.plugins import amp
+from compose.plugins.training import amp
 device = amp.run_device()
 info = {
     "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -75,7 +75,7 @@ EOF
 
 # -- 1. the test suite --------------------------------------------------------------------
 TESTS=(tests)
-[ "$QUICK" = 1 ] && TESTS=(tests/plugins/test_amp.py tests/compose/test_progress.py)
+[ "$QUICK" = 1 ] && TESTS=(tests/plugins/training/test_amp.py tests/compose/test_progress.py)
 start=$(date +%s)
 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$WORK/junit.xml" "${TESTS[@]}" \
     > "$WORK/tests.log" 2>&1

@@ -1,7 +1,7 @@
 """Stress test of SIGINT and SIGTERM at every named point of a run (run on purpose, not in the tests).
 
 A three-stage recipe over a tiny BERT is stopped at every point of its progress that
-compose.interrupts names (each stage's start, training steps, evaluation, latency
+compose.run.interrupts names (each stage's start, training steps, evaluation, latency
 measurement, saving with the artifact not yet in place, the report, the final result),
 once with SIGINT and once with SIGTERM. Each case must end with exit 130 and
 ``status: interrupted``, leave no ``*.partial`` file, and resume (``recipe apply`` again)

@@ -162,7 +162,7 @@ def efficiency(repeats: int) -> dict:
     """5.: the matmul peak and each stage's achieved rates, before and after."""
     import torch
 
-    from compose.plugins.amp import cpu_bf16_instructions
+    from compose.plugins.training.amp import cpu_bf16_instructions
 
     native_bf16 = bool(cpu_bf16_instructions())
     peaks = {"fp32": matmul_peak(torch.float32)}

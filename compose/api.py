@@ -10,22 +10,22 @@ from typing import TYPE_CHECKING
 
 from compose import hookimpl
 from compose.atomic import writing_folder
-from compose.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
+from compose.run.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
 from compose.errors import ComposeError, DataError, ModelLoadError
-from compose.modeling import count_parameters, task_model_kwargs
+from compose.run.modeling import count_parameters, task_model_kwargs
 from compose.progress import Progress
-from compose.rules import PlanView
+from compose.recipe.rules import PlanView
 from compose.stage import FAMILIES, KNOWN_FACTS, Check, StageContext, StageResult, StageType, TrainingExtension
-from compose.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
+from compose.run.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
 
 
 if TYPE_CHECKING:  # for type checkers and linters; at run time `__getattr__` below
-    from compose.evaluation import Evaluation, evaluate
+    from compose.evaluation.evaluator import Evaluation, evaluate
     from compose.tasks import Task
 
 #: Names whose modules import torch: loaded on first use, so that loading the plugins
 #: (which validation does) does not import torch.
-_LAZY = {"Evaluation": "compose.evaluation", "evaluate": "compose.evaluation", "Task": "compose.tasks"}
+_LAZY = {"Evaluation": "compose.evaluation.evaluator", "evaluate": "compose.evaluation.evaluator", "Task": "compose.tasks"}
 
 
 def __getattr__(name: str):

@@ -117,7 +117,7 @@ def writing_folder(folder: Path, before_replace: Callable[[], None] | None = Non
     """A fresh temporary folder that replaces ``folder`` when the block ends without an error.
 
     ``before_replace()`` runs when the folder is complete and not yet in place (a point of
-    the run's progress, see compose.interrupts). On an error the temporary folder goes.
+    the run's progress, see compose.run.interrupts). On an error the temporary folder goes.
     """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + PARTIAL)

@@ -17,7 +17,7 @@ import pluggy
 
 from compose import hookspecs
 from compose.errors import PluginError
-from compose.schema import inline_shared_refs, load_core_schema
+from compose.recipe.schema import inline_shared_refs, load_core_schema
 from compose.stage import FAMILIES, StageType, TrainingExtension
 
 ENTRY_POINT_GROUP = "recipe_compose"

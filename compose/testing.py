@@ -1,7 +1,7 @@
 """Helpers for testing runs of ``recipe apply`` from outside, for this project and plugin authors.
 
 ``PausedRun`` starts ``recipe apply`` so that it stops at named points of its progress
-(``compose.interrupts.point``: ``"b/step 10"``, ``"b/saving"``, ``"b/report"``...) and
+(``compose.run.interrupts.point``: ``"b/step 10"``, ``"b/saving"``, ``"b/report"``...) and
 waits there, so that a test can signal (or kill) it at an exact place instead of at a
 guessed moment::
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from compose.interrupts import PAUSE_AT_ENV, PAUSE_FILE_ENV
+from compose.run.interrupts import PAUSE_AT_ENV, PAUSE_FILE_ENV
 
 __all__ = ["PausedRun", "recipe_command"]
 

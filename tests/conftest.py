@@ -35,7 +35,7 @@ TINY_BERT = {
 
 
 #: A Llama-style decoder (the `decoder` family): 2 layers, 4 heads of 8 dims, no grouped KV.
-#: vocab_size and the special token ids come from the tokenizer (see compose.modeling).
+#: vocab_size and the special token ids come from the tokenizer (see compose.run.modeling).
 TINY_LLAMA = {
     "model_type": "llama",
     "hidden_size": 32,
@@ -110,7 +110,7 @@ def tiny_text_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bpe_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer (the kind `model.tokenizer.train` builds) for the decoder and T5."""
-    from compose.modeling import train_tokenizer
+    from compose.run.modeling import train_tokenizer
 
     folder = tmp_path_factory.mktemp("bpe")
     texts = [s for s, _ in sentiment_rows(400, 3)] + list(TARGETS.values()) * 20
@@ -213,7 +213,7 @@ def _tiny_model(cls_name: str, config: dict, tokenizer_dir: Path, task_kind: str
     from transformers import AutoConfig, AutoTokenizer
 
     import transformers
-    from compose.modeling import tokenizer_config_kwargs
+    from compose.run.modeling import tokenizer_config_kwargs
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     settings = dict(config)
@@ -248,7 +248,7 @@ def make_context(write_recipe, host, tmp_path):
     import torch
 
     from compose.progress import Progress
-    from compose.recipe import load_recipe
+    from compose.recipe.load import load_recipe
     from compose.stage import StageContext
     from compose.tasks import build_task
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compose.recipe import load_recipe
+from compose.recipe.load import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))

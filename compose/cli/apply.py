@@ -12,14 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from compose import interrupts
+from compose.run import interrupts
 from compose.cli._common import CommandError, dump_json, host_or_exit, print_problems, stderr
-from compose.distributed import launched_world_size
+from compose.run.distributed import launched_world_size
 from compose.errors import RecipeError
-from compose.recipe import load_recipe
+from compose.recipe.load import load_recipe
 from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
-from compose.report import REPORT_FILE, Report, report_from_json
-from compose.run_folder import RunFolderError, claim, locked
+from compose.evaluation.report import REPORT_FILE, Report, report_from_json
+from compose.run.run_folder import RunFolderError, claim, locked
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = """\
@@ -158,9 +158,9 @@ def _apply(args) -> int:
 
 
 def _run(args, recipe, host, run_dir: Path, interval: float) -> int:
-    from compose.executor import Executor, RunOptions
+    from compose.run.executor import Executor, RunOptions
     from compose.progress import Progress
-    from compose.report import render_table
+    from compose.evaluation.report import render_table
 
     if args.nproc > 1 and launched_world_size() == 1:
         report = launch(args, recipe)

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from compose.cli._common import CommandError, dump_json
-from compose.compare import CompareError, best_final, comparison, load_runs, plot
+from compose.evaluation.run_comparison import CompareError, best_final, compare_runs, load_runs, plot
 from compose.exit_codes import EXIT_OK
-from compose.report import format_bytes, format_latency, format_number, format_percent, format_ratio, format_retained
+from compose.evaluation.report import format_bytes, format_latency, format_number, format_percent, format_ratio, format_retained
 
 HELP = "compare finished runs side by side and plot metric against size on disk"
 EXAMPLE = """\
@@ -58,7 +58,7 @@ def run(args) -> int:
             target = plot(runs, args.plot or runs[0].path.parent / "compare.png")
     except CompareError as exc:
         raise CommandError(str(exc)) from None
-    data = comparison(runs)
+    data = compare_runs(runs)
     data["plot"] = str(target) if target else None
     if args.json:
         dump_json(data)

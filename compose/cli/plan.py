@@ -8,9 +8,9 @@ import yaml
 
 from compose.cli._common import dump_json, host_or_exit, print_problems
 from compose.errors import RecipeError
-from compose.recipe import load_recipe
+from compose.recipe.load import load_recipe
 from compose.exit_codes import EXIT_INVALID, EXIT_OK
-from compose.schema import training_settings_paths
+from compose.recipe.schema import training_settings_paths
 from compose.stage import describe_fact
 
 HELP = "show the resolved recipe (defaults filled in) and what each stage will do"
@@ -50,7 +50,7 @@ def _extension_lines(host, stage_type, settings) -> list[str]:
 
 
 def run(args) -> int:
-    from compose.executor import baseline_stage
+    from compose.run.executor import baseline_stage
 
     host = host_or_exit()
     try:

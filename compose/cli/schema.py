@@ -6,8 +6,8 @@ import argparse
 
 from compose.cli._common import CommandError, dump_json, host_or_exit
 from compose.exit_codes import EXIT_OK
-from compose.schema import combined_schema
-from compose.validation import did_you_mean
+from compose.recipe.schema import combined_schema
+from compose.recipe.validation import did_you_mean
 
 HELP = "print the JSON Schema of recipes (with every plugin's settings) or of one stage plugin"
 EXAMPLE = """\

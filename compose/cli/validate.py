@@ -6,7 +6,7 @@ import argparse
 
 from compose.cli._common import dump_json, host_or_exit, print_problems, stderr
 from compose.errors import RecipeError
-from compose.recipe import load_recipe
+from compose.recipe.load import load_recipe
 from compose.exit_codes import EXIT_INVALID, EXIT_OK
 
 HELP = "check recipes (schema, plugins, stage order) without running anything"

@@ -7,9 +7,11 @@ import json
 import time
 from pathlib import Path
 
-from compose import atomic, integrity
+from compose import atomic
+
+from compose.run import integrity
 from compose.cli._common import CommandError, dump_json, stderr
-from compose.integrity import STAGE_RECORD
+from compose.run.integrity import STAGE_RECORD
 from compose.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
 HELP = "check a run folder's finished stages against the hashes recorded when they were written"

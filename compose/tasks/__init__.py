@@ -2,14 +2,14 @@
 
 A ``Task`` turns data splits into tokenized batches and keeps per-example records of an
 evaluation, from which its metrics, and their confidence intervals against the baseline
-(compose.comparison), are computed. One module per task kind.
+(compose.evaluation.paired), are computed. One module per task kind.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from compose.task_kinds import METRICS, MetricInfo
+from compose.recipe.task_kinds import METRICS, MetricInfo
 from compose.tasks.base import EpochShuffle, Records, Task
 from compose.tasks.causal_lm import CausalLMTask
 from compose.tasks.classification import SequenceClassificationTask

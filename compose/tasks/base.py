@@ -13,10 +13,10 @@ from typing import Any, Mapping
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from compose.data import read_split
+from compose.recipe.data import read_split
 from compose.errors import DataError
-from compose.task_kinds import METRICS, MetricInfo, columns, describe_unknown_label, first_unknown_label, label_rule
-from compose.task_kinds import metric_names as metric_names_of
+from compose.recipe.task_kinds import METRICS, MetricInfo, columns, describe_unknown_label, first_unknown_label, label_rule
+from compose.recipe.task_kinds import metric_names as metric_names_of
 
 #: A batch of examples' records: equal-length tensors (first dimension: the example) or
 #: lists, by name. ``evaluate`` adds ``ids`` (the example's position in the split).
@@ -43,7 +43,7 @@ class Task(abc.ABC):
         return list(self.spec["data"])
 
     def columns(self) -> list[str]:
-        """The columns the task reads from every row (``compose.task_kinds.column_settings``)."""
+        """The columns the task reads from every row (``compose.recipe.task_kinds.column_settings``)."""
         return columns(self.spec)
 
     def rows(self, split: str) -> list[dict]:

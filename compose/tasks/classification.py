@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from compose import metrics
+from compose.evaluation import metrics
 from compose.tasks.base import Records, Task
 
 

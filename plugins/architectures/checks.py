@@ -1,0 +1,69 @@
+"""Plan-time: which architecture a stage will see, and whether the architecture table lets it run.
+
+The model type is read without loading the model: ``plan.model_config`` is the
+recipe's inline ``config`` or the config.json of its ``path`` / ``package`` folder.
+A ``distill`` stage replaces the model: a student loaded from a ``path`` brings its
+own config.json; one from the ``hub`` cannot be read offline (the checks then skip,
+as they do for a ``hub`` model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+from compose.api import Check
+from compose.plugins.architectures.registry import Architecture, lookup, unknown_message
+
+#: What ``model_type_at`` returns when the model type cannot be known before running.
+UNKNOWN = None
+
+
+def _folder_model_type(folder) -> str | None:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def model_type_at(plan) -> str | None:
+    """The model_type of the model entering stage ``plan.index`` (None where it cannot be read)."""
+    config = plan.model_config if isinstance(plan.model_config, Mapping) else {}
+    model_type = config.get("model_type")
+    for _, uses, settings in plan.stages[: plan.index]:
+        student = settings.get("student") if uses == "distill" and isinstance(settings, Mapping) else None
+        if isinstance(student, Mapping) and "path" in student:
+            model_type = _folder_model_type(student["path"])
+        elif isinstance(student, Mapping) and "hub" in student:
+            model_type = UNKNOWN
+    return model_type
+
+
+def recipe_architecture(plan) -> Architecture | None:
+    """The entry of the recipe's own model (what ``plan.model_config`` describes), if known."""
+    config = plan.model_config if isinstance(plan.model_config, Mapping) else {}
+    return lookup(config.get("model_type"))
+
+
+def architecture_problems(stage: str, plan, what: str | None = None, path: tuple = (),
+                          fix: str = "remove the stage") -> list[Check]:  # fmt: skip
+    """Errors where ``stage`` (or its setting ``what``, e.g. ``parallel:tp``) cannot run on the model.
+
+    An unknown model type is refused (the stage would not find its layers); a known
+    one is refused where the table says so. Nothing is said when the type cannot be read.
+    """
+    model_type = model_type_at(plan)
+    if model_type is None:
+        return []
+    doing = what.replace(":", ": ") if what else stage
+    arch = lookup(model_type)
+    if arch is None:
+        return [Check(unknown_message(doing, model_type, fix), path=path)]
+    reason = arch.refusal(what or stage)
+    if reason is None:
+        return []
+    return [Check(f"{doing} is not available for model type '{model_type}': {reason}", path=path)]
+
+
+__all__ = ["architecture_problems", "model_type_at", "recipe_architecture"]

@@ -1,0 +1,83 @@
+"""Reading data splits: local files and the Hugging Face `datasets` loading path."""
+
+import re
+
+import pytest
+
+from compose.recipe.data import read_split
+from compose.errors import DataError
+from compose.tasks import build_task
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_tsv_csv_jsonl_with_text_pairs(tmp_path):
+    cols = ["premise", "hypothesis", "label"]
+    tsv = write(tmp_path, "a.tsv", "premise\thypothesis\tlabel\nit rains\tit is wet\tyes\n")
+    csv_ = write(tmp_path, "a.csv", 'premise,hypothesis,label\n"a, b",c,no\n')
+    jsonl = write(tmp_path, "a.jsonl", '{"premise": "x", "hypothesis": "y", "label": "yes"}\n\n')
+    assert read_split("s", {"path": str(tsv), "format": "auto"}, cols, 0)[0]["hypothesis"] == "it is wet"
+    assert read_split("s", {"path": str(csv_), "format": "auto"}, cols, 0)[0]["premise"] == "a, b"
+    assert read_split("s", {"path": str(jsonl), "format": "auto"}, cols, 0)[0]["label"] == "yes"
+
+
+def test_limit_and_shuffle_are_deterministic(tmp_path):
+    path = write(tmp_path, "a.tsv", "sentence\tlabel\n" + "".join(f"s{i}\t0\n" for i in range(50)))
+    spec = {"path": str(path), "format": "tsv", "limit": 5, "shuffle": True}
+    first = read_split("s", spec, ["sentence", "label"], seed=3)
+    assert first == read_split("s", spec, ["sentence", "label"], seed=3)
+    assert len(first) == 5 and first != read_split("s", {**spec, "shuffle": False}, ["sentence", "label"], 3)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("text\tlabel\nx\t1\n", "no column 'sentence' (its header: text, label)"),
+        ("", "no column"),
+        ("sentence\tlabel\n", "has no rows"),
+        ("sentence\tlabel\nonly-one-field\n", "different number of fields"),
+    ],
+)
+def test_broken_files_are_explained(tmp_path, text, words):
+    path = write(tmp_path, "a.tsv", text)
+    with pytest.raises(DataError, match=re.escape(words)):
+        read_split("train", {"path": str(path), "format": "auto"}, ["sentence", "label"], 0)
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        read_split("train", {"path": str(tmp_path / "nope.tsv"), "format": "auto"}, ["a"], 0)
+    with pytest.raises(DataError, match="set format"):
+        read_split("train", {"path": str(write(tmp_path, "a.dat", "a\n1\n")), "format": "auto"}, ["a"], 0)
+
+
+def test_a_text_file_gives_one_row_per_line_under_the_text_column(tmp_path):
+    path = write(tmp_path, "wiki.tokens", " = Title = \n\n Some text .\n")
+    assert read_split("train", {"path": str(path), "format": "auto"}, ["text"], 0) == [
+        {"text": " = Title = "}, {"text": ""}, {"text": " Some text ."}]  # fmt: skip
+    with pytest.raises(DataError, match="plain text"):
+        read_split("train", {"path": str(path), "format": "text"}, ["sentence", "label"], 0)
+
+
+def test_labels_outside_the_label_set_name_the_row(tmp_path):
+    path = write(tmp_path, "a.tsv", "sentence\tlabel\nfine\t1\nodd\t2\n")
+    task = build_task(
+        {"kind": "sequence-classification", "data": {"train": {"path": str(path), "format": "auto"}},
+         "text_column": "sentence", "text_pair_column": None, "label_column": "label", "labels": [0, 1],
+         "max_length": 16, "metric": "accuracy"},  # fmt: skip
+        0,
+    )
+    with pytest.raises(DataError, match="row 2 has label '2'"):
+        task.rows("train")
+
+
+def test_hugging_face_datasets_path_with_a_local_file(tmp_path):
+    pytest.importorskip("datasets")  # an optional dependency; gptqmodel brings it here
+    path = write(tmp_path, "a.csv", "sentence,label\ngood,1\nbad,0\n")
+    spec = {"dataset": "csv", "config": None, "split": "train", "data_files": str(path)}
+    rows = read_split("train", spec, ["sentence", "label"], 0)
+    assert [r["sentence"] for r in rows] == ["good", "bad"]
