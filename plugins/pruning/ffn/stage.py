@@ -41,23 +41,13 @@ same shapes before ``load_artifact`` loads the weights.
 from __future__ import annotations
 
 import math
-import time
 from typing import Mapping
 
 from compose import hookimpl
-from compose.api import (
-    Check,
-    StageContext,
-    StageResult,
-    StageType,
-    count_parameters,
-    load_schema_file,
-    record_transform,
-)
-from compose.plugins.pruning import importance
-from compose.plugins.architectures.checks import architecture_problems, recipe_architecture
+from compose.api import Check, StageContext, load_schema_file
 from compose.plugins.architectures.ffn import check_widths, find_ffn, neuron_masks
-from compose.plugins.pruning.recovery import describe_recovery, recover
+from compose.plugins.pruning import importance
+from compose.plugins.pruning.base import UnitPruning
 
 STAGE = "prune-ffn"
 
@@ -193,85 +183,79 @@ def requested_removal(widths: list[int], labels: list[str], settings) -> int:
     return int(settings["ratio"] * sum(widths) + 1e-9)
 
 
-def run(ctx: StageContext) -> StageResult:
-    settings = ctx.settings
-    model = ctx.model.eval()
-    sites = find_ffn(model)
-    labels = [site.label for site in sites]
-    before = [site.width for site in sites]
-    if "layer_ratios" in settings:
-        layer_ratio_list(settings["layer_ratios"], labels)  # a wrong list or label fails before any scoring
-    params_before = count_parameters(model)
-    # magnitude scores need no data: one batch checks the pruned model's outputs
-    count = settings["calibration_batches"] if settings["importance"] == "taylor" else 1
-    batches = importance.calibration_batches(ctx, count)
+class NeuronPruning(UnitPruning):
+    stage = STAGE
+    units = "FFN neurons"
+    taylor_words = "taylor importance (activation x gradient)"
 
-    started = time.perf_counter()
-    scores = importance.importance_scores(ctx, model, sites, batches, taylor_scores, magnitude_scores, "FFN neurons")
-    after = kept_counts(scores, labels, settings)
-    kept = choose_neurons(scores, after)
-    scoring_seconds = time.perf_counter() - started
-    requested = requested_removal(before, labels, settings)
-    removed = sum(before) - sum(after)
-    ctx.log(f"removing {removed} of {sum(before)} FFN neurons ({requested} requested; "
-            f"{settings['importance']} importance, kept counts multiples of {settings['multiple_of']}, "
-            f"at least {settings['min_neurons_per_layer']} per block); neurons kept per block: "
-            + ", ".join(f"{label}: {n}/{w}" for label, n, w in zip(labels, after, before)))  # fmt: skip
+    find_sites = staticmethod(find_ffn)
+    taylor_scores = staticmethod(taylor_scores)
+    magnitude_scores = staticmethod(magnitude_scores)
 
-    started = time.perf_counter()
-    for site, keep in zip(sites, kept):
-        if len(keep) < site.width:
-            site.keep(keep)
-    check_widths(sites, after)
-    importance.check_finite_outputs(model, batches[0])
-    pruning_seconds = time.perf_counter() - started
-    params_pruned = count_parameters(model)
+    def before_scoring(self, ctx: StageContext, sites) -> None:
+        if "layer_ratios" in ctx.settings:
+            layer_ratio_list(ctx.settings["layer_ratios"], [site.label for site in sites])  # fails before scoring
 
-    model, recovery = recover(ctx, model, settings["recovery"])
-    if removed:
-        record_transform(model, STAGE, {"architecture": sites[0].architecture, "labels": labels,
-                                        "neurons_before": before, "neurons_after": after})  # fmt: skip
-    return StageResult(
-        model=model,
-        details={
-            "importance": settings["importance"],
+    def choose(self, ctx: StageContext, sites, scores) -> dict:
+        settings = ctx.settings
+        labels = [site.label for site in sites]
+        before = [site.width for site in sites]
+        after = kept_counts(scores, labels, settings)
+        requested = requested_removal(before, labels, settings)
+        ctx.log(f"removing {sum(before) - sum(after)} of {sum(before)} FFN neurons ({requested} requested; "
+                f"{settings['importance']} importance, kept counts multiples of {settings['multiple_of']}, "
+                f"at least {settings['min_neurons_per_layer']} per block); neurons kept per block: "
+                + ", ".join(f"{label}: {n}/{w}" for label, n, w in zip(labels, after, before)))  # fmt: skip
+        return {"labels": labels, "before": before, "after": after, "kept": choose_neurons(scores, after),
+                "requested": requested}  # fmt: skip
+
+    def remove(self, model, sites, choice, batches) -> None:
+        for site, keep in zip(sites, choice["kept"]):
+            if len(keep) < site.width:
+                site.keep(keep)
+        check_widths(sites, choice["after"])
+
+    def transform_record(self, sites, choice) -> dict | None:
+        if sum(choice["before"]) == sum(choice["after"]):
+            return None
+        return {"architecture": sites[0].architecture, "labels": choice["labels"],
+                "neurons_before": choice["before"], "neurons_after": choice["after"]}  # fmt: skip
+
+    def details(self, sites, choice, scores, settings) -> dict:
+        return {
             "scope": "layer_ratios" if "layer_ratios" in settings else settings["scope"],
-            "calibration": {"split": settings["calibration_split"], "batches": len(batches),
-                            "examples": sum(len(b["input_ids"]) for b in batches)},  # fmt: skip
-            "architecture": sites[0].architecture,
-            "blocks": labels,
-            "neurons_before": before,
-            "neurons_after": after,
-            "neurons_requested": requested,
-            "neurons_removed": removed,
+            "blocks": choice["labels"],
+            "neurons_before": choice["before"],
+            "neurons_after": choice["after"],
+            "neurons_requested": choice["requested"],
+            "neurons_removed": sum(choice["before"]) - sum(choice["after"]),
             "multiple_of": settings["multiple_of"],
-            "params_before": params_before,
-            "params_after": params_pruned,
-            "params_removed": params_before - params_pruned,
-            "seconds": {"scoring": round(scoring_seconds, 3), "pruning": round(pruning_seconds, 3)},
-            "recovery": recovery,
-        },
-    )
+        }
+
+    def what(self, settings) -> str:
+        if "layer_ratios" in settings:
+            ratios = settings["layer_ratios"]
+            listed = (", ".join(f"{k}: {v:.0%}" for k, v in ratios.items()) if isinstance(ratios, Mapping)
+                      else ", ".join(f"{v:.0%}" for v in ratios))  # fmt: skip
+            return f"remove per feed-forward block the fraction of neurons listed ({listed})"
+        if settings["scope"] == "global":
+            return f"remove {settings['ratio']:.0%} of all FFN neurons (ranked across blocks)"
+        return f"remove {settings['ratio']:.0%} of the FFN neurons of every block"
+
+    def keeping(self, settings) -> str:
+        return (f"keeping at least {settings['min_neurons_per_layer']} per block and a multiple of "
+                f"{settings['multiple_of']}")  # fmt: skip
+
+    def settings_checks(self, settings, plan):
+        return _gptq_checks(settings, plan)
+
+    def layout_checks(self, settings, plan, architecture):
+        layout = ffn_layout(plan.model_config, architecture)
+        if layout is not None:
+            yield from _layout_checks(settings, plan, *layout)
 
 
-def describe(settings) -> str:
-    if "layer_ratios" in settings:
-        ratios = settings["layer_ratios"]
-        listed = (", ".join(f"{k}: {v:.0%}" for k, v in ratios.items()) if isinstance(ratios, Mapping)
-                  else ", ".join(f"{v:.0%}" for v in ratios))  # fmt: skip
-        what = f"remove per feed-forward block the fraction of neurons listed ({listed})"
-    elif settings["scope"] == "global":
-        what = f"remove {settings['ratio']:.0%} of all FFN neurons (ranked across blocks)"
-    else:
-        what = f"remove {settings['ratio']:.0%} of the FFN neurons of every block"
-    if settings["importance"] == "taylor":
-        how = (f"taylor importance (activation x gradient) on {settings['calibration_batches']} batch(es) of "
-               f"{settings['calibration_batch_size']} from '{settings['calibration_split']}'")  # fmt: skip
-    else:
-        how = "weight magnitude"
-    text = (f"{what} by {how}, keeping at least {settings['min_neurons_per_layer']} per block and a multiple of "
-            f"{settings['multiple_of']}")  # fmt: skip
-    return text + describe_recovery(settings["recovery"])
+PRUNING = NeuronPruning()
 
 
 # -- validation ------------------------------------------------------------------
@@ -310,18 +294,7 @@ def _gptq_checks(settings, plan):
                         ("multiple_of",))  # fmt: skip
 
 
-def check(settings, plan):
-    # splits (calibration_split, recovery.split) are checked by the core, with every other split setting
-    yield from _gptq_checks(settings, plan)
-    refused = architecture_problems(STAGE, plan)
-    yield from refused
-    if refused or plan.facts.get("distilled"):
-        return  # the model entering this stage is the student, not the recipe's model
-    arch = recipe_architecture(plan)
-    layout = ffn_layout(plan.model_config, arch) if arch else None
-    if layout is None:
-        return
-    width, labels = layout
+def _layout_checks(settings, plan, width: int | None, labels: list[str]):
     if "layer_ratios" in settings:
         try:
             layer_ratio_list(settings["layer_ratios"], labels)
@@ -350,19 +323,11 @@ def check(settings, plan):
 @hookimpl
 def compose_register_stages(register):
     register(
-        StageType(
-            name=STAGE,
-            run=run,
+        PRUNING.stage_type(
             schema=load_schema_file("compose.plugins.pruning.ffn", "prune-ffn.schema.json"),
             description="Remove the least important feed-forward neurons (taylor or magnitude scores), globally or "
             "per block: every architecture of plugins/architectures/registry.py.",
-            needs={"quantized": False, "task_trained": True},
             leaves={"ffn_pruned": True, "structure_changed": True},
-            trains=True,  # recovery training
-            compresses=True,
-            families=("encoder", "decoder", "encoder-decoder"),
-            check=check,
-            describe=describe,
             rebuild=rebuild,
         )
     )

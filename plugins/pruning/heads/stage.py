@@ -50,23 +50,13 @@ shapes (and, on T5, re-attaches the position-bias selection) before
 from __future__ import annotations
 
 import math
-import time
 
 from compose import hookimpl
-from compose.api import (
-    Check,
-    StageContext,
-    StageResult,
-    StageType,
-    count_parameters,
-    load_schema_file,
-    record_transform,
-)
-from compose.plugins.pruning import importance
-from compose.plugins.architectures.checks import architecture_problems, recipe_architecture
+from compose.api import Check, StageContext, load_schema_file
 from compose.plugins.architectures.attention import find_attention
+from compose.plugins.pruning import importance
+from compose.plugins.pruning.base import UnitPruning
 from compose.plugins.pruning.heads.removal import apply_kept, check_widths, head_masks
-from compose.plugins.pruning.recovery import describe_recovery, recover
 
 STAGE = "prune-heads"
 
@@ -181,81 +171,75 @@ def _unit_words(sites) -> str:
     return f"key/value group ({'/'.join(str(g) for g in sorted(groups))} query heads each)"
 
 
-def run(ctx: StageContext) -> StageResult:
-    settings = ctx.settings
-    model = ctx.model.eval()
-    sites = find_attention(model)
-    labels = [site.label for site in sites]
-    heads_before = [site.num_units for site in sites]
-    unit = _unit_words(sites)
-    params_before = count_parameters(model)
-    # magnitude scores need no data: one batch traces the model (torch-pruning) and checks the result
-    count = settings["calibration_batches"] if settings["importance"] == "taylor" else 1
-    batches = importance.calibration_batches(ctx, count)
+class HeadPruning(UnitPruning):
+    stage = STAGE
+    units = "heads"
+    taylor_words = "taylor head importance"
 
-    started = time.perf_counter()
-    scores = importance.importance_scores(ctx, model, sites, batches, taylor_scores, magnitude_scores, "heads")
-    chosen = choose_heads(scores, settings)
-    scoring_seconds = time.perf_counter() - started
-    removed = sum(len(c) for c in chosen)
-    requested = (settings["heads_per_layer"] * len(sites) if "heads_per_layer" in settings
-                 else int(settings["ratio"] * sum(heads_before) + 1e-9))  # fmt: skip
-    if removed < requested:
-        ctx.log(f"min_heads_per_layer {settings['min_heads_per_layer']} lets only {removed} of the "
-                f"{requested} requested heads go")  # fmt: skip
-    ctx.log(f"removing {removed} of {sum(heads_before)} attention units (unit: {unit}; "
-            f"{settings['importance']} importance)")  # fmt: skip
+    find_sites = staticmethod(find_attention)
+    taylor_scores = staticmethod(taylor_scores)
+    magnitude_scores = staticmethod(magnitude_scores)
 
-    started = time.perf_counter()
-    if removed:
-        example = {k: v for k, v in batches[0].items() if k != "labels"}
-        remove_heads(model, sites, chosen, example)
-    heads_after = [before - len(c) for before, c in zip(heads_before, chosen)]
-    check_widths(sites, heads_after)
-    importance.check_finite_outputs(model, batches[0])
-    pruning_seconds = time.perf_counter() - started
+    def choose(self, ctx: StageContext, sites, scores) -> dict:
+        settings = ctx.settings
+        chosen = choose_heads(scores, settings)
+        before = [site.num_units for site in sites]
+        removed = sum(len(c) for c in chosen)
+        requested = (settings["heads_per_layer"] * len(sites) if "heads_per_layer" in settings
+                     else int(settings["ratio"] * sum(before) + 1e-9))  # fmt: skip
+        if removed < requested:
+            ctx.log(f"min_heads_per_layer {settings['min_heads_per_layer']} lets only {removed} of the "
+                    f"{requested} requested heads go")  # fmt: skip
+        ctx.log(f"removing {removed} of {sum(before)} attention units (unit: {_unit_words(sites)}; "
+                f"{settings['importance']} importance)")  # fmt: skip
+        return {"chosen": chosen, "before": before, "removed": removed, "requested": requested}
 
-    model, recovery = recover(ctx, model, settings["recovery"])
-    if removed:
+    def remove(self, model, sites, choice, batches) -> None:
+        if choice["removed"]:
+            example = {k: v for k, v in batches[0].items() if k != "labels"}
+            remove_heads(model, sites, choice["chosen"], example)
+        check_widths(sites, _heads_after(choice))
+
+    def transform_record(self, sites, choice) -> dict | None:
+        if not choice["removed"]:
+            return None
         kept = {site.label: [h for h in range(before) if h not in gone]
-                for site, before, gone in zip(sites, heads_before, chosen)}  # fmt: skip
-        record_transform(model, STAGE, {"architecture": sites[0].architecture, "kept_heads": kept,
-                                        "heads_before": heads_before, "head_size": sites[0].head_size})  # fmt: skip
-    return StageResult(
-        model=model,
-        details={
-            "importance": settings["importance"],
-            "calibration": {"split": settings["calibration_split"], "batches": len(batches),
-                            "examples": sum(len(b["input_ids"]) for b in batches)},  # fmt: skip
-            "architecture": sites[0].architecture,
-            "unit": unit,
+                for site, before, gone in zip(sites, choice["before"], choice["chosen"])}  # fmt: skip
+        return {"architecture": sites[0].architecture, "kept_heads": kept, "heads_before": choice["before"],
+                "head_size": sites[0].head_size}  # fmt: skip
+
+    def details(self, sites, choice, scores, settings) -> dict:
+        labels = [site.label for site in sites]
+        return {
+            "unit": _unit_words(sites),
             "attention": labels,
-            "heads_before": heads_before,
-            "heads_after": heads_after,
-            "heads_requested": requested,
-            "heads_removed": removed,
-            "pruned_heads": dict(zip(labels, chosen)),
+            "heads_before": choice["before"],
+            "heads_after": _heads_after(choice),
+            "heads_requested": choice["requested"],
+            "heads_removed": choice["removed"],
+            "pruned_heads": dict(zip(labels, choice["chosen"])),
             "scores": {label: [round(float(v), 4) for v in s] for label, s in zip(labels, scores)},
-            "params_before": params_before,
-            "params_after": count_parameters(model),
-            "seconds": {"scoring": round(scoring_seconds, 3), "pruning": round(pruning_seconds, 3)},
-            "recovery": recovery,
-        },
-    )
+        }
+
+    def what(self, settings) -> str:
+        if "ratio" in settings:
+            return f"remove {settings['ratio']:.0%} of all attention heads (ranked across layers)"
+        return f"remove {settings['heads_per_layer']} attention head(s) from every attention block"
+
+    def keeping(self, settings) -> str:
+        return f"keeping at least {settings['min_heads_per_layer']} per attention block"
+
+    def layout_checks(self, settings, plan, architecture):
+        layout = head_layout(plan.model_config, architecture)
+        if layout is not None:
+            yield from _head_checks(settings, plan, *layout)
 
 
-def describe(settings) -> str:
-    if "ratio" in settings:
-        what = f"remove {settings['ratio']:.0%} of all attention heads (ranked across layers)"
-    else:
-        what = f"remove {settings['heads_per_layer']} attention head(s) from every attention block"
-    if settings["importance"] == "taylor":
-        how = (f"taylor head importance on {settings['calibration_batches']} batch(es) of "
-               f"{settings['calibration_batch_size']} from '{settings['calibration_split']}'")  # fmt: skip
-    else:
-        how = "weight magnitude"
-    text = f"{what} by {how}, keeping at least {settings['min_heads_per_layer']} per attention block"
-    return text + describe_recovery(settings["recovery"])
+def _heads_after(choice) -> list[int]:
+    return [before - len(gone) for before, gone in zip(choice["before"], choice["chosen"])]
+
+
+PRUNING = HeadPruning()
 
 
 def head_layout(config, arch) -> tuple[int, int, str] | None:
@@ -275,17 +259,7 @@ def head_layout(config, arch) -> tuple[int, int, str] | None:
     return heads, blocks, "heads"
 
 
-def check(settings, plan):
-    # splits (calibration_split, recovery.split) are checked by the core, with every other split setting
-    refused = architecture_problems(STAGE, plan)
-    yield from refused
-    if refused or plan.facts.get("distilled"):
-        return  # the model entering this stage is the student, not the recipe's model
-    arch = recipe_architecture(plan)
-    layout = head_layout(plan.model_config, arch) if arch else None
-    if layout is None:
-        return
-    heads, blocks, units = layout
+def _head_checks(settings, plan, heads: int, blocks: int, units: str):
     per = f"{heads} {units} per attention block"
     floor = settings["min_heads_per_layer"]
     if floor >= heads:
@@ -316,19 +290,11 @@ def check(settings, plan):
 @hookimpl
 def compose_register_stages(register):
     register(
-        StageType(
-            name=STAGE,
-            run=run,
+        PRUNING.stage_type(
             schema=load_schema_file("compose.plugins.pruning.heads", "prune-heads.schema.json"),
             description="Remove the least important attention heads (taylor or magnitude scores): "
             "every architecture of plugins/architectures/registry.py.",
-            needs={"quantized": False, "task_trained": True},
             leaves={"heads_pruned": True, "structure_changed": True},
-            trains=True,  # recovery training
-            compresses=True,
-            families=("encoder", "decoder", "encoder-decoder"),
-            check=check,
-            describe=describe,
             rebuild=rebuild,
         )
     )

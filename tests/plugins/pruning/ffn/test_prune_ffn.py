@@ -6,56 +6,34 @@ import json
 import pytest
 import torch
 
-from compose.api import load_artifact, save_artifact
+from compose.api import load_artifact
 from compose.cli.main import main
 from compose.errors import RecipeError
 from compose.plugins.pruning.ffn import stage as prune_ffn
 from compose.recipe.load import load_recipe
+from tests.plugins.pruning.units import (
+    TINY_GPT2,
+    batch_of,
+    built,
+    lowest,
+    masked_logits,
+    reloads_identically,
+    run_stage,
+)
 
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 64}  # FFN: 4 x 32 = 128
 GATED_T5 = {"model_type": "t5", "d_model": 32, "d_kv": 8, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2,
             "d_ff": 64, "feed_forward_proj": "gated-gelu"}  # fmt: skip
 
 
-def built(cls_name, config, tokenizer_dir, kind="causal-lm"):
-    from tests.conftest import _tiny_model
-
-    return _tiny_model(cls_name, config, tokenizer_dir, kind)
-
-
-def batch_of(ctx):
-    return next(iter(ctx.task.batches("dev", ctx.tokenizer, 8)))
-
-
-def masked_logits(model, batch, removed):
-    """Logits with the `removed` neurons' masks set to 0: what removing them must reproduce."""
-    sites = prune_ffn.find_ffn(model)
-    with torch.no_grad(), prune_ffn.neuron_masks(sites, torch.device("cpu")) as masks:
-        for mask, neurons in zip(masks, removed):
-            mask[neurons] = 0.0
-        return model(**batch).logits
-
-
-def stage(ctx):
-    return ctx.plugin_host.stage("prune-ffn").run(ctx)
-
-
-def lowest(norms, n):
-    return sorted(sorted(range(len(norms)), key=lambda j: (norms[j], j))[:n])
+def removed_logits(model, batch, removed):
+    """The model's logits with the ``removed`` units masked out."""
+    return masked_logits(prune_ffn.neuron_masks, prune_ffn.find_ffn(model), model, batch, removed)
 
 
 def norms_of(inputs, output):
     """Per neuron, by hand: L2 norm of its rows of each (out, in) input matrix and its column of the output."""
     total = sum(w.detach().pow(2).sum(1) for w in inputs) + output.detach().pow(2).sum(0)
     return total.sqrt().tolist()
-
-
-def reloads_identically(model, tokenizer, kind, batch, host, folder):
-    saved = save_artifact(model, tokenizer, folder, kind)
-    reloaded, _ = load_artifact(saved, host)
-    with torch.no_grad():
-        assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
-    return reloaded
 
 
 def _removed(details, before):
@@ -74,9 +52,9 @@ def test_bert_loses_exactly_the_lowest_magnitude_neurons_and_reloads(make_contex
     expected = []  # by hand: per layer the 32 of 64 neurons with the smallest intermediate row + output column norm
     for layer in original.bert.encoder.layer:
         expected.append(lowest(norms_of([layer.intermediate.dense.weight], layer.output.dense.weight), 32))
-    want = masked_logits(original, batch, expected)
+    want = removed_logits(original, batch, expected)
 
-    result = stage(ctx)
+    result = run_stage(ctx)
     details = result.details
     assert details["architecture"] == "bert" and details["blocks"] == ["0", "1"]
     assert details["neurons_before"] == [64, 64] and details["neurons_after"] == [32, 32]
@@ -108,8 +86,8 @@ def test_llama_gated_ffn_loses_gate_up_rows_and_down_columns(make_context, tiny_
     for layer, n in zip(original.model.layers, (16, 48)):
         mlp = layer.mlp
         expected.append(lowest(norms_of([mlp.gate_proj.weight, mlp.up_proj.weight], mlp.down_proj.weight), n))
-    want = masked_logits(original, batch, expected)
-    result = stage(ctx)
+    want = removed_logits(original, batch, expected)
+    result = run_stage(ctx)
     details = result.details
     assert details["architecture"] == "llama" and details["neurons_after"] == [48, 16]
     assert details["params_removed"] == 64 * 3 * 32  # gate and up rows, down columns; no biases
@@ -131,8 +109,8 @@ def test_gpt2_conv1d_weights_are_sliced_transposed(make_context, tiny_bpe_tokeni
     original = copy.deepcopy(model)
     # Conv1D stores (in, out): c_fc's neuron j is column j, c_proj's is row j
     expected = [lowest(norms_of([b.mlp.c_fc.weight.t()], b.mlp.c_proj.weight.t()), 64) for b in original.transformer.h]
-    want = masked_logits(original, batch, expected)
-    result = stage(ctx)
+    want = removed_logits(original, batch, expected)
+    result = run_stage(ctx)
     assert result.details["architecture"] == "gpt2" and result.details["neurons_after"] == [64, 64]
     assert result.details["params_removed"] == 128 * (32 + 1 + 32)
     for block, gone, before in zip(result.model.transformer.h, expected, original.transformer.h):
@@ -156,7 +134,7 @@ def test_t5_prunes_encoder_and_decoder_blocks(make_context, tiny_bpe_tokenizer_d
                        config=config, family="encoder-decoder")  # fmt: skip
     batch = batch_of(ctx)
     original = copy.deepcopy(model)
-    result = stage(ctx)
+    result = run_stage(ctx)
     details = result.details
     assert details["blocks"] == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
     assert sum(details["neurons_after"]) == 128 and all(n % 8 == 0 for n in details["neurons_after"])
@@ -174,7 +152,7 @@ def test_t5_prunes_encoder_and_decoder_blocks(make_context, tiny_bpe_tokenizer_d
         removed.append([j for j, col in enumerate(before.wo.weight.t()) if tuple(col.tolist()) not in rows])
     assert [len(r) for r in removed] == [64 - n for n in details["neurons_after"]]
     with torch.no_grad():
-        assert torch.allclose(result.model(**batch).logits, masked_logits(original, batch, removed), atol=1e-5)
+        assert torch.allclose(result.model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     reloaded = reloads_identically(result.model, tokenizer, "seq2seq", batch, host, tmp_path / "art")
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     assert torch.equal(reloaded.generate(**inputs, max_new_tokens=4, do_sample=False),
@@ -194,7 +172,7 @@ def test_neurons_that_contribute_nothing_go_first_and_change_nothing(make_contex
     batch = batch_of(ctx)
     with torch.no_grad():
         before = model(**batch).logits
-    result = stage(ctx)
+    result = run_stage(ctx)
     assert result.details["neurons_after"] == [56, 56]
     for layer, neurons in zip(result.model.bert.encoder.layer, dead):
         assert tuple(layer.output.dense.weight.shape) == (32, 56)
@@ -220,7 +198,7 @@ def test_taylor_and_magnitude_pick_different_neurons_where_they_should(make_cont
     for importance in ("taylor", "magnitude"):
         ctx = make_context(f"- {{name: p, uses: prune-ffn, with: {settings % importance}}}", copy.deepcopy(model),
                            tokenizer)  # fmt: skip
-        pruned = stage(ctx).model
+        pruned = run_stage(ctx).model
         assert [layer.output.dense.in_features for layer in pruned.bert.encoder.layer] == [63, 63]
         picked[importance] = [
             [j for j in range(64) if not any(torch.equal(col, ref.output.dense.weight[:, j])
@@ -389,7 +367,7 @@ def test_describe_and_registration(host):
     assert set(stage_type.families) == {"encoder", "decoder", "encoder-decoder"}
     assert stage_type.needs == {"quantized": False, "task_trained": True}
     assert stage_type.leaves == {"ffn_pruned": True, "structure_changed": True}
-    text = prune_ffn.describe({"ratio": 0.5, "scope": "global", "importance": "magnitude", "min_neurons_per_layer": 16,
+    text = prune_ffn.PRUNING.describe({"ratio": 0.5, "scope": "global", "importance": "magnitude", "min_neurons_per_layer": 16,
                                "multiple_of": 8, "recovery": None})  # fmt: skip
     assert text == ("remove 50% of all FFN neurons (ranked across blocks) by weight magnitude, keeping at least 16 "
                     "per block and a multiple of 8; no recovery training")  # fmt: skip
@@ -408,9 +386,9 @@ def test_pruning_twice_composes_and_reloads(make_context, tiny_bert, host, tmp_p
     model, tokenizer = tiny_bert
     settings = "{ratio: 0.25, scope: per_layer, importance: magnitude}"
     ctx = make_context(f"- {{name: p, uses: prune-ffn, with: {settings}}}", model, tokenizer)
-    once = stage(ctx).model
+    once = run_stage(ctx).model
     ctx = make_context(f"- {{name: p, uses: prune-ffn, with: {settings}}}", once, tokenizer)
-    twice = stage(ctx)
+    twice = run_stage(ctx)
     assert twice.details["neurons_before"] == [48, 48] and twice.details["neurons_after"] == [40, 40]  # 36 -> 40
     reloaded = reloads_identically(twice.model, tokenizer, "sequence-classification", batch_of(ctx), host,
                                    tmp_path / "art")  # fmt: skip

@@ -12,11 +12,25 @@ from compose.errors import RecipeError
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.heads import stage as prune_heads
 from compose.recipe.load import load_recipe
+from tests.plugins.pruning.units import (
+    TINY_GPT2,
+    batch_of,
+    built,
+    lowest,
+    masked_logits,
+    reloads_identically,
+    run_stage,
+)
 from compose.recipe.rules import check_order
 
 #: 3 layers of 8 heads (head size 4): room for a global ranking to spread unevenly.
 WIDE_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 8,
              "intermediate_size": 64, "max_position_embeddings": 64, "vocab_size": 31}  # fmt: skip
+
+
+def removed_logits(model, batch, removed):
+    """The model's logits with the ``removed`` units masked out."""
+    return masked_logits(prune_heads.head_masks, prune_heads.find_attention(model), model, batch, removed)
 
 
 def wide_bert():
@@ -25,23 +39,6 @@ def wide_bert():
     settings = {k: v for k, v in WIDE_BERT.items() if k != "model_type"}
     torch.manual_seed(1)
     return BertForSequenceClassification(AutoConfig.for_model("bert", num_labels=2, **settings)).eval()
-
-
-def batch_of(ctx):
-    return next(iter(ctx.task.batches("dev", ctx.tokenizer, 8)))
-
-
-def masked_logits(model, batch, removed):
-    """Logits with the `removed` heads' masks set to 0: what removing them must reproduce."""
-    sites = prune_heads.find_attention(model)
-    with torch.no_grad(), prune_heads.head_masks(sites, torch.device("cpu")) as masks:
-        for mask, heads in zip(masks, removed):
-            mask[heads] = 0.0
-        return model(**batch).logits
-
-
-def stage(ctx):
-    return ctx.plugin_host.stage("prune-heads").run(ctx)
 
 
 def test_heads_per_layer_removes_exactly_the_lowest_scoring_heads(make_context, tiny_bert):
@@ -59,9 +56,9 @@ def test_heads_per_layer_removes_exactly_the_lowest_scoring_heads(make_context, 
                      attn.output.dense.weight[:, rows]]  # fmt: skip
             norms.append(sum(p.detach().pow(2).sum().item() for p in parts) ** 0.5)
         expected.append(sorted(sorted(range(4), key=norms.__getitem__)[:2]))
-    want = masked_logits(original, batch, expected)
+    want = removed_logits(original, batch, expected)
 
-    result = stage(ctx)
+    result = run_stage(ctx)
     details = result.details
     assert details["pruned_heads"] == {"0": expected[0], "1": expected[1]}
     assert details["heads_before"] == [4, 4] and details["heads_after"] == [2, 2]
@@ -92,7 +89,7 @@ def test_global_ratio_respects_the_minimum_per_layer(make_context, tiny_bert):
     )  # fmt: skip
     batch = batch_of(ctx)
     original = copy.deepcopy(model)
-    details = stage(ctx).details
+    details = run_stage(ctx).details
     assert details["heads_removed"] == 12 and sum(details["heads_after"]) == 12  # int(0.5 * 24)
     assert all(n >= 3 for n in details["heads_after"])
     scores = [torch.tensor(details["scores"][str(i)]) for i in range(3)]
@@ -101,7 +98,7 @@ def test_global_ratio_respects_the_minimum_per_layer(make_context, tiny_bert):
     )
     removed = [details["pruned_heads"][str(i)] for i in range(3)]
     with torch.no_grad():
-        assert torch.allclose(model(**batch).logits, masked_logits(original, batch, removed), atol=1e-6)
+        assert torch.allclose(model(**batch).logits, removed_logits(original, batch, removed), atol=1e-6)
 
 
 def test_global_ranking_is_across_layers_and_keeps_the_floor():
@@ -115,7 +112,7 @@ def test_artifact_reloads_to_identical_logits(make_context, tiny_bert, host, tmp
     model, tokenizer = tiny_bert
     ctx = make_context("- {name: p, uses: prune-heads, with: {ratio: 0.5, calibration_batches: 2}}", model, tokenizer)
     batch = batch_of(ctx)
-    pruned = stage(ctx).model
+    pruned = run_stage(ctx).model
     folder = save_artifact(pruned, tokenizer, tmp_path / "art", "sequence-classification")
     assert json.loads((folder / "config.json").read_text())["num_attention_heads"] == 4  # unchanged config
     reloaded, _ = load_artifact(folder, host)
@@ -149,7 +146,7 @@ def test_taylor_scores_are_nonzero_and_differ_from_magnitude(make_context, tiny_
             masks[0][1] = value
             losses.append(double(**batches[0]).loss.item())
     assert abs(losses[0] - losses[1]) / (2 * eps) == pytest.approx(grad, rel=2e-3)  # float32 mask: 1 +- eps rounds
-    details = stage(ctx).details
+    details = run_stage(ctx).details
     assert details["importance"] == "taylor" and details["calibration"] == {"split": "train", "batches": 2,
                                                                            "examples": 64}  # fmt: skip
 
@@ -230,30 +227,11 @@ def test_describe_shows_the_plan(host):
 #: Llama with 2 key/value heads shared by 4 query heads: heads go in groups of 2.
 GQA_LLAMA = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 64}
-
-
-def built(cls_name, config, tokenizer_dir):
-    from tests.conftest import _tiny_model
-
-    return _tiny_model(cls_name, config, tokenizer_dir, "causal-lm")
 
 
 def head_norms(parts, heads, size):
     """Per head: the L2 norm of its rows of each (out, in) matrix in `parts`."""
     return [sum(p[h * size:(h + 1) * size].detach().pow(2).sum().item() for p in parts) ** 0.5 for h in range(heads)]
-
-
-def lowest(norms, n):
-    return sorted(sorted(range(len(norms)), key=norms.__getitem__)[:n])
-
-
-def reloads_identically(model, tokenizer, kind, batch, host, folder):
-    saved = save_artifact(model, tokenizer, folder, kind)
-    reloaded, _ = load_artifact(saved, host)
-    with torch.no_grad():
-        assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
-    return reloaded
 
 
 def test_llama_removes_exactly_the_lowest_scoring_heads_and_reloads(make_context, tiny_llama, host, tmp_path):
@@ -267,9 +245,9 @@ def test_llama_removes_exactly_the_lowest_scoring_heads_and_reloads(make_context
         a = layer.self_attn
         expected.append(lowest(head_norms([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight.t()],
                                           4, 8), 2))  # fmt: skip
-    want = masked_logits(original, batch, expected)
+    want = removed_logits(original, batch, expected)
 
-    result = stage(ctx)
+    result = run_stage(ctx)
     details = result.details
     assert details["architecture"] == "llama" and details["unit"] == "head"
     assert details["pruned_heads"] == {"0": expected[0], "1": expected[1]} and details["heads_after"] == [2, 2]
@@ -294,7 +272,7 @@ def test_grouped_query_attention_loses_whole_key_value_groups(make_context, tiny
                        model, tokenizer, config=GQA_LLAMA, family="decoder")  # fmt: skip
     batch = batch_of(ctx)
     original = copy.deepcopy(model)
-    result = stage(ctx)
+    result = run_stage(ctx)
     details = result.details
     assert details["unit"] == "key/value group (2 query heads each)"
     assert details["heads_before"] == [2, 2] and details["heads_after"] == [1, 1]
@@ -311,7 +289,7 @@ def test_grouped_query_attention_loses_whole_key_value_groups(make_context, tiny
     q0 = original.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(result.model.model.layers[0].self_attn.q_proj.weight, q0[group * 16:(group + 1) * 16])
     with torch.no_grad():
-        assert torch.allclose(result.model(**batch).logits, masked_logits(original, batch, removed), atol=1e-5)
+        assert torch.allclose(result.model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     reloads_identically(result.model, tokenizer, "causal-lm", batch, host, tmp_path / "art")
 
 
@@ -326,8 +304,8 @@ def test_gpt2_fused_attention_is_pruned_and_reloads(make_context, tiny_bpe_token
         fused = block.attn.c_attn.weight.t()  # Conv1D stores (in, out): query | key | value columns
         parts = [fused[:32], fused[32:64], fused[64:], block.attn.c_proj.weight]
         expected.append(lowest(head_norms(parts, 4, 8), 1))
-    want = masked_logits(original, batch, expected)
-    result = stage(ctx)
+    want = removed_logits(original, batch, expected)
+    result = run_stage(ctx)
     assert result.details["architecture"] == "gpt2"
     assert result.details["pruned_heads"] == {"0": expected[0], "1": expected[1]}
     for block in result.model.transformer.h:
@@ -352,7 +330,7 @@ def test_t5_prunes_encoder_decoder_and_cross_attention(make_context, tiny_t5, ho
                        model, tokenizer, family="encoder-decoder")  # fmt: skip
     batch = batch_of(ctx)
     original = copy.deepcopy(model)
-    result = stage(ctx)
+    result = run_stage(ctx)
     details = result.details
     labels = ["encoder.0", "encoder.1", "decoder.0.self", "decoder.0.cross", "decoder.1.self", "decoder.1.cross"]
     assert details["attention"] == labels and details["heads_removed"] == 12  # int(0.5 * 6 blocks x 4 heads)
@@ -366,7 +344,7 @@ def test_t5_prunes_encoder_decoder_and_cross_attention(make_context, tiny_t5, ho
         assert [tuple(p.weight.shape) for p in (attention.q, attention.k, attention.v, attention.o)] == [
             (width, 32)] * 3 + [(32, width)]  # fmt: skip
     with torch.no_grad():
-        assert torch.allclose(result.model(**batch).logits, masked_logits(original, batch, removed), atol=1e-5)
+        assert torch.allclose(result.model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     # the stack's position-bias embedding keeps the columns of every head some encoder layer still has
     used = sorted({h for gone in removed[:2] for h in range(4) if h not in gone})
     embedding = result.model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
@@ -394,7 +372,7 @@ def test_t5_shared_position_bias_drops_only_columns_no_layer_keeps(make_context,
     decoder_bias = model.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
     assert tuple(encoder_bias.shape) == (32, 3) and tuple(decoder_bias.shape) == (32, 4)
     with torch.no_grad():
-        assert torch.allclose(model(**batch).logits, masked_logits(original, batch, removed), atol=1e-5)
+        assert torch.allclose(model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     # a second pruning of the pruned model composes with the first, and the artifact rebuilds both
     first = {"kept_heads": {s.label: [h for h in range(4) if h not in r] for s, r in zip(sites, removed)},
              "heads_before": [4] * 6, "head_size": 8}  # fmt: skip
@@ -402,7 +380,7 @@ def test_t5_shared_position_bias_drops_only_columns_no_layer_keeps(make_context,
     before = [s.num_units for s in sites]
     twice = copy.deepcopy(model)
     with torch.no_grad():
-        want = masked_logits(twice, batch, again)
+        want = removed_logits(twice, batch, again)
     prune_heads.remove_heads(twice, prune_heads.find_attention(twice), again, batch)
     with torch.no_grad():
         assert torch.allclose(twice(**batch).logits, want, atol=1e-5)
