@@ -4,6 +4,16 @@ Plugins import from here (and ``compose.hookimpl``), never from other core modul
 
     from compose import hookimpl
     from compose.api import StageType, StageResult, load_schema_file
+
+The hooks a plugin implements, and what each must do, are in ``compose.hookspecs``;
+helpers for testing a plugin are in ``compose.testing``. Besides the names below, two
+conventions are part of the contract:
+
+- a stage that trains puts ``{"$ref": TRAINING_SETTINGS_REF}`` (``"compose:training"``)
+  in its settings schema, as the whole schema or as one property's, and gets the shared
+  training settings (schemas/training.schema.json) plus every training extension's key;
+- a quantized module that implements ``Dequantizable`` (a ``dequantized()`` method)
+  is made float by the ``export`` stage, so a third-party quantization stage exports.
 """
 
 from typing import TYPE_CHECKING
@@ -15,7 +25,17 @@ from compose.errors import ComposeError, DataError, ModelLoadError
 from compose.run.modeling import count_parameters, task_model_kwargs
 from compose.progress import Progress
 from compose.recipe.rules import PlanView
-from compose.stage import FAMILIES, KNOWN_FACTS, Check, StageContext, StageResult, StageType, TrainingExtension
+from compose.recipe.schema import TRAINING_SETTINGS_REF
+from compose.stage import (
+    FAMILIES,
+    KNOWN_FACTS,
+    Check,
+    Dequantizable,
+    StageContext,
+    StageResult,
+    StageType,
+    TrainingExtension,
+)
 from compose.run.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
 
 
@@ -50,6 +70,7 @@ __all__ = [
     "Check",
     "ComposeError",
     "DataError",
+    "Dequantizable",
     "Evaluation",
     "ModelLoadError",
     "PlanView",
@@ -57,6 +78,7 @@ __all__ = [
     "StageContext",
     "StageResult",
     "StageType",
+    "TRAINING_SETTINGS_REF",
     "Task",
     "TrainingExtension",
     "TrainingSetup",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 #: The model families a stage may support.
 FAMILIES = ("encoder", "decoder", "encoder-decoder")
@@ -170,3 +170,18 @@ class TrainingExtension:
     description: str
     check: Callable[..., Iterable[Check]] | None = None
     describe: Callable[[Any], str] | None = None
+
+
+@runtime_checkable
+class Dequantizable(Protocol):
+    """A quantized module that can say which float module computes what it computes.
+
+    ``dequantized()`` returns that float module (an ``nn.Linear``, an ``nn.Embedding``...)
+    with the dequantized weights. The ``export`` stage replaces every such module before
+    it exports to ONNX (and before a transformers checkpoint, where no standard layout
+    describes the quantized form), so a third-party quantization stage whose modules
+    implement it exports with no further work. The built-in ``gptq`` stage's row-quantized
+    embeddings and heads implement it.
+    """
+
+    def dequantized(self) -> Any: ...

@@ -1,4 +1,15 @@
-"""Helpers for testing runs of ``recipe apply`` from outside, for this project and plugin authors.
+"""Testing helpers for plugin authors (and this project's own tests), as pytest's ``Pytester`` is for pytest plugins.
+
+- ``plugin_host(plugin, ...)``: a host with only the given plugin modules registered,
+  exactly as the entry points would register them (their schemas are checked).
+- ``stage_settings(host, stage, **chosen)``: a stage's ``with:`` settings as a recipe
+  would give them: the schema's defaults (nested ones too) under what is chosen.
+- ``stage_context(host, stage, model, ...)``: a ``StageContext`` to call a stage's
+  ``run`` (or its training hooks) directly, on the CPU, without a recipe.
+- ``run_recipe(*args)``: the ``recipe`` command in this process (``run_recipe("apply",
+  "recipe.yaml", "--output", "out")``); returns its exit code.
+- ``recipe_command()`` and ``PausedRun``: the command in a child process, and a run
+  that pauses at named points of its progress so a test can signal it there.
 
 ``PausedRun`` starts ``recipe apply`` so that it stops at named points of its progress
 (``compose.run.interrupts.point``: ``"b/step 10"``, ``"b/saving"``, ``"b/report"``...) and
@@ -21,12 +32,79 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from compose.run.interrupts import PAUSE_AT_ENV, PAUSE_FILE_ENV
+from typing import Any
 
-__all__ = ["PausedRun", "recipe_command"]
+from compose.plugin_host import PluginHost
+from compose.recipe.schema import fill_defaults
+from compose.run.interrupts import PAUSE_AT_ENV, PAUSE_FILE_ENV
+from compose.stage import StageContext
+
+__all__ = ["HANG_S", "PausedRun", "plugin_host", "recipe_command", "run_recipe", "stage_context", "stage_settings"]
 
 #: Only a hung process fails on time: no limit here assumes a CPU speed.
 HANG_S = 3600.0
+
+
+def plugin_host(*plugins) -> PluginHost:
+    """A plugin host with only ``plugins`` (modules or objects holding hook implementations) registered."""
+    host = PluginHost()
+    for plugin in plugins:
+        host.register(plugin)
+    return host
+
+
+def stage_settings(host: PluginHost, stage: str, **chosen) -> dict:
+    """The settings a recipe's ``with: {chosen}`` gives stage ``stage``: every schema default filled in."""
+    import copy
+
+    return fill_defaults(copy.deepcopy(dict(chosen)), host.stage(stage).schema)
+
+
+def stage_context(
+    host: PluginHost,
+    stage: str,
+    model,
+    *,
+    settings: dict | None = None,
+    tokenizer=None,
+    task=None,
+    family: str = "encoder",
+    work_dir: Path | None = None,
+    seed: int = 0,
+    recipe: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> StageContext:
+    """A context for calling stage ``stage``'s ``run`` directly: CPU, no progress bars, the schema's defaults.
+
+    ``settings`` are what a recipe's ``with:`` would say (defaults are filled in); a stage
+    that reads data needs a ``task`` and ``tokenizer``; one that writes files a ``work_dir``.
+    """
+    import torch
+
+    from compose.progress import Progress
+
+    return StageContext(
+        name=name or stage,
+        plugin=stage,
+        settings=stage_settings(host, stage, **(settings or {})),
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        family=family,
+        work_dir=work_dir,
+        seed=seed,
+        device=torch.device("cpu"),
+        progress=Progress(enabled=False),
+        recipe=recipe or {},
+        plugin_host=host,
+    )
+
+
+def run_recipe(*args: str) -> int:
+    """Run the ``recipe`` command in this process with ``args``; its exit code (output goes to stdout/stderr)."""
+    from compose.cli.main import main
+
+    return main(list(args))
 
 
 def recipe_command() -> list[str]:

@@ -10,7 +10,9 @@ from typing import Any, Mapping
 
 #: ``{"$ref": "compose:training"}`` in a plugin schema inlines the shared training
 #: settings (schemas/training.schema.json), so stages that train take the same keys.
-SHARED_REFS = {"compose:training": "training.schema.json"}
+#: In a stage's settings schema, ``{"$ref": TRAINING_SETTINGS_REF}`` stands for the shared training settings.
+TRAINING_SETTINGS_REF = "compose:training"
+SHARED_REFS = {TRAINING_SETTINGS_REF: "training.schema.json"}
 #: Marks the inlined training settings, so that the core can find them in any stage's settings.
 TRAINING_MARKER = "x-compose-training"
 
@@ -42,7 +44,7 @@ def inline_shared_refs(schema, training_extensions: Mapping[str, Mapping] | None
             shared = load_core_schema(SHARED_REFS[ref])
             shared.pop("$schema", None)
             shared.pop("$id", None)
-            if ref == "compose:training":
+            if ref == TRAINING_SETTINGS_REF:
                 shared[TRAINING_MARKER] = True
                 for name, sub in (training_extensions or {}).items():
                     shared["properties"][name] = {

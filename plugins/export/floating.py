@@ -12,6 +12,8 @@ Exporters trace plain ``nn.Linear``/``nn.Embedding`` maths. Two kinds of module 
 
 from __future__ import annotations
 
+from compose.api import Dequantizable
+
 
 def _set_module(root, name: str, module) -> None:
     parent, _, child = name.rpartition(".")
@@ -50,7 +52,7 @@ def to_float(model, *, gptq: bool = True) -> dict:
     for name, module in list(model.named_modules()):
         if not name or any(name.startswith(d + ".") for d in done):
             continue
-        if callable(getattr(module, "dequantized", None)):
+        if isinstance(module, Dequantizable):
             _set_module(model, name, module.dequantized())
             replaced["dequantized"] += 1
             done.append(name)

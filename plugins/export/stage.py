@@ -27,6 +27,7 @@ from pathlib import Path
 from compose import hookimpl
 from compose.api import (
     Check,
+    Dequantizable,
     StageContext,
     StageResult,
     StageType,
@@ -168,7 +169,7 @@ def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
     transforms = [t["stage"] for t in transforms_of(model)]
     quantized = "gptq" in transforms
     details = {"format": "gptq" if quantized else "transformers", "transforms": transforms}
-    if set(transforms) <= {"gptq"} and any(callable(getattr(m, "dequantized", None)) for m in model.modules()):
+    if set(transforms) <= {"gptq"} and any(isinstance(m, Dequantizable) for m in model.modules()):
         # Row-quantized embeddings / lm_head have no standard layout: the checkpoint carries them as
         # float tables (the GPTQ blocks stay packed), so plain from_pretrained can load it.
         model = copy.deepcopy(model)

@@ -12,8 +12,8 @@ import random
 import pytest
 import torch
 
-from compose.api import Progress, StageContext, TrainingSetup, TrainingStep, load_artifact, save_artifact
-from compose.plugin_host import PluginHost
+from compose.api import StageContext, TrainingSetup, TrainingStep, load_artifact, save_artifact
+from compose.testing import plugin_host, run_recipe, stage_context, stage_settings
 from recipe_compose_magnitude import plugin
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "great", "fun", "bad", "awful", "dull", "the", "film"]
@@ -22,10 +22,7 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "great", "fun", "
 @pytest.fixture
 def host():
     """A plugin host with only this plugin registered (as recipe-compose would register it)."""
-    host = PluginHost()
-    host.register(plugin)
-    yield host
-    host.unregister(plugin.__name__)
+    return plugin_host(plugin)
 
 
 @pytest.fixture
@@ -39,27 +36,12 @@ def bert():
 
 
 def settings_for(host, **chosen) -> dict:
-    """The stage's settings: the schema's defaults, then ``chosen`` (what a recipe's `with:` gives)."""
-    properties = host.stage("magnitude-prune").schema["properties"]
-    return {key: spec["default"] for key, spec in properties.items()} | chosen
+    """The stage's settings as a recipe's ``with: {chosen}`` gives them (the schema's defaults filled in)."""
+    return stage_settings(host, "magnitude-prune", **chosen)
 
 
 def context(host, model, **chosen) -> StageContext:
-    return StageContext(
-        name="prune",
-        plugin="magnitude-prune",
-        settings=settings_for(host, **chosen),
-        model=model,
-        tokenizer=None,  # the stage reads no data
-        task=None,
-        family="encoder",
-        work_dir=None,
-        seed=0,
-        device=torch.device("cpu"),
-        progress=Progress(enabled=False),
-        recipe={},
-        plugin_host=host,
-    )
+    return stage_context(host, "magnitude-prune", model, settings=chosen, name="prune")  # the stage reads no data
 
 
 def weights(model) -> dict:
@@ -196,8 +178,6 @@ def test_end_to_end_train_prune_recover(tmp_path, monkeypatch):
     """`recipe apply` with the installed plugin (entry point), as a user runs it."""
     from transformers import BertTokenizer
 
-    from compose.cli.main import main
-
     BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(tmp_path / "tok")
     rng = random.Random(0)
     for split, n in (("train", 64), ("dev", 32)):
@@ -225,7 +205,7 @@ output: {{dir: {tmp_path / 'run'}}}
         encoding="utf-8",
     )
     monkeypatch.setenv("RECIPE_COMPOSE_PLUGINS", "train,magnitude")
-    assert main(["apply", str(recipe), "--quiet"]) == 0
+    assert run_recipe("apply", str(recipe), "--quiet") == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     rows = {row["name"]: row for row in report["stages"]}
     assert report["baseline"]["stage"] == "finetune"  # the model entering the first compressing stage
