@@ -24,6 +24,7 @@ from compose.run.artifacts import load_artifact, record_transform, save_artifact
 from compose.errors import ComposeError, DataError, ModelLoadError
 from compose.run.modeling import count_parameters, task_model_kwargs
 from compose.progress import Progress
+from compose.quiet import library_chatter_off
 from compose.recipe.rules import PlanView
 from compose.recipe.schema import TRAINING_SETTINGS_REF
 from compose.stage import (
@@ -87,6 +88,7 @@ __all__ = [
     "count_parameters",
     "evaluate",
     "hookimpl",
+    "library_chatter_off",
     "load_artifact",
     "load_schema_file",
     "record_transform",

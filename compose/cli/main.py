@@ -11,7 +11,7 @@ from compose.cli import apply, compare, plan, plugins, schema, validate, verify
 from compose.cli._common import CommandError, stderr
 from compose.errors import file_fault_message
 from compose.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, help_text
-from compose.quiet import quiet_libraries
+from compose.quiet import VERBOSE_ENV, quiet_libraries
 
 DESCRIPTION = """\
 recipe-compose: declarative 'train large, then compress' recipes for transformers.
@@ -40,6 +40,7 @@ exit codes:
 environment:
   RECIPE_COMPOSE_PLUGINS  comma-separated plugin names to load (empty: none)
   RECIPE_COMPOSE_DEBUG=1  show Python tracebacks for failures
+  RECIPE_COMPOSE_VERBOSE=1  as -v: the libraries print their own logs and bars
   RECIPE_COMPOSE_PAUSE_AT, RECIPE_COMPOSE_PAUSE_FILE  pause a run at named points (tests; see README)
 """.format(exit_codes=help_text())
 
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"recipe-compose {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="let the libraries (transformers, ONNX Runtime, GPTQModel...) print their own logs and bars, "
+        "which recipe-compose otherwise keeps off the terminal",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (apply, validate, plan, plugins, schema, compare, verify):
         module.add_parser(sub)
@@ -70,6 +78,8 @@ def main(argv=None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # inherited by every process of the run
     if args.command in ("apply",):
         quiet_libraries()
     try:

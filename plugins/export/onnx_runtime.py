@@ -18,13 +18,13 @@ The pipeline (each step checked against the PyTorch model's logits):
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
+
+from compose.api import library_chatter_off
 
 MODEL_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -168,21 +168,6 @@ def _gathers_of_non_tables(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] not in tables]
 
 
-@contextlib.contextmanager
-def quiet_onnxruntime():
-    """ONNX Runtime's optimizer and quantizers log INFO lines per node (some on the root logger)."""
-    loggers = [logging.getLogger(name) for name in ("", "onnxruntime", "onnx_model", "fusion_base",
-               "onnx_model_bert", "fusion_embedlayer", "onnxruntime.quantization.matmul_nbits_quantizer")]  # fmt: skip
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def quantize(source: Path, target: Path, settings) -> dict:
     """Weight-only 4-bit and/or dynamic int8, as the settings ask; the steps taken."""
     import onnx
@@ -241,7 +226,7 @@ def export_classifier(model, tokenizer, folder: Path, settings) -> dict:
         drift = float(np.abs(run_logits(session(raw), sample_np) - reference).max())
         details = {"inputs": names, "opset": settings["opset"], "export_max_logit_drift": drift}
         fused = scratch / "fused.onnx"
-        with quiet_onnxruntime():
+        with library_chatter_off():
             if settings["optimize"]:
                 details["optimization"] = optimize(raw, fused, model, sample_np, reference, settings)
             else:

@@ -21,33 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-#: Loggers that talk on stderr while GPTQModel loads a model (its tokenizer helper).
-_CHATTY_LOGGERS = ("tokenicer", "gptqmodel", "logbar")
-
-
-@contextlib.contextmanager
-def chatter_off():
-    """GPTQModel prints its banner, INFO lines and bars on stdout through LogBar (which
-    ignores ``logging`` levels); stdout may carry ``recipe apply --json``, and
-    recipe-compose keeps library chatter off the terminal. Its errors still raise."""
-    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
+from compose.api import library_chatter_off
 
 @contextlib.contextmanager
 def _logs_in(folder: Path):
@@ -71,7 +51,7 @@ def engine() -> SimpleNamespace:
     # its JIT-compiled kernels go to a cache under the home folder.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     os.environ.setdefault("GPTQMODEL_CACHE_DIR", str(Path.home() / ".cache" / "recipe-compose" / "gptqmodel"))
-    with chatter_off():
+    with library_chatter_off(stdout=True):
         import gptqmodel
         from gptqmodel.models.auto import MODEL_MAP
         from gptqmodel.nn_modules.qlinear.torch import TorchLinear
@@ -123,7 +103,7 @@ def _add_checkpoint_hooks(eng, module, fmt: str) -> None:
             return
         kept = mod.qzeros.detach().clone()
         try:
-            with chatter_off():
+            with library_chatter_off(stdout=True):
                 eng.v2_to_v1(mod, words)
             state[prefix + "qzeros"] = mod.qzeros.detach().clone()
         finally:
@@ -131,7 +111,7 @@ def _add_checkpoint_hooks(eng, module, fmt: str) -> None:
             mod.qzero_format(format=2)
 
     def loaded(mod, _incompatible):
-        with chatter_off():
+        with library_chatter_off(stdout=True):
             if fmt == "gptq":
                 mod.qzero_format(format=1)
                 eng.v1_to_v2(mod, bits=mod.bits, pack_dtype=mod.pack_dtype)
@@ -208,7 +188,7 @@ def quantize_with_model_definition(eng, qcfg, ctx, examples: list[dict], work_di
         source, target = Path(tmp) / "source", Path(tmp) / "quantized"
         ctx.model.save_pretrained(source)
         ctx.tokenizer.save_pretrained(source)
-        with chatter_off(), _logs_in(Path(tmp) / "logs"):
+        with library_chatter_off(stdout=True), _logs_in(Path(tmp) / "logs"):
             qcfg.device = str(ctx.device)
             qmodel = eng.GPTQModel.load(str(source), qcfg, dtype=dtype)
             # The examples are already tokenized and unpadded; keep short ones too.
@@ -249,6 +229,6 @@ def hand_back(eng, model, spec: dict, state: dict) -> tuple[dict, dict]:
     missing = sorted(wanted - set(state))
     if missing:
         raise ValueError(f"GPTQModel's checkpoint lacks packed tensors the model needs: {missing[:5]}")
-    with chatter_off():
+    with library_chatter_off(stdout=True):
         model.load_state_dict({k: state[k] for k in wanted}, strict=False)
     return layers, weights

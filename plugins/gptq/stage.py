@@ -76,6 +76,7 @@ from compose.api import (
     StageContext,
     StageResult,
     StageType,
+    library_chatter_off,
     load_schema_file,
     record_transform,
     transforms_of,
@@ -83,7 +84,6 @@ from compose.api import (
 from compose.plugins.architectures.checks import architecture_problems
 from compose.plugins.architectures.registry import lookup
 from compose.plugins.gptq.engine import (
-    chatter_off,
     engine,
     hand_back,
     model_definition,
@@ -247,7 +247,7 @@ def run(ctx: StageContext) -> StageResult:
     settings = ctx.settings
     started = time.perf_counter()
     eng = engine()
-    with chatter_off():
+    with library_chatter_off(stdout=True):
         qcfg = _quantize_config(eng, settings)
     spec = {
         "bits": settings["bits"],
@@ -268,7 +268,7 @@ def run(ctx: StageContext) -> StageResult:
         base = found["config"]
     else:
         ctx.log(f"quantizing block by block: {reason}")
-        with torch.no_grad(), chatter_off():
+        with torch.no_grad(), library_chatter_off(stdout=True):
             with ctx.progress.track(f"{ctx.name}: quantizing blocks ({settings['method']})") as bar:
                 found = quantize_by_blocks(eng, qcfg, spec, settings, model, batches, ctx.device, bar)
             base = qcfg.to_dict()
@@ -278,7 +278,7 @@ def run(ctx: StageContext) -> StageResult:
         raise ValueError("no linear layer of the transformer blocks ran on the calibration data; nothing to quantize")
     with torch.no_grad():
         rows = embeddings.quantize(model, settings)
-    with chatter_off():
+    with library_chatter_off(stdout=True):
         config = quantization_config(eng, base, settings, path)
     model.config.quantization_config = config
     info = {"quantization": spec, "layers": layers, "quantization_config": config, "rows": rows["modules"]}
@@ -345,7 +345,7 @@ def rebuild(model, info):
     from compose.plugins.gptq import embeddings
 
     eng = engine()
-    with chatter_off():
+    with library_chatter_off(stdout=True):
         for name, (in_features, out_features, bias) in info["layers"].items():
             set_module(model, name, new_quant_linear(eng, info["quantization"], in_features, out_features, bias))
     embeddings.rebuild(model, info.get("rows", {}))

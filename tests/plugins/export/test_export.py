@@ -8,6 +8,7 @@ transformers (decoder), and must give the same predictions.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ import torch
 
 from compose.api import load_artifact
 from compose.cli.main import main
+from compose.testing import HANG_S, recipe_command
 
 TRAIN = "- {name: ft, uses: train, with: {epochs: 2, learning_rate: 3.0e-3, batch_size: 16, eval_every_epoch: false}}\n"
 #: conftest's TINY_BERT, wider so that 4-bit blocks of 32 fit the layers.
@@ -63,7 +65,7 @@ def _torch_logits(model, tokenizer, texts):
 
 def _onnx_alone(folder, texts) -> dict:
     done = subprocess.run([sys.executable, "-c", ONNX_ONLY, str(folder), json.dumps(texts)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -163,7 +165,7 @@ def test_llama_train_gptq_export_loads_with_plain_from_pretrained(write_recipe, 
     assert deploy["metric"]["value"] == pytest.approx(q["metric"]["value"], rel=1e-3)
     ids = [[5, 9, 14, 30, 2, 7]]
     done = subprocess.run([sys.executable, "-c", PLAIN_LOAD, deploy["artifact"], json.dumps(ids)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     model, _ = load_artifact(q["artifact"])
     with torch.no_grad():
@@ -187,3 +189,23 @@ def test_head_pruned_encoder_exports_with_the_same_predictions(write_recipe, tmp
     assert ("Attention" in optimization["fusions"]) == (len(set(heads)) == 1), (heads, optimization)
     assert deploy["details"]["agreement"] == 1.0 and deploy["details"]["max_logit_difference"] < 1e-4
     assert deploy["metric"]["value"] == pytest.approx(p["metric"]["value"], abs=1e-9)
+
+
+#: A logging record as basicConfig ("INFO:name:...") or ONNX Runtime's own format ("... name [INFO] - ...") print it.
+LOG_LINE = re.compile(r"(^|\[)(DEBUG|INFO|WARNING)(\]|:)")
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["default", "-v"])
+def test_onnx_runtime_quantizer_logs_stay_off_the_terminal_unless_verbose(write_recipe, tmp_path, verbose):
+    """ONNX Runtime's MatMulNBits quantizer calls logging.basicConfig(level=INFO) on import and then logs
+    per node; a fresh process (the import's first time) must show none of it, unless `recipe -v`."""
+    stages = TRAIN + "- {name: deploy, uses: export, with: {weights: int4, embeddings: int4}}\n"
+    command = [*recipe_command(), *(["-v"] if verbose else []), "apply", str(write_recipe(stages, config=WIDE_BERT)),
+               "--output", str(tmp_path / "run"), "-q"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [line for line in done.stderr.splitlines() if LOG_LINE.search(line)]
+    if verbose:
+        assert any("onnx" in line.lower() or "quantiz" in line.lower() for line in logged), done.stderr[-3000:]
+    else:
+        assert logged == [], "\n".join(logged[:20])

@@ -345,16 +345,16 @@ def test_block_walk_and_gptqmodels_llama_path_pack_identical_weights(make_contex
     """The layer walk (T5, BERT, decoders GPTQModel does not know) against the engine's own
     Llama path on the same calibration data: the same GPTQ result, bit for bit."""
     from compose.plugins.gptq import stage as gptq
-    from compose.plugins.gptq.engine import chatter_off
+    from compose.api import library_chatter_off
 
     model, tokenizer = tiny_llama
     ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "decoder", "bits: 4, group_size: 32, samples: 64")
     eng = gptq.engine()
-    with chatter_off():
+    with library_chatter_off(stdout=True):
         qcfg = gptq._quantize_config(eng, ctx.settings)
     walked = copy.deepcopy(model)
     spec = result.model.compose_transforms[0]["info"]["quantization"]
-    with torch.no_grad(), chatter_off(), ctx.progress.track("walk") as bar:
+    with torch.no_grad(), library_chatter_off(stdout=True), ctx.progress.track("walk") as bar:
         found = layers.quantize_by_blocks(eng, qcfg, spec, ctx.settings, walked, gptq._calibration(ctx), ctx.device, bar)
     assert found["layers"] == result.model.compose_transforms[0]["info"]["layers"]
     for name, module in _packed(result.model).items():
