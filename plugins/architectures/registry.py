@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-#: The stages and training settings whose support differs per architecture (the README table's rows).
+#: The stages and training settings whose support differs per architecture (the rows of docs/stages.md's table).
 STAGES = ("train", "distill", "prune-heads", "prune-ffn", "gptq", "export", "amp", "checkpointing", "parallel")
 
 #: Strategies of the `parallel` setting; tp and hybrid need the stack's ``tp_plan``.

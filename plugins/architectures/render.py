@@ -1,7 +1,7 @@
-"""The README's table of what each stage does per architecture, rendered from the architecture table.
+"""The table in docs/stages.md of what each stage does per architecture, rendered from the architecture table.
 
-tests/plugins/architectures/test_architectures.py checks that README.md contains exactly this text,
-so the README cannot claim what the table does not say.
+tests/plugins/architectures/test_architectures.py checks that docs/stages.md contains exactly this text,
+so the docs cannot claim what the table does not say.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The architecture table (plugins/architectures/registry.py): its paths exist in real models, the stages work
-on every entry or are refused at validation, and the README's table is the one it renders."""
+on every entry or are refused at validation, and docs/stages.md shows the table it renders."""
 
 import copy
 import math
@@ -235,7 +235,7 @@ def test_export_is_refused_exactly_where_the_table_says(host, name):
     assert refused == (lookup(name).family not in host.stage("export").families)
 
 
-def test_the_readme_shows_the_tables_support_matrix_and_refusals():
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
-    assert render_table() in readme, "README.md: paste the output of render_table() (plugins/architectures/render.py)"
-    assert render_refusals() in readme, "README.md: paste the output of render_refusals()"
+def test_the_stages_page_shows_the_tables_support_matrix_and_refusals():
+    readme = (Path(__file__).resolve().parents[3] / "docs" / "stages.md").read_text(encoding="utf-8")
+    assert render_table() in readme, "docs/stages.md: paste the output of render_table() (plugins/architectures/render.py)"
+    assert render_refusals() in readme, "docs/stages.md: paste the output of render_refusals()"
