@@ -22,7 +22,8 @@ from compose.run.modeling import count_parameters, load_model, load_tokenizer, n
 from compose.progress import Progress
 from compose.recipe.load import Recipe
 from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
-from compose.evaluation.report import REPORT_FILE, RESOLVED_RECIPE, GateResult, Report, StageRow, row_from_json
+from compose.evaluation.report import REPORT_FILE, RESOLVED_RECIPE, Report, StageRow, row_from_json
+from compose.run.gates import check_gates, gates_of
 from compose.stage import StageContext, StageResult
 from compose.recipe.task_kinds import METRICS
 from compose.tasks import build_task
@@ -154,36 +155,37 @@ class Executor:
         if self.ranks.is_main:
             atomic.write_json(self.run_dir / REPORT_FILE, report.to_json())
 
-    def _check_gates(self, report: Report, final: bool) -> bool:
-        """Evaluate the gates that can be evaluated now; False if one failed."""
-        rows = {r.name: r for r in report.rows}
-        ok = True
-        for gate in report.gates:
-            if gate.passed is not None:
-                continue
-            target = report.rows[-1].name if gate.stage == "final" else gate.stage
-            if gate.stage == "final" and not final:
-                continue
-            row = rows.get(target)
-            if row is None or report.baseline is None:
-                continue
-            gate.retained = report.retained(row.value)
-            gate.value = row.value
-            passed = True
-            if gate.min_retained is not None:
-                passed &= gate.retained is not None and gate.retained >= gate.min_retained
-            if gate.min_metric is not None and row.value is not None:
-                passed &= row.value >= gate.min_metric if report.higher_is_better else row.value <= gate.min_metric
-            gate.passed = passed
-            ok &= passed
-        return ok
-
     # -- the run -----------------------------------------------------------
 
     def run(self) -> Report:
-        import transformers
+        """Run every stage not reused from an earlier run, judging the gates after each; the report."""
+        self._join_processes()
+        task = build_task(self.recipe.data["task"], self.recipe.data["seed"])
+        report = self._new_report(task)
+        started = time.perf_counter()
+        current = INPUT_ROW
+        try:
+            model, tokenizer, reused = self._start(report, task)
+            stopped = not check_gates(report, final=False)
+            for index, (stage, stage_type) in enumerate(zip(self.recipe.stages, self.recipe.stage_types), start=1):
+                if stopped:
+                    break
+                if index < reused:
+                    continue
+                current = stage["name"]
+                model, tokenizer = self._run_and_report(index, stage, stage_type, model, tokenizer, task, report)
+                stopped = not check_gates(report, final=False)
+            interrupts.point("run/result")  # a signal that some library swallowed still stops the run here
+            passed = not stopped and check_gates(report, final=True)
+            report.status = "passed" if passed else "gate_failed"
+        except (StageFailed, ComposeError, OSError, KeyboardInterrupt) as exc:
+            self._record_failure(report, exc, current)
+        finally:
+            self._finish(report, task, time.perf_counter() - started, current)
+        return report
 
-        data = self.recipe.data
+    def _join_processes(self) -> None:
+        """Join the other processes of a distributed run (one device each); the main one writes the recipe."""
         self.ranks = init_ranks(self.device)
         if self.ranks.distributed:
             from accelerate import PartialState
@@ -192,87 +194,77 @@ class Executor:
         if self.ranks.is_main:
             self._write_resolved_recipe()
 
-        task = build_task(data["task"], data["seed"])
+    def _new_report(self, task) -> Report:
+        data = self.recipe.data
         metric = data["evaluate"]["metric"] or task.metric_name
-        report = Report(
+        return Report(
             recipe=str(self.recipe.source),
             run_dir=str(self.run_dir),
             metric=metric,
             higher_is_better=METRICS[metric].higher_is_better,
             baseline_stage=self.baseline_name,
             comparison=dict(data["evaluate"]["against_baseline"], unit=task.unit),
-            gates=[
-                GateResult(g.get("stage", "final"), g.get("min_retained"), g.get("min_metric"), None, None, None)
-                for g in data["gates"]
-            ],
+            gates=gates_of(data),
         )
-        started = time.perf_counter()
-        stages_bar = self.progress.add_bar("stages", total=len(self.recipe.stages) + 1)
+
+    def _start(self, report: Report, task) -> tuple:
+        """Reuse the finished stages of an earlier run, or load and measure the model; (model, tokenizer,
+        rows reused). Every stage reused: nothing is loaded."""
+        import transformers
+
+        data = self.recipe.data
+        self.stages_bar = self.progress.add_bar("stages", total=len(self.recipe.stages) + 1)
         names = [INPUT_ROW] + [s["name"] for s in self.recipe.stages]
         self.fingerprints = stage_fingerprints(self.recipe, self.host)
         self.eval_fingerprint = evaluation_fingerprint(self.recipe, self.threads)
-        current = INPUT_ROW
-        try:
-            cached = [] if self.options.fresh else self._cached_rows(names)
-            report.reuse_refused = self.reuse_refused
-            for index, row in enumerate(cached):
-                self._load_records(index, row)
-            report.rows.extend(cached)
-            stages_bar.advance(len(cached))
-            if len(cached) == len(names):
-                model = tokenizer = None  # every stage is reused: nothing to load
-            elif cached:
-                stages_bar.update(description=f"reusing {len(cached) - 1} finished stage(s)")
-                model, tokenizer = load_artifact(cached[-1].artifact, self.host)
-                model.to(self.device)
-            else:
-                transformers.set_seed(data["seed"])
-                stages_bar.update(description="loading the model")
-                t0 = time.perf_counter()
-                tokenizer = load_tokenizer(data["model"], task)
-                model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code,
-                                   tokenizer=tokenizer)  # fmt: skip
-                model.to(self.device)
-                row = self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0)
-                report.rows.append(row)
-                self._compare_rows(report, task)
-                self._record(0, row)
-                stages_bar.advance()
-            self._write(report, task)
-            stopped = not self._check_gates(report, final=False)
-            for index, (stage, stage_type) in enumerate(zip(self.recipe.stages, self.recipe.stage_types), start=1):
-                if stopped:
-                    break
-                if index < len(cached):
-                    continue
-                current = stage["name"]
-                interrupts.point(f"{current}/start")
-                stages_bar.update(description=f"stage {index}/{len(self.recipe.stages)}: {stage['name']}")
-                model, tokenizer, row = self._run_stage(index, stage, stage_type, model, tokenizer, task)
-                report.rows.append(row)
-                self._compare_rows(report, task)
-                self._record(index, row)
-                self._write(report, task)
-                stages_bar.advance()
-                stopped = not self._check_gates(report, final=False)
-            interrupts.point("run/result")  # a signal that some library swallowed still stops the run here
-            if stopped:
-                report.status = "gate_failed"
-            else:
-                report.status = "passed" if self._check_gates(report, final=True) else "gate_failed"
-        except StageFailed as exc:
+        cached = [] if self.options.fresh else self._cached_rows(names)
+        report.reuse_refused = self.reuse_refused
+        for index, row in enumerate(cached):
+            self._load_records(index, row)
+        report.rows.extend(cached)
+        self.stages_bar.advance(len(cached))
+        model = tokenizer = None
+        if cached and len(cached) < len(names):
+            self.stages_bar.update(description=f"reusing {len(cached) - 1} finished stage(s)")
+            model, tokenizer = load_artifact(cached[-1].artifact, self.host)
+            model.to(self.device)
+        elif not cached:
+            transformers.set_seed(data["seed"])
+            self.stages_bar.update(description="loading the model")
+            t0 = time.perf_counter()
+            tokenizer = load_tokenizer(data["model"], task)
+            model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code,
+                               tokenizer=tokenizer)  # fmt: skip
+            model.to(self.device)
+            row = self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0)
+            report.rows.append(row)
+            self._compare_rows(report, task)
+            self._record(0, row)
+            self.stages_bar.advance()
+        self._write(report, task)
+        return model, tokenizer, len(cached)
+
+    def _run_and_report(self, index, stage, stage_type, model, tokenizer, task, report: Report) -> tuple:
+        """Run one stage, add its row, record it for reuse and rewrite the report; (model, tokenizer)."""
+        interrupts.point(f"{stage['name']}/start")
+        self.stages_bar.update(description=f"stage {index}/{len(self.recipe.stages)}: {stage['name']}")
+        model, tokenizer, row = self._run_stage(index, stage, stage_type, model, tokenizer, task)
+        report.rows.append(row)
+        self._compare_rows(report, task)
+        self._record(index, row)
+        self._write(report, task)
+        self.stages_bar.advance()
+        return model, tokenizer
+
+    def _record_failure(self, report: Report, exc: BaseException, current: str) -> None:
+        """Say in the report how the run ended when it did not end by itself; re-raise what is not ours to say."""
+        if isinstance(exc, StageFailed):
             report.status = "stage_failed"
             report.error = {"stage": exc.stage, "type": type(exc.cause).__name__, "message": str(exc.cause)}
-        except ComposeError as exc:  # model, tokenizer or data could not be loaded
+        elif isinstance(exc, ComposeError):  # model, tokenizer or data could not be loaded
             report.status = "stage_failed"
             report.error = {"stage": current, "type": type(exc).__name__, "message": str(exc)}
-        except OSError as exc:  # writing the report or a record: the machine's fault, in its words
-            fault = explain_failure(exc, self.run_dir)
-            if not isinstance(fault, ComposeError):
-                raise
-            report.status = "stage_failed"
-            report.error = {"stage": current, "type": type(fault).__name__, "message": str(fault)}
-        except KeyboardInterrupt:  # SIGINT or SIGTERM (compose.run.interrupts)
+        elif isinstance(exc, KeyboardInterrupt):  # SIGINT or SIGTERM (compose.run.interrupts)
             report.status = "interrupted"
             report.error = {
                 "stage": current,
@@ -280,18 +272,25 @@ class Executor:
                 "message": f"the run was interrupted ({interrupts.received() or 'KeyboardInterrupt'}); "
                 "`recipe apply` on the same run folder resumes after the last finished stage",
             }
-        finally:
-            report.seconds = time.perf_counter() - started
-            if report.status == "running":  # stopped by something we do not handle here
-                report.status = "stage_failed"
-                report.error = report.error or {"stage": current, "type": "Stopped", "message": "the run stopped"}
-            if report.status == "interrupted":
-                with interrupts.stopping():  # a second signal now ends the process at once
-                    interrupts.point("run/stopping")
-                    self._write(report, task)
-            else:
+        else:  # OSError writing the report or a record: the machine's fault, in its words
+            fault = explain_failure(exc, self.run_dir)
+            if not isinstance(fault, ComposeError):
+                raise exc
+            report.status = "stage_failed"
+            report.error = {"stage": current, "type": type(fault).__name__, "message": str(fault)}
+
+    def _finish(self, report: Report, task, seconds: float, current: str) -> None:
+        """The report's last write, whatever happened; a second signal while it is written ends the process."""
+        report.seconds = seconds
+        if report.status == "running":  # stopped by something we do not handle here
+            report.status = "stage_failed"
+            report.error = report.error or {"stage": current, "type": "Stopped", "message": "the run stopped"}
+        if report.status == "interrupted":
+            with interrupts.stopping():  # a second signal now ends the process at once
+                interrupts.point("run/stopping")
                 self._write(report, task)
-        return report
+        else:
+            self._write(report, task)
 
     # -- resuming ------------------------------------------------------------
 

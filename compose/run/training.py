@@ -204,18 +204,18 @@ def train_model(
     with the model (e.g. projection layers of a loss). Returns the trained model
     (unwrapped from any distributed wrapper) and a ``TrainingSummary``.
     """
-    import torch
-    from transformers import get_scheduler
-
-    from compose.run import checkpoint
-    from compose.evaluation.evaluator import evaluate
-
     _check_declared_training(ctx)
-    model = ctx.model if model is None else model
     settings = dict(ctx.settings if settings is None else settings)
-    loss_fn = loss_fn or default_loss
-    extra_modules = list(extra_modules)
+    setup = _setup_extensions(ctx, ctx.model if model is None else model, settings)
+    loop = _TrainingLoop(ctx, setup, settings, loss_fn or default_loss, list(extra_modules))
+    loop.resume()
+    loop.train()
+    return loop.finish()
 
+
+def _setup_extensions(ctx, model, settings: dict) -> TrainingSetup:
+    """The training extensions' settings (amp, checkpointing, parallel...) and every
+    ``compose_training_setup`` hook applied to a fresh ``TrainingSetup``."""
     setup = TrainingSetup(
         stage=ctx.name,
         settings=settings,
@@ -234,131 +234,195 @@ def train_model(
         ctx.plugin_host.hook.compose_training_setup(setup=setup)
     for line in setup.announce:
         ctx.log(line)
-    model = setup.model
-    accelerator = fresh_accelerator(**setup.accelerator_kwargs)
-    if accelerator.device.type != ctx.device.type:  # model, batches and evaluation share one device
-        raise RuntimeError(f"accelerate placed training on {accelerator.device} but the stage computes on "
-                           f"{ctx.device}; set the device through the executor, not accelerate's config")  # fmt: skip
+    return setup
 
-    loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True, seed=ctx.seed,
-                              shard=setup.data_shard, group_by_length=settings["group_by_length"])  # fmt: skip
-    # Its pass number fixes the order (EpochShuffle, or LengthGroupedBatches when grouping).
-    sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "epoch") else loader.sampler
-    if len(loader) == 0:
-        raise ValueError(f"split '{settings['split']}' has no rows to train on")
-    optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))
-    prepared = accelerator.prepare(optimizer, *extra_modules)
-    optimizer, *extra_modules = prepared if extra_modules else (prepared,)
-    if setup.prepare_model:
-        model = accelerator.prepare(model)
-    if setup.data_shard is None:
-        loader = accelerator.prepare(loader)
-    clip = setup.clip_grad_norm or accelerator.clip_grad_norm_
-    steps_per_epoch = max(1, math.ceil(len(loader) / settings["gradient_accumulation_steps"]))
-    total_steps = settings["max_steps"] or max(1, math.ceil(settings["epochs"] * steps_per_epoch))
-    # accelerate steps a prepared scheduler once per process for every optimizer step
-    # (the global batch is num_processes times larger), so the schedule is counted that way.
-    scale = accelerator.num_processes
-    scheduler = get_scheduler(
-        settings["scheduler"] if settings["scheduler"] != "constant" else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=int(settings["warmup_ratio"] * total_steps) * scale,
-        num_training_steps=total_steps * scale,
-    )
-    scheduler = accelerator.prepare(scheduler)
-    trainable = [p for m in [model, *extra_modules] for p in m.parameters() if p.requires_grad]
 
-    start = time.perf_counter()
-    step, epoch, window, last_loss, pending = 0, 0, [], None, None
-    real_tokens = computed_tokens = 0  # tensors on the device once counting starts (read once at the end)
-    host = ctx.plugin_host
-    step_hooks = host.hook.compose_training_step_end.get_hookimpls() if host is not None else []
-    watched = bool(setup.on_step_end or step_hooks)  # someone reads every step's loss
-    history = []
-    every = settings["checkpoint_every"] if setup.prepare_model and ctx.work_dir is not None else None
-    folder = Path(ctx.work_dir) / checkpoint.FOLDER if every else None
-    position = checkpoint.find(folder, ctx.fingerprint) if every else None
-    skip, random_state = 0, None
-    if position is not None:  # resume a killed run of this same stage
-        random_state = checkpoint.restore(folder, accelerator.unwrap_model(model), [accelerator.unwrap_model(m) for m in extra_modules],
-                           optimizer, scheduler)  # fmt: skip
-        step, epoch, skip, last_loss = position.step, position.epoch - 1, position.batches_in_epoch, position.last_loss
-        sampler.epoch = epoch  # replay the interrupted pass in the same order
-        accelerator.step = skip  # where gradient accumulation was in that pass
-        ctx.log(f"resuming from the checkpoint at step {step}")
-    model.train()
-    with ctx.progress.track(f"{ctx.name}: training", total=total_steps, completed=step) as bar:
-        while step < total_steps:
-            epoch += 1
-            consumed = 0
-            for batch in loader:
-                consumed += 1
-                if skip:  # batches the checkpointed run had already trained on
-                    skip -= 1
-                    if not skip:  # where the checkpoint was taken: dropout, and what follows, draws as then
-                        checkpoint.set_random_state(random_state)
-                        random_state = None
-                    continue
-                real_tokens, computed_tokens = _count_tokens(batch, real_tokens, computed_tokens)
-                with accelerator.accumulate(model):
-                    loss = loss_fn(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and settings["max_grad_norm"]:
-                        clip(trainable, settings["max_grad_norm"])
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                window.append(loss.detach().float())
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                interrupts.point(f"{ctx.name}/step {step}")
-                # The mean stays on the device: reading it waits for the GPU to finish the step, so
-                # it is read only when something needs the number (not on every step).
-                pending = torch.stack(window).mean()
-                window = []
-                bar.advance()
-                wanted = watched or step % settings["log_every"] == 0 or step >= total_steps
-                if wanted or (every and step % every == 0):
-                    last_loss, pending = pending.item(), None
-                if watched:
-                    info = TrainingStep(ctx.name, step, total_steps, epoch, last_loss, model)
-                    for callback in setup.on_step_end:
-                        callback(info)
-                    if ctx.plugin_host is not None:
-                        ctx.plugin_host.hook.compose_training_step_end(step=info)
-                if step % settings["log_every"] == 0:
-                    bar.update(description=f"{ctx.name}: training (loss {last_loss:.4f})")
-                if step >= total_steps:
-                    break
-                if every and step % every == 0:
-                    if accelerator.is_main_process:
-                        checkpoint.save(folder, ctx.fingerprint, checkpoint.Position(step, epoch, consumed, last_loss),
-                                        accelerator.unwrap_model(model),
-                                        [accelerator.unwrap_model(m) for m in extra_modules], optimizer, scheduler)  # fmt: skip
-                    accelerator.wait_for_everyone()
-            between = settings["eval_every_epoch"] and setup.evaluate_between_epochs
-            if between and step < total_steps:  # the stage's own evaluation follows the last
-                result = evaluate(model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], accelerator.device,
-                                  ctx.progress, f"{ctx.name}: evaluating epoch {epoch}")  # fmt: skip
-                history.append({"epoch": epoch, "step": step, result.metric: result.value})
-                if pending is not None:
-                    last_loss, pending = pending.item(), None
-                ctx.log(f"epoch {epoch}: {result.metric} {result.value:.4f}, loss {last_loss:.4f}")
-    if pending is not None:
-        last_loss = pending.item()
-    if folder is not None and accelerator.is_main_process:
-        checkpoint.remove(folder)  # the stage's artifact is the result now
-    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no autocast left on forward
-    for callback in setup.on_train_end:
-        model = callback(model) or model
-    model.eval()
-    epochs_done = step / steps_per_epoch
-    summary = TrainingSummary(step, round(epochs_done, 3), last_loss, time.perf_counter() - start, history,
-                              setup=setup.notes, resumed_from_step=position.step if position else None,
-                              tokens={"real": int(real_tokens), "computed": int(computed_tokens)})  # fmt: skip
-    if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
-        digests = gather_objects(parameters_digest(model))
-        summary.processes = len(digests)
-        summary.parameters_in_sync = len(set(digests)) == 1
-    return model, summary
+class _TrainingLoop:
+    """One run of the shared loop: accelerate's objects, the position in training, and its steps."""
+
+    def __init__(self, ctx, setup: TrainingSetup, settings: dict, loss_fn: Callable, extra_modules: list):
+        self.ctx, self.setup, self.settings, self.loss_fn = ctx, setup, settings, loss_fn
+        self.accelerator = fresh_accelerator(**setup.accelerator_kwargs)
+        if self.accelerator.device.type != ctx.device.type:  # model, batches and evaluation share one device
+            raise RuntimeError(f"accelerate placed training on {self.accelerator.device} but the stage computes on "
+                               f"{ctx.device}; set the device through the executor, not accelerate's config")  # fmt: skip
+        self._prepare(setup.model, extra_modules)
+        # where training is
+        self.step, self.epoch, self.consumed, self.skip = 0, 0, 0, 0
+        self.window, self.last_loss, self.pending, self.random_state = [], None, None, None
+        self.real_tokens = self.computed_tokens = 0  # tensors on the device once counting starts (read once at the end)
+        self.history = []
+        host = ctx.plugin_host
+        step_hooks = host.hook.compose_training_step_end.get_hookimpls() if host is not None else []
+        self.watched = bool(setup.on_step_end or step_hooks)  # someone reads every step's loss
+        self.every = settings["checkpoint_every"] if setup.prepare_model and ctx.work_dir is not None else None
+        self.folder = Path(ctx.work_dir) / _checkpoint().FOLDER if self.every else None
+        self.position = None
+        self.start = time.perf_counter()
+
+    def _prepare(self, model, extra_modules: list) -> None:
+        """The data loader, optimizer and schedule, prepared by accelerate with the model."""
+        from transformers import get_scheduler
+
+        ctx, setup, settings, accelerator = self.ctx, self.setup, self.settings, self.accelerator
+        loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True,
+                                  seed=ctx.seed, shard=setup.data_shard,
+                                  group_by_length=settings["group_by_length"])  # fmt: skip
+        # Its pass number fixes the order (EpochShuffle, or LengthGroupedBatches when grouping).
+        self.sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "epoch") else loader.sampler
+        if len(loader) == 0:
+            raise ValueError(f"split '{settings['split']}' has no rows to train on")
+        optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))
+        prepared = accelerator.prepare(optimizer, *extra_modules)
+        self.optimizer, *self.extra_modules = prepared if extra_modules else (prepared,)
+        self.model = accelerator.prepare(model) if setup.prepare_model else model
+        self.loader = accelerator.prepare(loader) if setup.data_shard is None else loader
+        self.clip = setup.clip_grad_norm or accelerator.clip_grad_norm_
+        self.steps_per_epoch = max(1, math.ceil(len(self.loader) / settings["gradient_accumulation_steps"]))
+        self.total_steps = settings["max_steps"] or max(1, math.ceil(settings["epochs"] * self.steps_per_epoch))
+        # accelerate steps a prepared scheduler once per process for every optimizer step
+        # (the global batch is num_processes times larger), so the schedule is counted that way.
+        scale = accelerator.num_processes
+        scheduler = get_scheduler(
+            settings["scheduler"] if settings["scheduler"] != "constant" else "constant_with_warmup",
+            self.optimizer,
+            num_warmup_steps=int(settings["warmup_ratio"] * self.total_steps) * scale,
+            num_training_steps=self.total_steps * scale,
+        )
+        self.scheduler = accelerator.prepare(scheduler)
+        self.trainable = [p for m in [self.model, *self.extra_modules] for p in m.parameters() if p.requires_grad]
+
+    def _unwrapped_extras(self) -> list:
+        return [self.accelerator.unwrap_model(m) for m in self.extra_modules]
+
+    def resume(self) -> None:
+        """Continue a killed run of this same stage from its last checkpoint, if there is one."""
+        checkpoint = _checkpoint()
+        self.position = checkpoint.find(self.folder, self.ctx.fingerprint) if self.every else None
+        if self.position is None:
+            return
+        self.random_state = checkpoint.restore(self.folder, self.accelerator.unwrap_model(self.model),
+                                               self._unwrapped_extras(), self.optimizer, self.scheduler)  # fmt: skip
+        position = self.position
+        self.step, self.epoch, self.skip, self.last_loss = (position.step, position.epoch - 1,
+                                                            position.batches_in_epoch, position.last_loss)  # fmt: skip
+        self.sampler.epoch = self.epoch  # replay the interrupted pass in the same order
+        self.accelerator.step = self.skip  # where gradient accumulation was in that pass
+        self.ctx.log(f"resuming from the checkpoint at step {self.step}")
+
+    def train(self) -> None:
+        self.model.train()
+        with self.ctx.progress.track(f"{self.ctx.name}: training", total=self.total_steps, completed=self.step) as bar:
+            while self.step < self.total_steps:
+                self.epoch += 1
+                self._one_pass(bar)
+                between = self.settings["eval_every_epoch"] and self.setup.evaluate_between_epochs
+                if between and self.step < self.total_steps:  # the stage's own evaluation follows the last
+                    self._evaluate_epoch()
+
+    def _one_pass(self, bar) -> None:
+        """One pass over the training batches, or what is left of it when training ends inside it."""
+        self.consumed = 0
+        for batch in self.loader:
+            self.consumed += 1
+            if self.skip:  # batches the checkpointed run had already trained on
+                self.skip -= 1
+                if not self.skip:  # where the checkpoint was taken: dropout, and what follows, draws as then
+                    _checkpoint().set_random_state(self.random_state)
+                    self.random_state = None
+                continue
+            self._forward_backward(batch)
+            if not self.accelerator.sync_gradients:
+                continue  # accumulating gradients: not an optimizer step yet
+            if self._after_step(bar):
+                break
+
+    def _forward_backward(self, batch) -> None:
+        accelerator, settings = self.accelerator, self.settings
+        self.real_tokens, self.computed_tokens = _count_tokens(batch, self.real_tokens, self.computed_tokens)
+        with accelerator.accumulate(self.model):
+            loss = self.loss_fn(self.model, batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and settings["max_grad_norm"]:
+                self.clip(self.trainable, settings["max_grad_norm"])
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        self.window.append(loss.detach().float())
+
+    def _after_step(self, bar) -> bool:
+        """Progress, loss, step callbacks and checkpoints after an optimizer step; True when training is done."""
+        import torch
+
+        settings, ctx = self.settings, self.ctx
+        self.step += 1
+        interrupts.point(f"{ctx.name}/step {self.step}")
+        # The mean stays on the device: reading it waits for the GPU to finish the step, so
+        # it is read only when something needs the number (not on every step).
+        self.pending, self.window = torch.stack(self.window).mean(), []
+        bar.advance()
+        done = self.step >= self.total_steps
+        saving = bool(self.every) and self.step % self.every == 0
+        if self.watched or self.step % settings["log_every"] == 0 or done or saving:
+            self.last_loss, self.pending = self.pending.item(), None
+        if self.watched:
+            info = TrainingStep(ctx.name, self.step, self.total_steps, self.epoch, self.last_loss, self.model)
+            for callback in self.setup.on_step_end:
+                callback(info)
+            if ctx.plugin_host is not None:
+                ctx.plugin_host.hook.compose_training_step_end(step=info)
+        if self.step % settings["log_every"] == 0:
+            bar.update(description=f"{ctx.name}: training (loss {self.last_loss:.4f})")
+        if done:
+            return True
+        if saving:
+            self._save_checkpoint()
+        return False
+
+    def _save_checkpoint(self) -> None:
+        checkpoint = _checkpoint()
+        if self.accelerator.is_main_process:
+            position = checkpoint.Position(self.step, self.epoch, self.consumed, self.last_loss)
+            checkpoint.save(self.folder, self.ctx.fingerprint, position, self.accelerator.unwrap_model(self.model),
+                            self._unwrapped_extras(), self.optimizer, self.scheduler)  # fmt: skip
+        self.accelerator.wait_for_everyone()
+
+    def _evaluate_epoch(self) -> None:
+        from compose.evaluation.evaluator import evaluate
+
+        ctx = self.ctx
+        result = evaluate(self.model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], self.accelerator.device,
+                          ctx.progress, f"{ctx.name}: evaluating epoch {self.epoch}")  # fmt: skip
+        self.history.append({"epoch": self.epoch, "step": self.step, result.metric: result.value})
+        if self.pending is not None:
+            self.last_loss, self.pending = self.pending.item(), None
+        ctx.log(f"epoch {self.epoch}: {result.metric} {result.value:.4f}, loss {self.last_loss:.4f}")
+
+    def finish(self) -> tuple[Any, TrainingSummary]:
+        """The trained model, unwrapped and handed through ``on_train_end``, and the summary."""
+        accelerator = self.accelerator
+        if self.pending is not None:
+            self.last_loss = self.pending.item()
+        if self.folder is not None and accelerator.is_main_process:
+            _checkpoint().remove(self.folder)  # the stage's artifact is the result now
+        model = accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # no autocast left on forward
+        for callback in self.setup.on_train_end:
+            model = callback(model) or model
+        model.eval()
+        summary = TrainingSummary(self.step, round(self.step / self.steps_per_epoch, 3), self.last_loss,
+                                  time.perf_counter() - self.start, self.history, setup=self.setup.notes,
+                                  resumed_from_step=self.position.step if self.position else None,
+                                  tokens={"real": int(self.real_tokens),
+                                          "computed": int(self.computed_tokens)})  # fmt: skip
+        if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
+            digests = gather_objects(parameters_digest(model))
+            summary.processes = len(digests)
+            summary.parameters_in_sync = len(set(digests)) == 1
+        return model, summary
+
+
+def _checkpoint():
+    """compose.run.checkpoint, imported when training runs (it imports torch)."""
+    from compose.run import checkpoint
+
+    return checkpoint
