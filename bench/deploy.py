@@ -65,10 +65,10 @@ def predictions(model, tokenizer, task, split: str, batch_size: int):
 def export_folder(model, tokenizer, task, folder: Path, settings: dict) -> None:
     """What the export stage writes for an encoder: model.onnx, tokenizer.json, config.json."""
     from compose.plugins.export.onnx_runtime import export_classifier
-    from compose.plugins.export.stage import _deploy_tokenizer
+    from compose.plugins.export.stage import deploy_tokenizer
 
     export_classifier(model, tokenizer, folder, settings)
-    _deploy_tokenizer(tokenizer, folder / "tokenizer.json", task.spec.get("max_length"))
+    deploy_tokenizer(tokenizer, folder / "tokenizer.json", task.spec.get("max_length"))
     model.config.to_json_file(folder / "config.json")
 
 

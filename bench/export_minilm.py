@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     from compose.api import count_parameters, load_artifact, size_on_disk
     from compose.plugins.export.floating import to_float
     from compose.plugins.export.onnx_runtime import export_classifier, onnx_module
-    from compose.plugins.export.stage import _deploy_tokenizer
+    from compose.plugins.export.stage import deploy_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+")
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                 started = time.perf_counter()
                 details = export_classifier(plain, tokenizer, Path(folder), {**defaults(), **SETTINGS[name]})
                 tokenizer.save_pretrained(folder)
-                _deploy_tokenizer(tokenizer, Path(folder) / "tokenizer.json", 64)
+                deploy_tokenizer(tokenizer, Path(folder) / "tokenizer.json", 64)
                 plain.config.to_json_file(Path(folder) / "config.json")
                 seconds = time.perf_counter() - started
                 exported = onnx_module(Path(folder), 0)

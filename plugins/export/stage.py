@@ -94,7 +94,7 @@ def _check_rows(ctx: StageContext, reference, exported) -> dict:
             "max_logit_difference": round(worst, 6)}  # fmt: skip
 
 
-def _deploy_tokenizer(tokenizer, path: Path, max_length: int | None) -> None:
+def deploy_tokenizer(tokenizer, path: Path, max_length: int | None) -> None:
     """tokenizer.json as the evaluation tokenized: truncation at the task's max_length, padding to the
     longest row of a batch; written compact (MiniLM's: 0.46 MB instead of 0.71 MB pretty-printed)."""
     from tokenizers import Tokenizer
@@ -122,7 +122,7 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
     def write(tmp: Path) -> None:
         details.update(export_classifier(model, tokenizer, tmp, settings))
         tokenizer.save_pretrained(tmp)
-        _deploy_tokenizer(tokenizer, tmp / "tokenizer.json", ctx.task.spec.get("max_length"))
+        deploy_tokenizer(tokenizer, tmp / "tokenizer.json", ctx.task.spec.get("max_length"))
         model.config.to_json_file(tmp / "config.json")
         labels = model.config.num_labels
         manifest = {

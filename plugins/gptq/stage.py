@@ -25,12 +25,9 @@ Engine: GPTQModel (pip ``gptqmodel``), by one of two paths, per model family:
   report's ``details.path`` and ``details.path_reason`` say which ran and why.
 
 The two paths agree: on a tiny Llama, given the same calibration rows, the walk and
-GPTQModel's LlamaQModel pack bit-identical weights (tests/plugins/gptq/test_gptq.py). Time
-is about the same (2 shared CPU cores, 4 bits, group 32): 0.33 s (model path) vs 0.29 s
-(walk) on a Llama of hidden 32 x 2 layers with 64 rows of 16 tokens, 10-11 s vs 12-14 s
-at hidden 256 x 4 layers with 128 rows of 128 tokens. The model path holds a second
-copy of the model in memory (and on disk, in the stage's work folder) while GPTQModel
-works.
+GPTQModel's LlamaQModel pack bit-identical weights (tests/plugins/gptq/test_gptq.py); their
+times are in bench/results/design-measurements.md. The model path holds a second copy of
+the model in memory (and on disk, in the stage's work folder) while GPTQModel works.
 
 ``method: rtn`` swaps GPTQ for GPTQModel's round to nearest (same bits, groups and
 packing): the baseline GPTQ is measured against. ``details.relative_error`` is, per
@@ -58,9 +55,8 @@ kernel wants v2, so a state-dict hook converts on save and a load hook converts 
 weights load.
 
 Skipped on purpose: GPTQModel's ``TorchLinear.post_init`` would ``torch.compile`` the
-dequantizer; on 2 shared CPU cores that took 18-34 s per layer shape and then ran ~4x
-slower than eager (2.4 s vs 0.65 s per 4096-token call of a 384x1536 layer), so the
-modules are marked already optimized. On CPU the packed model runs slower than fp32
+dequantizer, which on a CPU costs more than it saves (bench/results/design-measurements.md),
+so the modules are marked already optimized. On CPU the packed model runs slower than fp32
 (it dequantizes every call): the gain is size and memory, speed needs GPU kernels.
 """
 

@@ -2,9 +2,9 @@
 
 ``amp: auto`` picks per machine: bf16 where the hardware runs it natively (a CPU with
 AVX512-BF16 or AMX, an Arm CPU with BF16, a CUDA GPU with bf16), fp16 on CUDA GPUs
-without bf16, otherwise fp32. A CPU without bf16 instructions emulates it: a 512x512
-bf16 matmul took 56x as long as in fp32 on an AVX2 EPYC, so bf16 there is never
-what a user wants.
+without bf16, otherwise fp32. A CPU without bf16 instructions emulates it, many times
+slower than fp32 (bench/results/design-measurements.md), so bf16 there is never what a
+user wants.
 """
 
 from __future__ import annotations

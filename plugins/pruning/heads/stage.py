@@ -31,8 +31,8 @@ channels; pruning the chosen heads' channels through that group removes exactly
 those heads (its ``MetaPruner`` ranks heads by its own importance with one ratio per
 layer, so it cannot express a set of heads chosen here). On the other families the
 heads' rows and columns are sliced directly, because torch-pruning cannot do it:
-on a 2-layer Llama its ``build_dependency`` did not finish in 300 s here (rotary
-embeddings); on T5 the group of one layer's query spans every self-attention layer
+on a Llama its ``build_dependency`` does not finish in useful time (rotary embeddings;
+bench/results/design-measurements.md); on T5 the group of one layer's query spans every self-attention layer
 of the stack and the ``relative_attention_bias`` embedding (through the shared
 position bias), so it could only remove the same channels everywhere and would cut
 the embedding by channel rather than by head; with grouped key/value heads a

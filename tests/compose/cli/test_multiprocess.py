@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from compose.recipe.data_check import SAMPLE_LINES
+from compose.testing import HANG_S
 
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
 
@@ -17,7 +18,7 @@ def test_two_process_ddp_train_has_identical_replicas_and_one_report(write_recip
         [RECIPE_BIN, "apply", "--nproc", "2", str(recipe), "--output", str(out), "--json", "-q"],
         capture_output=True,
         text=True,
-        timeout=3600,  # only a hung run fails on time: no CPU speed is assumed
+        timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -43,7 +44,7 @@ def test_a_failing_rank_fails_the_run_with_its_error(write_recipe, tmp_path):
         [RECIPE_BIN, "apply", "--nproc", "2", str(recipe), f"task.data.extra.path={bad}", "--output", str(out), "-q"],
         capture_output=True,
         text=True,
-        timeout=3600,  # only a hung run fails on time: no CPU speed is assumed
+        timeout=HANG_S,
     )
     assert done.returncode == 3
     assert "label '7'" in done.stderr

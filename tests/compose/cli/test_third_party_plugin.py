@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from compose.cli.main import main
+from compose.testing import HANG_S
 
 RECIPE = Path(sys.executable).parent / "recipe"
 PRUNE_STAGE = "- {name: prune, uses: magnitude-prune, with: {sparsity: 0.5, granulrity: global}}\n"
@@ -28,7 +29,7 @@ def recipe(*args, plugins: str | None = None, cwd=None) -> subprocess.CompletedP
     env.pop("RECIPE_COMPOSE_PLUGINS", None)
     if plugins is not None:
         env["RECIPE_COMPOSE_PLUGINS"] = plugins
-    return subprocess.run([str(RECIPE), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=3600)
+    return subprocess.run([str(RECIPE), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=HANG_S)
 
 
 def test_the_installed_plugin_is_listed_with_its_package_and_version():

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from compose.run import interrupts
+from compose.testing import HANG_S
 
 
 def test_without_a_signal_points_and_checks_do_nothing():
@@ -49,7 +50,7 @@ def test_a_second_signal_ends_the_process_at_once_with_130():
         "            os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
         "            print('cleanup finished')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 130
     assert "SIGINT again: stopping now" in done.stderr and "cleanup finished" not in done.stdout
 
@@ -74,5 +75,5 @@ def test_a_run_pauses_once_at_the_first_point_matching_each_pattern(tmp_path):
     name, pid = flag.read_text().split("\n")[:2]
     assert (name, int(pid)) == ("a/step 3", child.pid)
     child.send_signal(signal.SIGINT)
-    out, _ = child.communicate(timeout=60)
+    out, _ = child.communicate(timeout=HANG_S)
     assert child.returncode == 130 and out.strip() == "stopped at 3"

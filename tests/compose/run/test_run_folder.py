@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from compose.run.run_folder import MARKER, RunFolderError, claim, locked
+from compose.testing import HANG_S
 
 
 def test_new_empty_and_marked_folders_are_claimed(tmp_path):
@@ -52,7 +53,7 @@ def test_a_second_process_cannot_take_the_lock_and_is_told_who_holds_it(tmp_path
     code = ("import sys\nfrom compose.run.run_folder import RunFolderError, locked\n"
             "try:\n    with locked(sys.argv[1]):\n        pass\nexcept RunFolderError as e:\n    print(e); sys.exit(2)\n")
     with locked(tmp_path):
-        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S)
     assert other.returncode == 2 and "is in use by recipe apply (pid" in other.stdout
-    again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0  # released when the holder let go

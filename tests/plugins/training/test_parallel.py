@@ -9,6 +9,7 @@ import pytest
 
 from compose.errors import RecipeError
 from compose.recipe.load import load_recipe
+from compose.testing import HANG_S
 
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
 TRAIN = "- {{name: ft, uses: train, with: {{epochs: 4, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
@@ -22,7 +23,7 @@ def apply(write_recipe, tmp_path, parallel: str, nproc: int, family: str = "enco
         [RECIPE_BIN, "apply", "--nproc", str(nproc), str(recipe), "--output", str(out), "--json", "-q"],
         capture_output=True,
         text=True,
-        timeout=3600,  # only a hung run fails on time: no CPU speed is assumed
+        timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
