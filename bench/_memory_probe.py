@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from compose.run.modeling import load_model, load_tokenizer
 from compose.plugin_host import create_host
 from compose.progress import Progress
 from compose.quiet import quiet_libraries
 from compose.recipe.load import load_recipe
+from compose.run.modeling import load_model, load_tokenizer
+from compose.run.training import train_model
 from compose.stage import StageContext
 from compose.tasks import build_task
-from compose.run.training import train_model
 
 
 def status_kb(field: str) -> int:
@@ -41,8 +41,21 @@ def main() -> None:
     tokenizer = load_tokenizer(data["model"])
     model = load_model(data["model"], task)
     stage = data["stages"][0]
-    ctx = StageContext(stage["name"], stage["uses"], stage["with"], model, tokenizer, task, recipe.family,
-                       Path("/tmp"), data["seed"], torch.device("cpu"), Progress(enabled=False), data, host)  # fmt: skip
+    ctx = StageContext(
+        stage["name"],
+        stage["uses"],
+        stage["with"],
+        model,
+        tokenizer,
+        task,
+        recipe.family,
+        Path("/tmp"),
+        data["seed"],
+        torch.device("cpu"),
+        Progress(enabled=False),
+        data,
+        host,
+    )
     task.rows(stage["with"]["split"])  # read the data before measuring
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = status_kb("VmRSS")

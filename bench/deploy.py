@@ -116,10 +116,17 @@ def main(argv=None) -> int:
 
     recipe, report = load_run(args.run)
     task = build_task(recipe["task"], recipe["seed"])
-    latency_settings = {**recipe["evaluate"]["latency"], "batch1_samples": args.batch1_samples,
-                        "throughput_batches": args.throughput_batches, "throughput_batch_size": 64}  # fmt: skip
+    latency_settings = {
+        **recipe["evaluate"]["latency"],
+        "batch1_samples": args.batch1_samples,
+        "throughput_batches": args.throughput_batches,
+        "throughput_batch_size": 64,
+    }
     export_stage = next((s for s in recipe["stages"] if s["uses"] == "export"), None)
-    defaults = {k: v["default"] for k, v in load_schema_file("compose.plugins.export", "export.schema.json")["properties"].items()}
+    defaults = {
+        k: v["default"]
+        for k, v in load_schema_file("compose.plugins.export", "export.schema.json")["properties"].items()
+    }
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     rows, reference = [], None
@@ -127,8 +134,19 @@ def main(argv=None) -> int:
     for stage in stages:
         model, tokenizer = load_artifact(stage["artifact"])
         model.eval()
-        row, predicted = measure(f"{stage['name']}: pytorch fp32", stage["name"], "pytorch fp32", model, tokenizer,
-                                 task, stage["artifact"], reference, args, latency_settings, cpu)  # fmt: skip
+        row, predicted = measure(
+            f"{stage['name']}: pytorch fp32",
+            stage["name"],
+            "pytorch fp32",
+            model,
+            tokenizer,
+            task,
+            stage["artifact"],
+            reference,
+            args,
+            latency_settings,
+            cpu,
+        )
         reference = predicted if reference is None else reference  # the fine-tuned model's predictions
         rows.append(row)
         plain = copy.deepcopy(model).float().eval()
@@ -137,14 +155,40 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory() as folder:
                 export_folder(plain, tokenizer, task, Path(folder), {**defaults, **settings})
                 exported = onnx_module(Path(folder), rows[-1]["params"], plain.config)
-                rows.append(measure(f"{stage['name']}: {runtime}", stage["name"], runtime, exported, tokenizer, task,
-                                    folder, reference, args, latency_settings, cpu)[0])  # fmt: skip
+                rows.append(
+                    measure(
+                        f"{stage['name']}: {runtime}",
+                        stage["name"],
+                        runtime,
+                        exported,
+                        tokenizer,
+                        task,
+                        folder,
+                        reference,
+                        args,
+                        latency_settings,
+                        cpu,
+                    )[0]
+                )
         if torch.cuda.is_available():
             gpu = torch.device("cuda")
             for runtime, dtype in (("pytorch fp32 cuda", torch.float32), ("pytorch fp16 cuda", torch.float16)):
                 on_gpu = copy.deepcopy(model).to(gpu, dtype)
-                rows.append(measure(f"{stage['name']}: {runtime}", stage["name"], runtime, on_gpu, tokenizer, task,
-                                    stage["artifact"], reference, args, latency_settings, gpu)[0])  # fmt: skip
+                rows.append(
+                    measure(
+                        f"{stage['name']}: {runtime}",
+                        stage["name"],
+                        runtime,
+                        on_gpu,
+                        tokenizer,
+                        task,
+                        stage["artifact"],
+                        reference,
+                        args,
+                        latency_settings,
+                        gpu,
+                    )[0]
+                )
                 del on_gpu
     final = next((r for r in report["stages"] if r["plugin"] == "export"), None)
     if final is not None:
@@ -152,8 +196,21 @@ def main(argv=None) -> int:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         _, tokenizer = load_artifact(stages[-1]["artifact"])
         exported = onnx_module(folder, final["params"], config)
-        rows.append(measure(f"{final['name']}: final artifact", final["name"], "final artifact (onnxruntime)",
-                            exported, tokenizer, task, folder, reference, args, latency_settings, cpu)[0])  # fmt: skip
+        rows.append(
+            measure(
+                f"{final['name']}: final artifact",
+                final["name"],
+                "final artifact (onnxruntime)",
+                exported,
+                tokenizer,
+                task,
+                folder,
+                reference,
+                args,
+                latency_settings,
+                cpu,
+            )[0]
+        )
     base = rows[0]
     for row in rows:
         row["x_smaller"] = round(base["bytes"] / row["bytes"], 2)
@@ -164,10 +221,14 @@ def main(argv=None) -> int:
     result = {
         "command": "python bench/deploy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "run": str(args.run),
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                    "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},  # fmt: skip
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": args.threads,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
         "export_settings": export_stage["with"] if export_stage else None,
         "baseline": "the fine-tuned model in PyTorch fp32 (size, speed, accuracy and predictions)",
         "rows": rows,
@@ -186,7 +247,8 @@ def markdown(result: dict) -> str:
         f"Command: `.venv/bin/python bench/deploy.py --run {result['run']}`; machine: "
         f"{result['machine']['cpu_capability']} CPU, {result['machine']['threads']} threads, torch "
         f"{result['machine']['torch']}, onnxruntime {result['machine']['onnxruntime']}"
-        + (f", GPU {result['machine']['cuda']}" if result["machine"]["cuda"] else ", no GPU") + ".",
+        + (f", GPU {result['machine']['cuda']}" if result["machine"]["cuda"] else ", no GPU")
+        + ".",
         "Baseline (x smaller, x faster, retained, agreement): " + result["baseline"] + ". "
         f"Final artifact's export settings: `{json.dumps(result['export_settings'])}`.",
         "",

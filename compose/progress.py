@@ -11,18 +11,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress as RichProgress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+)
+from rich.progress import (
+    Progress as RichProgress,
 )
 
 #: Seconds between plain progress lines when stderr is not a terminal (0: no lines).
@@ -75,7 +77,7 @@ class Bar:
 class PlainBar(Bar):
     """A bar that prints a plain line now and then instead of redrawing (stderr is not a terminal)."""
 
-    def __init__(self, lines: "_PlainLines", description: str, total: float | None, completed: float = 0):
+    def __init__(self, lines: _PlainLines, description: str, total: float | None, completed: float = 0):
         super().__init__(None, None)
         self._lines = lines
         self.description = description
@@ -144,8 +146,13 @@ class Progress:
     clock:    the time source of those lines (tests pass a fake one).
     """
 
-    def __init__(self, console: Console | None = None, enabled: bool = True, interval: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+    def __init__(
+        self,
+        console: Console | None = None,
+        enabled: bool = True,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.console = console or Console(stderr=True)
         self.enabled = enabled
         self.plain = enabled and (not self.console.is_terminal or self.console.is_dumb_terminal)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: The model families a stage may support.
 FAMILIES = ("encoder", "decoder", "encoder-decoder")
@@ -68,7 +69,7 @@ class StageType:
     """
 
     name: str
-    run: Callable[["StageContext"], Any]
+    run: Callable[[StageContext], Any]
     schema: Mapping[str, Any]
     description: str
     needs: Mapping[str, bool] = field(default_factory=dict)

@@ -29,9 +29,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
 from typing import Any
 
 from compose.plugin_host import PluginHost
@@ -122,8 +121,15 @@ class PausedRun:
     shell (``cmd &`` in a script, many CI runners) is.
     """
 
-    def __init__(self, args: Sequence[str], at: Sequence[str], folder: Path, ranks: int = 1,
-                 env: dict | None = None, sigint_ignored: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        args: Sequence[str],
+        at: Sequence[str],
+        folder: Path,
+        ranks: int = 1,
+        env: dict | None = None,
+        sigint_ignored: bool = False,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.flag = self.folder / "paused"
@@ -133,8 +139,13 @@ class PausedRun:
         full_env = {**os.environ, **(env or {}), PAUSE_AT_ENV: ",".join(at), PAUSE_FILE_ENV: str(self.flag)}
         with open(self.stderr_path, "wb") as err:
             ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-            self.process = subprocess.Popen([*recipe_command(), "apply", *args], env=full_env,
-                                            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=ignore)  # fmt: skip
+            self.process = subprocess.Popen(
+                [*recipe_command(), "apply", *args],
+                env=full_env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=ignore,
+            )
 
     def _flags(self) -> list[Path]:
         return [self.flag] + [self.flag.with_name(f"{self.flag.name}.rank{r}") for r in range(1, self.ranks)]
@@ -150,8 +161,9 @@ class PausedRun:
             if all(flag.exists() for flag in self._flags()):
                 return self.flag.read_text(encoding="utf-8").split("\n")[0]
             if self.process.poll() is not None:
-                raise AssertionError(f"the run ended (exit {self.process.returncode}) before it paused:\n"
-                                     f"{self.stderr()[-3000:]}")  # fmt: skip
+                raise AssertionError(
+                    f"the run ended (exit {self.process.returncode}) before it paused:\n{self.stderr()[-3000:]}"
+                )
             time.sleep(0.02)
         raise AssertionError("the run did not pause within the hang limit")
 

@@ -33,6 +33,9 @@ TINY_BERT = {
     "vocab_size": len(SPECIAL) + len(POSITIVE) + len(NEGATIVE) + len(FILLER),
 }
 
+#: TINY_BERT 4x wider (same vocabulary and depth): GPTQ group size 128 fits its layers.
+WIDE_BERT = {**TINY_BERT, "hidden_size": 128, "intermediate_size": 256}
+
 
 #: A Llama-style decoder (the `decoder` family): 2 layers, 4 heads of 8 dims, no grouped KV.
 #: vocab_size and the special token ids come from the tokenizer (see compose.run.modeling).
@@ -132,8 +135,15 @@ def task_yaml(family: str, data_dir: Path, text_dir: Path | None) -> str:
     return "\n".join(lines + [f"  {line}" for line in settings]) + "\n"
 
 
-def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "", config: dict | None = None,
-                family: str = "encoder", text_dir: Path | None = None) -> str:  # fmt: skip
+def recipe_text(
+    data_dir: Path,
+    tokenizer_dir: Path,
+    stages: str,
+    extra: str = "",
+    config: dict | None = None,
+    family: str = "encoder",
+    text_dir: Path | None = None,
+) -> str:
     """A recipe over the tiny model and data of a family; ``stages`` is the YAML of the stage list."""
     config = config or FAMILY_SETUP[family][0]
     config_yaml = ", ".join(f"{k}: {v}" for k, v in config.items())
@@ -159,8 +169,9 @@ def recipe_text(data_dir: Path, tokenizer_dir: Path, stages: str, extra: str = "
 
 
 def _recipe_writer(folder_for, data_dir, tokenizer_dir, text_dir, bpe_tokenizer_dir):
-    def write(stages: str, extra: str = "", name: str = "recipe.yaml", config: dict | None = None,
-              family: str = "encoder") -> Path:  # fmt: skip
+    def write(
+        stages: str, extra: str = "", name: str = "recipe.yaml", config: dict | None = None, family: str = "encoder"
+    ) -> Path:
         tokenizer = tokenizer_dir if family == "encoder" else bpe_tokenizer_dir
         path = folder_for() / name
         path.write_text(recipe_text(data_dir, tokenizer, stages, extra, config, family, text_dir), encoding="utf-8")
@@ -182,8 +193,13 @@ def write_recipe(tmp_path, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tin
 @pytest.fixture(scope="session")
 def write_shared_recipe(tmp_path_factory, tiny_data_dir, tiny_tokenizer_dir, tiny_text_dir, tiny_bpe_tokenizer_dir):
     """write_recipe for module- and session-scoped fixtures: each call writes into a new folder."""
-    return _recipe_writer(lambda: tmp_path_factory.mktemp("recipe"), tiny_data_dir, tiny_tokenizer_dir,
-                          tiny_text_dir, tiny_bpe_tokenizer_dir)  # fmt: skip
+    return _recipe_writer(
+        lambda: tmp_path_factory.mktemp("recipe"),
+        tiny_data_dir,
+        tiny_tokenizer_dir,
+        tiny_text_dir,
+        tiny_bpe_tokenizer_dir,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -210,9 +226,9 @@ def tiny_bert(tiny_tokenizer_dir):
 
 def _tiny_model(cls_name: str, config: dict, tokenizer_dir: Path, task_kind: str):
     import torch
+    import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    import transformers
     from compose.run.modeling import tokenizer_config_kwargs
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -252,8 +268,9 @@ def make_context(write_recipe, host, tmp_path):
     from compose.stage import StageContext
     from compose.tasks import build_task
 
-    def make(stage_yaml: str, model, tokenizer, overrides=("model.fine_tuned=true",), config=None,
-             family: str = "encoder"):  # fmt: skip
+    def make(
+        stage_yaml: str, model, tokenizer, overrides=("model.fine_tuned=true",), config=None, family: str = "encoder"
+    ):
         recipe = load_recipe(write_recipe(stage_yaml, config=config, family=family), list(overrides), host)
         stage = recipe.stages[0]
         work = tmp_path / "work"

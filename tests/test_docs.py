@@ -13,10 +13,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from compose.cli.main import DESCRIPTION, build_parser
 from compose.testing import HANG_S
@@ -74,8 +74,9 @@ def test_the_snippets_run(tmp_path):
     for index, (_, body) in enumerate(blocks("run")):
         script = tmp_path / f"snippet_{index}.py"
         script.write_text(body, encoding="utf-8")
-        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=HANG_S)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S
+        )
         assert done.returncode == 0, f"snippet {index} failed:\n{body}\n{done.stderr[-3000:]}"
 
 
@@ -121,8 +122,17 @@ def test_relative_links_resolve():
 
 def test_the_built_in_plugins_named_are_the_registered_ones():
     registered = built_in_plugins()
-    assert registered == {"train", "distill", "prune-heads", "prune-ffn", "gptq", "export", "amp", "checkpointing",
-                          "parallel"}  # fmt: skip
+    assert registered == {
+        "train",
+        "distill",
+        "prune-heads",
+        "prune-ffn",
+        "gptq",
+        "export",
+        "amp",
+        "checkpointing",
+        "parallel",
+    }
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     plugins_section = readme.split("## Plugins", 1)[1].split("\n## ", 1)[0]
     tutorial = (ROOT / "docs" / "plugins" / "tutorial.md").read_text(encoding="utf-8").split("\n## ", 1)[0]

@@ -12,17 +12,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from compose.run import interrupts
 from compose.cli._common import CommandError, dump_json, host_or_exit, print_problems, stderr
-from compose.run.distributed import launched_world_size
 from compose.errors import RecipeError
-from compose.recipe.load import load_recipe
-from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
 from compose.evaluation.report import REPORT_FILE, Report, report_from_json
+from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
+from compose.recipe.load import load_recipe
+from compose.run import interrupts
+from compose.run.distributed import launched_world_size
 from compose.run.run_folder import RunFolderError, claim, locked
 
 HELP = "validate a recipe, then run its stages in order and report each one"
-EXAMPLE = """\
+EXAMPLE = f"""\
 example:
   recipe apply recipes/minilm-sst2.yaml
   recipe apply recipes/minilm-sst2.yaml stages.finetune.with.max_steps=50 ~gates
@@ -50,29 +50,44 @@ RECIPE_COMPOSE_PROGRESS_INTERVAL=SECONDS to change that interval (0: no lines);
 --quiet shows neither.
 
 exit codes:
-{exit_codes}
-""".format(exit_codes=help_text())
+{help_text()}
+"""
 
 #: Set in the processes that `recipe apply --nproc N` launches.
 LAUNCHED_ENV = "RECIPE_COMPOSE_LAUNCHED"
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("apply", help=HELP, description=HELP, epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "apply", help=HELP, description=HELP, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("recipe", help="the recipe file (YAML)")
     p.add_argument("overrides", nargs="*", help="key.path=value or ~key.path")
     p.add_argument("--output", "-o", type=Path, help="run folder (default: the recipe's output.dir)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout (progress goes to stderr)")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress view")
-    p.add_argument("--fresh", action="store_true",
-                   help="rerun every stage, ignoring finished stages of an earlier run in the run folder")  # fmt: skip
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="run on N processes on this machine (through torch.distributed.run)")  # fmt: skip
-    p.add_argument("--use-output-folder", action="store_true",
-                   help="write into an existing folder that holds other files (never over one of them)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow model code from the hub to run, if the recipe also sets model.trust_remote_code")  # fmt: skip
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rerun every stage, ignoring finished stages of an earlier run in the run folder",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N processes on this machine (through torch.distributed.run)",
+    )
+    p.add_argument(
+        "--use-output-folder",
+        action="store_true",
+        help="write into an existing folder that holds other files (never over one of them)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model code from the hub to run, if the recipe also sets model.trust_remote_code",
+    )
     p.set_defaults(handler=run)
 
 
@@ -80,9 +95,19 @@ def launch(args, recipe) -> Report | None:
     """Run this same command on ``args.nproc`` processes with torch.distributed.run; read the report."""
     run_dir = Path(args.output or recipe.data["output"]["dir"])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-        "-m", "compose.cli.main", "apply", args.recipe, *args.overrides, "--output", str(run_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "compose.cli.main",
+        "apply",
+        args.recipe,
+        *args.overrides,
+        "--output",
+        str(run_dir),
+    ]
     if args.quiet:
         command.append("--quiet")
     if args.trust_remote_code:
@@ -108,12 +133,18 @@ def launch(args, recipe) -> Report | None:
     report = report_from_json(data)
     if report.status == "running" and interrupts.received():  # the ranks were stopped before they could say so
         report.status = "interrupted"
-        report.error = {"stage": None, "type": "Interrupted",
-                        "message": f"the run was interrupted ({interrupts.received()})"}  # fmt: skip
+        report.error = {
+            "stage": None,
+            "type": "Interrupted",
+            "message": f"the run was interrupted ({interrupts.received()})",
+        }
     elif report.status == "running":  # a rank died and the launcher stopped the others
         report.status = "stage_failed"
-        report.error = {"stage": None, "type": "ProcessFailed",
-                        "message": f"a process failed (exit {returncode}); its error is shown above"}  # fmt: skip
+        report.error = {
+            "stage": None,
+            "type": "ProcessFailed",
+            "message": f"a process failed (exit {returncode}); its error is shown above",
+        }
     return report
 
 
@@ -135,8 +166,14 @@ def _apply(args) -> int:
     except RecipeError as exc:
         print_problems(exc.problems + exc.warnings)
         if args.json:
-            dump_json({"passed": False, "exit_code": EXIT_INVALID, "status": "invalid",
-                       "problems": [p.to_json() for p in exc.problems]})  # fmt: skip
+            dump_json(
+                {
+                    "passed": False,
+                    "exit_code": EXIT_INVALID,
+                    "status": "invalid",
+                    "problems": [p.to_json() for p in exc.problems],
+                }
+            )
         stderr.print(f"[red]{len(exc.problems)} problem(s); nothing ran.[/]")
         return EXIT_INVALID
     print_problems(recipe.warnings)
@@ -158,9 +195,9 @@ def _apply(args) -> int:
 
 
 def _run(args, recipe, host, run_dir: Path, interval: float) -> int:
-    from compose.run.executor import Executor, RunOptions
-    from compose.progress import Progress
     from compose.evaluation.report import render_table
+    from compose.progress import Progress
+    from compose.run.executor import Executor, RunOptions
 
     if args.nproc > 1 and launched_world_size() == 1:
         report = launch(args, recipe)
@@ -169,8 +206,9 @@ def _run(args, recipe, host, run_dir: Path, interval: float) -> int:
     else:
         rank = int(os.environ.get("RANK", "0"))
         progress = Progress(console=Console(stderr=True), enabled=not args.quiet and rank == 0, interval=interval)
-        options = RunOptions(output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress,
-                             fresh=args.fresh)  # fmt: skip
+        options = RunOptions(
+            output_dir=args.output, allow_remote_code=args.trust_remote_code, progress=progress, fresh=args.fresh
+        )
         with progress:
             report = Executor(recipe, host, options).run()
         if rank != 0 or os.environ.get(LAUNCHED_ENV):

@@ -25,7 +25,7 @@ on disk, batch-1 latency and throughput (x faster, x smaller than the baseline)
 and time.
 """
 
-EPILOG = """\
+EPILOG = f"""\
 start here:
   recipe plugins                              what stages are installed
   recipe validate recipes/minilm-sst2.yaml    check a recipe, run nothing
@@ -35,14 +35,14 @@ start here:
   recipe verify runs/minilm-sst2              check a run folder's files against their recorded hashes
 
 exit codes:
-{exit_codes}
+{help_text()}
 
 environment:
   RECIPE_COMPOSE_PLUGINS  comma-separated plugin names to load (empty: none)
   RECIPE_COMPOSE_DEBUG=1  show Python tracebacks for failures
   RECIPE_COMPOSE_VERBOSE=1  as -v: the libraries print their own logs and bars
   RECIPE_COMPOSE_PAUSE_AT, RECIPE_COMPOSE_PAUSE_FILE  pause a run at named points (tests; see README)
-""".format(exit_codes=help_text())
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:

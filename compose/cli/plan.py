@@ -8,8 +8,8 @@ import yaml
 
 from compose.cli._common import dump_json, host_or_exit, print_problems
 from compose.errors import RecipeError
-from compose.recipe.load import load_recipe
 from compose.exit_codes import EXIT_INVALID, EXIT_OK
+from compose.recipe.load import load_recipe
 from compose.recipe.schema import training_settings_paths
 from compose.stage import describe_fact
 
@@ -24,8 +24,9 @@ Nothing runs and nothing is written. Exit code 2 if the recipe is invalid.
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plan", help=HELP, description=HELP, epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "plan", help=HELP, description=HELP, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="key.path=value or ~key.path")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -64,8 +65,16 @@ def run(args) -> int:
         what = stage_type.describe(stage["with"]) if stage_type.describe else stage_type.description
         what += "".join(f"; {line}" for line in _extension_lines(host, stage_type, stage["with"]))
         leaves = ", ".join(describe_fact(f, v) for f, v in stage_type.leaves.items())
-        steps.append({"index": index, "name": stage["name"], "uses": stage_type.name, "does": what,
-                      "leaves": leaves, "compresses": stage_type.compresses})  # fmt: skip
+        steps.append(
+            {
+                "index": index,
+                "name": stage["name"],
+                "uses": stage_type.name,
+                "does": what,
+                "leaves": leaves,
+                "compresses": stage_type.compresses,
+            }
+        )
     plan = {
         "recipe": recipe.data,
         "family": recipe.family,

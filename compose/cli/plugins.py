@@ -24,8 +24,9 @@ empty, no plugin is loaded.
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plugins", help=HELP, description=HELP, epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "plugins", help=HELP, description=HELP, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(handler=run)
 
@@ -68,7 +69,12 @@ def run(args) -> int:
         provided += [(f"training setting {t['name']}:", t["description"]) for t in p["training_settings"]]
         for i, (what, description) in enumerate(provided or [("-", "")]):
             first = i == 0
-            table.add_row(p["name"] if first else "", p["package"] if first else "",
-                          p["version"] if first else "", what, description)  # fmt: skip
+            table.add_row(
+                p["name"] if first else "",
+                p["package"] if first else "",
+                p["version"] if first else "",
+                what,
+                description,
+            )
     Console().print(table)
     return EXIT_OK

@@ -21,8 +21,9 @@ In VS Code (YAML extension), put this first line in a recipe:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("schema", help=HELP, description=HELP, epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "schema", help=HELP, description=HELP, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("stage", nargs="?", help="a stage name (from `recipe plugins`)")
     p.set_defaults(handler=run)
 

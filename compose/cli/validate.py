@@ -6,8 +6,8 @@ import argparse
 
 from compose.cli._common import dump_json, host_or_exit, print_problems, stderr
 from compose.errors import RecipeError
-from compose.recipe.load import load_recipe
 from compose.exit_codes import EXIT_INVALID, EXIT_OK
+from compose.recipe.load import load_recipe
 
 HELP = "check recipes (schema, plugins, stage order) without running anything"
 EXAMPLE = """\
@@ -23,10 +23,15 @@ Exit code 0 if every recipe is valid, 2 if any is not.
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("validate", help=HELP, description=HELP, epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("recipes", nargs="+", metavar="RECIPE_OR_OVERRIDE",
-                   help="recipe files, then optional key.path=value / ~key.path overrides for all of them")  # fmt: skip
+    p = subparsers.add_parser(
+        "validate", help=HELP, description=HELP, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "recipes",
+        nargs="+",
+        metavar="RECIPE_OR_OVERRIDE",
+        help="recipe files, then optional key.path=value / ~key.path overrides for all of them",
+    )
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(handler=run)
 
@@ -43,8 +48,9 @@ def run(args) -> int:
         except RecipeError as exc:
             code = EXIT_INVALID
             print_problems(exc.problems + exc.warnings, as_json=args.json)
-            results.append({"recipe": file, "valid": False,
-                            "problems": [p.to_json() for p in exc.problems + exc.warnings]})  # fmt: skip
+            results.append(
+                {"recipe": file, "valid": False, "problems": [p.to_json() for p in exc.problems + exc.warnings]}
+            )
             continue
         print_problems(recipe.warnings, as_json=args.json)
         results.append({"recipe": file, "valid": True, "problems": [p.to_json() for p in recipe.warnings]})

@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 
 from compose import atomic
-
-from compose.run import integrity
 from compose.cli._common import CommandError, dump_json, stderr
-from compose.run.integrity import STAGE_RECORD
 from compose.exit_codes import EXIT_GATE_FAILED, EXIT_OK
+from compose.run import integrity
+from compose.run.integrity import STAGE_RECORD
 
 HELP = "check a run folder's finished stages against the hashes recorded when they were written"
 EXAMPLE = """\
@@ -30,8 +29,9 @@ Exit code 0 if every stage is intact, 1 if any file changed, went missing or app
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("verify", help=HELP, description=HELP, epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "verify", help=HELP, description=HELP, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run", type=Path, help="the run folder (output.dir or --output of `recipe apply`)")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
     p.set_defaults(handler=run)
@@ -58,8 +58,9 @@ def run(args) -> int:
     seconds = time.perf_counter() - started
     ok = all(r["ok"] for r in results)
     if args.json:
-        dump_json({"run": str(args.run), "ok": ok, "stages": results, "bytes_hashed": hashed,
-                   "seconds": round(seconds, 3)})  # fmt: skip
+        dump_json(
+            {"run": str(args.run), "ok": ok, "stages": results, "bytes_hashed": hashed, "seconds": round(seconds, 3)}
+        )
     for result in results:
         if result["ok"]:
             stderr.print(f"[green]ok[/]      {result['stage']} ({result['files']} files)")

@@ -5,17 +5,17 @@ Serving speed (batch-1 latency, throughput) is compose.evaluation.latency's."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 
-from compose.run import interrupts
 from compose.evaluation.devices import synchronize, to_device
 from compose.evaluation.paired import concat_records, select_records, sort_by_id
-from compose.run.distributed import current_ranks, gather_objects
 from compose.progress import Progress
 from compose.recipe.task_kinds import METRICS
+from compose.run import interrupts
+from compose.run.distributed import current_ranks, gather_objects
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,19 @@ def _reference_rows(reference: dict | None, where: dict, ids: torch.Tensor) -> d
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, description="evaluating", *,
-             reference: dict | None = None, keep_reference: int = 0,
-             point: str | None = None) -> Evaluation:  # fmt: skip
+def evaluate(
+    model,
+    tokenizer,
+    task,
+    settings: Mapping,
+    device,
+    progress=None,
+    description="evaluating",
+    *,
+    reference: dict | None = None,
+    keep_reference: int = 0,
+    point: str | None = None,
+) -> Evaluation:
     """Run the model over ``settings['split']`` (``evaluate:`` section of the recipe).
 
     ``reference``: the baseline's records (its ``Evaluation.records``), for comparisons
@@ -52,7 +62,9 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
     """
     ranks = current_ranks()
     shard = (ranks.rank, ranks.world_size) if ranks.distributed else None
-    loader = task.batches(settings["split"], tokenizer, settings["batch_size"], limit=settings.get("limit"), shard=shard)
+    loader = task.batches(
+        settings["split"], tokenizer, settings["batch_size"], limit=settings.get("limit"), shard=shard
+    )
     was_training = getattr(model, "training", False)  # any object task.predict can call: a torch module or not
     if hasattr(model, "eval"):
         model.eval()
@@ -76,8 +88,9 @@ def evaluate(model, tokenizer, task, settings: Mapping, device, progress=None, d
                 synchronize(device)
                 if index <= timed:
                     timings.append(time.perf_counter() - start)
-                records = task.example_records(outputs, batch, reference=_reference_rows(reference, where, ids),
-                                               keep_reference=keep_reference)  # fmt: skip
+                records = task.example_records(
+                    outputs, batch, reference=_reference_rows(reference, where, ids), keep_reference=keep_reference
+                )
                 records["ids"] = ids
                 parts.append(records)
                 examples += count

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import torch
 
-from compose.run import interrupts
 from compose.errors import DataError
 from compose.evaluation.devices import synchronize, to_device
+from compose.run import interrupts
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,9 @@ def _take(loader, count: int, split: str, device, full_only: bool = False) -> li
 
 
 @torch.no_grad()
-def measure_latency(model, tokenizer, task, split: str, settings: Mapping, device,
-                    threads: int | None = None, point: str | None = None) -> Latency:  # fmt: skip
+def measure_latency(
+    model, tokenizer, task, split: str, settings: Mapping, device, threads: int | None = None, point: str | None = None
+) -> Latency:
     """Time ``task.predict`` on single examples and on full batches of ``split``.
 
     ``settings`` is the recipe's ``evaluate.latency`` section. ``threads`` (default:
@@ -98,8 +99,13 @@ def measure_latency(model, tokenizer, task, split: str, settings: Mapping, devic
     samples, warmup = settings["batch1_samples"], settings["warmup"]
     batch_size, rounds = settings["throughput_batch_size"], settings["throughput_batches"]
     singles = _take(task.batches(split, tokenizer, 1, limit=samples, with_labels=False), samples, split, device)
-    fulls = _take(task.batches(split, tokenizer, batch_size, limit=batch_size * rounds, with_labels=False), rounds,
-                  split, device, full_only=True)  # fmt: skip
+    fulls = _take(
+        task.batches(split, tokenizer, batch_size, limit=batch_size * rounds, with_labels=False),
+        rounds,
+        split,
+        device,
+        full_only=True,
+    )
     was_training = getattr(model, "training", None)
     if hasattr(model, "eval"):
         model.eval()

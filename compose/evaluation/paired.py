@@ -81,12 +81,22 @@ def aligned(reference: Records, records: Records) -> tuple[Records, Records] | N
         return None
     where_ref = {int(i): n for n, i in enumerate(reference["ids"].tolist())}
     where_own = {int(i): n for n, i in enumerate(records["ids"].tolist())}
-    return (select_records(reference, torch.tensor([where_ref[i] for i in common])),
-            select_records(records, torch.tensor([where_own[i] for i in common])))  # fmt: skip
+    return (
+        select_records(reference, torch.tensor([where_ref[i] for i in common])),
+        select_records(records, torch.tensor([where_own[i] for i in common])),
+    )
 
 
-def retained_interval(task: Task, metric: str, higher_is_better: bool, reference: Records, records: Records,
-                      samples: int, confidence: float, seed: int) -> tuple[float, float] | None:  # fmt: skip
+def retained_interval(
+    task: Task,
+    metric: str,
+    higher_is_better: bool,
+    reference: Records,
+    records: Records,
+    samples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float] | None:
     """The percentile interval of retained over ``samples`` paired resamples (None: undefined)."""
     units = len(records["ids"])
     if samples < 1 or units < 2:
@@ -108,16 +118,25 @@ def retained_interval(task: Task, metric: str, higher_is_better: bool, reference
     return round(low, 6), round(high, 6)
 
 
-def compare_with_baseline(task: Task, metric: str, higher_is_better: bool, reference: Records | None, records: Records | None,
-            settings: dict, seed: int) -> Comparison | None:  # fmt: skip
+def compare_with_baseline(
+    task: Task,
+    metric: str,
+    higher_is_better: bool,
+    reference: Records | None,
+    records: Records | None,
+    settings: dict,
+    seed: int,
+) -> Comparison | None:
     """The stage's records against the baseline's (``evaluate.against_baseline`` settings)."""
     pair = aligned(reference or {}, records or {})
     if pair is None:
         return None
     reference, records = pair
-    interval = retained_interval(task, metric, higher_is_better, reference, records,
-                                 settings["bootstrap_samples"], settings["confidence"], seed)  # fmt: skip
+    interval = retained_interval(
+        task, metric, higher_is_better, reference, records, settings["bootstrap_samples"], settings["confidence"], seed
+    )
     agreement = task.agreement(reference, records)
     kl = 0.0 if records is reference else task.kl(reference, records)  # the baseline against itself
-    return Comparison(interval, None if agreement is None else round(agreement, 6),
-                      None if kl is None else round(max(kl, 0.0), 6))  # fmt: skip
+    return Comparison(
+        interval, None if agreement is None else round(agreement, 6), None if kl is None else round(max(kl, 0.0), 6)
+    )

@@ -204,7 +204,7 @@ def format_percent(fraction: float | None) -> str:
 
 
 def format_retained(row: StageRow) -> str:
-    """"98.5% (97.1-99.8)": retained and its interval when there is one."""
+    """ "98.5% (97.1-99.8)": retained and its interval when there is one."""
     if row.retained is None:
         return "-"
     if not row.retained_ci or row.retained_ci[0] == row.retained_ci[1]:
@@ -265,8 +265,9 @@ def render_table(report: Report, console: Console) -> None:
     table.add_column(report.metric, justify="right")
     confidence = (report.comparison or {}).get("confidence")
     shows_ci = any(r.retained_ci for r in report.rows)
-    table.add_column(f"retained ({100 * confidence:.0f}% CI)" if shows_ci and confidence else "retained",
-                     justify="right")  # fmt: skip
+    table.add_column(
+        f"retained ({100 * confidence:.0f}% CI)" if shows_ci and confidence else "retained", justify="right"
+    )
     shows_agreement = any(r.agreement is not None for r in report.rows)
     shows_kl = any(r.kl is not None for r in report.rows)
     if shows_agreement:

@@ -77,7 +77,9 @@ def load_runs(paths, labels=None) -> list[Run]:
             run.label = f"{run.label} ({seen[run.label]})"
     metrics = {r.report.metric for r in runs}
     if len(metrics) > 1:
-        raise CompareError(f"the reports measure different metrics ({', '.join(sorted(metrics))}); compare runs of one task")
+        raise CompareError(
+            f"the reports measure different metrics ({', '.join(sorted(metrics))}); compare runs of one task"
+        )
     return runs
 
 
@@ -142,25 +144,32 @@ def plot(runs: list[Run], target: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CompareError(
-            "drawing the plot needs matplotlib: pip install 'recipe-compose[plot]' (or matplotlib), "
-            "or pass --no-plot"
+            "drawing the plot needs matplotlib: pip install 'recipe-compose[plot]' (or matplotlib), or pass --no-plot"
         ) from None
     metric = runs[0].report.metric
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for run in runs:
         for axis, field in ((left, "retained"), (right, "value")):
-            points = [(row.size_bytes / 1e6, getattr(row, field), row.name) for row in run.report.rows
-                      if row.size_bytes and _finite(getattr(row, field))]  # fmt: skip
+            points = [
+                (row.size_bytes / 1e6, getattr(row, field), row.name)
+                for row in run.report.rows
+                if row.size_bytes and _finite(getattr(row, field))
+            ]
             if not points:
                 continue
             sizes, values, names = zip(*points)
             (line,) = axis.plot(sizes, values, marker="o", label=run.label)
             for size, value, name in points:
-                axis.annotate(name, (size, value), textcoords="offset points", xytext=(4, 4), fontsize=8,
-                              color=line.get_color())  # fmt: skip
+                axis.annotate(
+                    name, (size, value), textcoords="offset points", xytext=(4, 4), fontsize=8, color=line.get_color()
+                )
     lower = "" if runs[0].report.higher_is_better else " (lower is better)"
-    left.set(xscale="log", xlabel="size on disk (MB)", ylabel=f"retained {metric} (vs each run's baseline)",
-             title="retained metric vs size")  # fmt: skip
+    left.set(
+        xscale="log",
+        xlabel="size on disk (MB)",
+        ylabel=f"retained {metric} (vs each run's baseline)",
+        title="retained metric vs size",
+    )
     right.set(xscale="log", xlabel="size on disk (MB)", ylabel=f"{metric}{lower}", title=f"{metric} vs size")
     values = [r.value for run in runs for r in run.report.rows if _finite(r.value)]
     if values and min(values) > 0 and max(values) / min(values) > 10:

@@ -68,9 +68,7 @@ def _load(path: Path, chain: list[Path]) -> LocatedDict:
         raise CompositionError([Problem("the recipe file is empty", "$", display)])
     if not isinstance(doc, LocatedDict):
         loc = getattr(doc, "location", None)
-        raise CompositionError(
-            [_problem("a recipe must be a mapping (model:, task:, stages: ...)", "$", loc, display)]
-        )
+        raise CompositionError([_problem("a recipe must be a mapping (model:, task:, stages: ...)", "$", loc, display)])
     _anchor_paths(doc, path.parent)
     if "extends" not in doc:
         return doc

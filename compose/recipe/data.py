@@ -7,13 +7,20 @@ import json
 import os
 import random
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from compose.errors import DataError
 
-_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl",
-            ".txt": "text", ".raw": "text", ".tokens": "text"}  # fmt: skip
+_FORMATS = {
+    ".tsv": "tsv",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".txt": "text",
+    ".raw": "text",
+    ".tokens": "text",
+}
 
 
 def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[dict]:
@@ -80,7 +87,9 @@ def read_file(path: Path, fmt: str, columns: list[str], split: str, *, max_lines
         return rows
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.DictReader(
-        text.splitlines(), delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        text.splitlines(),
+        delimiter="\t" if fmt == "tsv" else ",",
+        quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
     )
     header = reader.fieldnames or []
     missing = [c for c in columns if c not in header]
@@ -89,7 +98,9 @@ def read_file(path: Path, fmt: str, columns: list[str], split: str, *, max_lines
     rows = []
     for number, row in enumerate(reader, start=2):
         if None in row or any(row.get(c) is None for c in columns):
-            raise DataError(f"split '{split}': {path}:{number}: the row has a different number of fields than the header")
+            raise DataError(
+                f"split '{split}': {path}:{number}: the row has a different number of fields than the header"
+            )
         rows.append(row)
     return rows
 
@@ -128,12 +139,15 @@ def _read_text(path: Path, split: str, max_lines: int | None) -> str:
                 text = "".join(line for _, line in zip(range(max_lines), handle))
     except UnicodeDecodeError:
         number = _first_undecodable_line(path)
-        raise DataError(f"split '{split}': {path}:{number}: this line is not UTF-8 text; "
-                        "save the file as UTF-8") from None
+        raise DataError(
+            f"split '{split}': {path}:{number}: this line is not UTF-8 text; save the file as UTF-8"
+        ) from None
     if "\x00" in text:
         number = text.count("\n", 0, text.index("\x00")) + 1
-        raise DataError(f"split '{split}': {path}:{number}: this line holds a NUL byte, which no text file has; "
-                        "is this the right file (or a corrupted one)?")  # fmt: skip
+        raise DataError(
+            f"split '{split}': {path}:{number}: this line holds a NUL byte, which no text file has; "
+            "is this the right file (or a corrupted one)?"
+        )
     return text
 
 

@@ -9,11 +9,11 @@ they are checked when the run reads them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from compose.recipe.data import MissingColumns, read_file
 from compose.errors import DataError, Problem
+from compose.recipe.data import MissingColumns, read_file
 from compose.recipe.task_kinds import column_settings, describe_unknown_label, first_unknown_label, label_rule
 from compose.recipe.validation import SchemaChecker, did_you_mean
 

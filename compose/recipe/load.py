@@ -10,17 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compose.errors import Problem, RecipeError
+from compose.recipe.composition import PATH_KEYS, CompositionError, apply_overrides, load_composed, path_base
 from compose.recipe.data_check import check_data
 from compose.recipe.model_check import check_model_source
 from compose.recipe.model_source import model_family, model_folder
-from compose.recipe.composition import PATH_KEYS, CompositionError, apply_overrides, load_composed, path_base
-from compose.errors import Problem, RecipeError
 from compose.recipe.rules import check_families, check_order, run_stage_checks
 from compose.recipe.schema import fill_defaults, fill_recipe_defaults, recipe_schema
-from compose.stage import StageType
 from compose.recipe.task_kinds import BINARY_ONLY_METRICS, TASK_METRICS, metric_names
 from compose.recipe.validation import SchemaChecker, did_you_mean
 from compose.recipe.yaml_source import locate, to_plain
+from compose.stage import StageType
 
 
 @dataclass
@@ -123,8 +123,14 @@ def validate_document(doc, path: Path, host) -> Recipe:
 def _finding_problem(checker: SchemaChecker, finding) -> Problem:
     if finding.stage_index < 0:
         loc = locate(checker.document, ("stages",))
-        return Problem(finding.message, "$.stages", loc.file if loc else None, loc.line if loc else None,
-                       loc.column if loc else None, finding.severity)  # fmt: skip
+        return Problem(
+            finding.message,
+            "$.stages",
+            loc.file if loc else None,
+            loc.line if loc else None,
+            loc.column if loc else None,
+            finding.severity,
+        )
     path = ("stages", finding.stage_index) + tuple(finding.path)
     p = checker.problem(path, finding.message)
     return Problem(p.message, p.path, p.file, p.line, p.column, finding.severity)
@@ -199,8 +205,13 @@ def _check_label_names(labels: dict, checker: SchemaChecker) -> list[Problem]:
     names = [str(name) for name in labels.values()]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        problems.append(checker.problem(("task", "labels"), f"the class name(s) {', '.join(map(repr, repeated))} "
-                                        "name more than one class; give each class its own name"))  # fmt: skip
+        problems.append(
+            checker.problem(
+                ("task", "labels"),
+                f"the class name(s) {', '.join(map(repr, repeated))} "
+                "name more than one class; give each class its own name",
+            )
+        )
     for value, name in labels.items():
         if str(name) in labels and str(name) != str(value):
             problems.append(
@@ -255,9 +266,13 @@ def _check_split_references(tree, doc, checker: SchemaChecker, *, defaults: bool
 def _written(doc, path: tuple) -> bool:
     node = doc
     for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and part < len(node)
+        ):
             node = node[part]
         else:
             return False

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from compose.errors import Problem
 
@@ -61,20 +61,32 @@ def check_model_source(data: Mapping, checker, folder: Path | None) -> list[Prob
         names = sorted(p.name for p in folder.iterdir() if p.is_file())
         pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES) and "training_args" not in n]
         if pickles and not any(n.endswith(".safetensors") for n in names):
-            problems.append(checker.problem(("model", source_key), (
-                f"{folder}: the weights are pickle-only ({', '.join(pickles[:3])}); loading a pickle can run code, "
-                "so recipe-compose reads safetensors only: convert them (transformers: "
-                "`AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`)")))  # fmt: skip
+            problems.append(
+                checker.problem(
+                    ("model", source_key),
+                    (
+                        f"{folder}: the weights are pickle-only ({', '.join(pickles[:3])}); loading a pickle can run code, "
+                        "so recipe-compose reads safetensors only: convert them (transformers: "
+                        "`AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`)"
+                    ),
+                )
+            )
         try:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             config = None
         if isinstance(config, dict) and config.get("auto_map") and not model.get("trust_remote_code"):
-            problems.append(checker.problem(("model", source_key), (
-                f"{folder / 'config.json'}: auto_map asks for the model's own code "
-                f"({', '.join(sorted(config['auto_map']))}); "
-                "recipe-compose runs no code from a model unless the recipe sets model.trust_remote_code: true "
-                "and apply is given --trust-remote-code")))  # fmt: skip
+            problems.append(
+                checker.problem(
+                    ("model", source_key),
+                    (
+                        f"{folder / 'config.json'}: auto_map asks for the model's own code "
+                        f"({', '.join(sorted(config['auto_map']))}); "
+                        "recipe-compose runs no code from a model unless the recipe sets model.trust_remote_code: true "
+                        "and apply is given --trust-remote-code"
+                    ),
+                )
+            )
     if isinstance(config, Mapping):
         parameters, keys = estimated_parameters(config)
         memory = _machine_memory()
@@ -82,8 +94,14 @@ def check_model_source(data: Mapping, checker, folder: Path | None) -> list[Prob
             width_key = _role(config, "width")[0] or keys[0]
             where = ("model", "config", width_key) if "config" in model else ("model", source_key)
             sizes = ", ".join(f"{key}: {config[key]}" for key in keys)
-            problems.append(checker.problem(where, (
-                f"the model's config ({sizes}) describes at least {parameters / 1e9:.1f}B parameters, "
-                f"{parameters * 4 / 2**30:,.0f} GiB in fp32, more than this machine's {memory / 2**30:.0f} GiB "
-                f"of memory; check {', '.join(keys)}")))  # fmt: skip
+            problems.append(
+                checker.problem(
+                    where,
+                    (
+                        f"the model's config ({sizes}) describes at least {parameters / 1e9:.1f}B parameters, "
+                        f"{parameters * 4 / 2**30:,.0f} GiB in fp32, more than this machine's {memory / 2**30:.0f} GiB "
+                        f"of memory; check {', '.join(keys)}"
+                    ),
+                )
+            )
     return problems

@@ -8,9 +8,27 @@ from pathlib import Path
 
 #: model_type values of decoder-only models (a config without ``CausalLM`` in its architectures).
 DECODER_MODEL_TYPES = {
-    "gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "opt", "qwen2", "qwen3",
-    "phi", "phi3", "gemma", "gemma2", "gemma3", "falcon", "bloom", "codegen", "olmo", "smollm3",
-}  # fmt: skip
+    "gpt2",
+    "gpt_neo",
+    "gpt_neox",
+    "gptj",
+    "llama",
+    "mistral",
+    "mixtral",
+    "opt",
+    "qwen2",
+    "qwen3",
+    "phi",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "falcon",
+    "bloom",
+    "codegen",
+    "olmo",
+    "smollm3",
+}
 
 
 def model_folder(model_spec: dict) -> Path | None:

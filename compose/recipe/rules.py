@@ -11,8 +11,9 @@ each stage type's own ``check``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from compose.recipe.model_source import model_config_dict
 from compose.recipe.schema import training_settings_paths
@@ -96,9 +97,7 @@ def check_order(
             need = describe_fact(fact, want)
             culprit = _who_set(named[:index], fact)
             why = f" ('{culprit}' left it {have})" if culprit else f" (it is {have} at this point)"
-            findings.append(
-                RuleFinding(index, f"stage '{name}' ({stage.name}) needs a model that is {need}{why}")
-            )
+            findings.append(RuleFinding(index, f"stage '{name}' ({stage.name}) needs a model that is {need}{why}"))
         facts.update(stage.leaves)
     if broken:
         order = _working_order(named, initial_facts(recipe))
@@ -162,8 +161,7 @@ def run_stage_checks(
     stages = tuple((name, stage.name, s) for (name, stage), s in zip(named, settings))
     findings = []
     for index, ((name, stage), stage_settings) in enumerate(zip(named, settings)):
-        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe, model_config,
-                        dict(set_by))  # fmt: skip
+        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe, model_config, dict(set_by))
         checks = []
         if stage.check is not None:
             checks.append((stage.check, stage_settings, ()))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 #: ``{"$ref": "compose:training"}`` in a plugin schema inlines the shared training
 #: settings (schemas/training.schema.json), so stages that train take the same keys.
@@ -22,7 +23,7 @@ def load_core_schema(filename: str) -> dict:
     return inline_shared_refs(copy.deepcopy(_read_schema(filename)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_schema(filename: str) -> dict:
     text = resources.files("compose.schemas").joinpath(filename).read_text(encoding="utf-8")
     return json.loads(text)

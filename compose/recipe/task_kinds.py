@@ -7,8 +7,10 @@ anything heavy is loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+
 
 @dataclass(frozen=True)
 class MetricInfo:
@@ -26,8 +28,9 @@ METRICS = {
     ),
     "f1_macro": MetricInfo("f1_macro", description="the mean of every class's F1"),
     "matthews": MetricInfo("matthews", description="Matthews correlation (GLUE's CoLA metric)"),
-    "perplexity": MetricInfo("perplexity", higher_is_better=False,
-                             description="exp of the mean next-token loss over every predicted token"),
+    "perplexity": MetricInfo(
+        "perplexity", higher_is_better=False, description="exp of the mean next-token loss over every predicted token"
+    ),
     "next_token_accuracy": MetricInfo("next_token_accuracy", description="share of tokens predicted exactly"),
     "exact_match": MetricInfo("exact_match", description="share of generated texts equal to the target (stripped)"),
 }
@@ -90,11 +93,14 @@ def label_rule(task: Mapping[str, Any]) -> LabelRule | None:
         known = [str(v).strip() for v in labels]
         if isinstance(labels, Mapping):  # {value: name}: a row may hold the value or the name
             known += [str(name).strip() for name in labels.values()]
-        return LabelRule("labels", task["label_column"], tuple(known),
-                         "fix the data or add the label to task.labels")  # fmt: skip
+        return LabelRule("labels", task["label_column"], tuple(known), "fix the data or add the label to task.labels")
     if kind == "seq2seq" and task.get("targets") is not None:
-        return LabelRule("targets", task["label_column"], tuple(str(v).strip() for v in task["targets"]),
-                         "fix the data or add the value to task.targets")  # fmt: skip
+        return LabelRule(
+            "targets",
+            task["label_column"],
+            tuple(str(v).strip() for v in task["targets"]),
+            "fix the data or add the value to task.targets",
+        )
     return None
 
 
@@ -108,6 +114,6 @@ def first_unknown_label(rows, rule: LabelRule) -> tuple[int, Any] | None:
 
 
 def describe_unknown_label(rule: LabelRule, value) -> str:
-    """"has label 'x', which is not in task.labels (0, 1); fix ..." (after "row N")."""
+    """ "has label 'x', which is not in task.labels (0, 1); fix ..." (after "row N")."""
     allowed = ", ".join(rule.known)
     return f"has label {value!r}, which is not in task.{rule.setting} ({allowed}); {rule.fix}"

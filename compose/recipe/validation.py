@@ -8,7 +8,7 @@ misspelt key, value or plugin name.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import jsonschema
 from jsonschema.exceptions import best_match

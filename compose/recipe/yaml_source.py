@@ -175,8 +175,7 @@ def load_yaml_file(path: Path, display: str | None = None):
         line = raw[: exc.start].count(b"\n") + 1
         raise YamlSourceError(
             Problem(
-                f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                "save it as UTF-8",
+                f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8",
                 "$",
                 shown,
                 line,

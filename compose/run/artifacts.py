@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from compose import atomic
-
-from compose.run import interrupts
 from compose.errors import ModelLoadError
+from compose.run import interrupts
 
 MANIFEST = "compose-artifact.json"
 FORMAT_VERSION = 1
@@ -44,8 +44,9 @@ def transforms_of(model) -> list[dict]:
     return copy.deepcopy(getattr(model, _TRANSFORMS_ATTR, []))
 
 
-def save_artifact(model, tokenizer, directory: Path, task_kind: str, extra: Mapping | None = None, *,
-                  point: str | None = None) -> Path:  # fmt: skip
+def save_artifact(
+    model, tokenizer, directory: Path, task_kind: str, extra: Mapping | None = None, *, point: str | None = None
+) -> Path:
     """Save atomically into ``directory`` (replacing an older one); return it.
 
     ``point``: this save's name as a point of the run's progress (``compose.run.interrupts.point``),

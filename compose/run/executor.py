@@ -10,22 +10,21 @@ from pathlib import Path
 import yaml
 
 from compose import atomic
-
-from compose.run import integrity, interrupts
-from compose.run.artifacts import load_artifact, save_artifact, size_on_disk
-from compose.evaluation.paired import compare_with_baseline
-from compose.run.distributed import Ranks, init_ranks
 from compose.errors import ComposeError, StageFailed, explain_failure
 from compose.evaluation.evaluator import evaluate
 from compose.evaluation.latency import measure_latency, resolve_threads
-from compose.run.modeling import count_parameters, load_model, load_tokenizer, name_labels
+from compose.evaluation.paired import compare_with_baseline
+from compose.evaluation.report import REPORT_FILE, RESOLVED_RECIPE, Report, StageRow, row_from_json
 from compose.progress import Progress
 from compose.recipe.load import Recipe
-from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
-from compose.evaluation.report import REPORT_FILE, RESOLVED_RECIPE, Report, StageRow, row_from_json
-from compose.run.gates import check_gates, gates_of
-from compose.stage import StageContext, StageResult
 from compose.recipe.task_kinds import METRICS
+from compose.run import integrity, interrupts
+from compose.run.artifacts import load_artifact, save_artifact, size_on_disk
+from compose.run.distributed import Ranks, init_ranks
+from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
+from compose.run.gates import check_gates, gates_of
+from compose.run.modeling import count_parameters, load_model, load_tokenizer, name_labels
+from compose.stage import StageContext, StageResult
 from compose.tasks import build_task
 
 INPUT_ROW = "input"
@@ -82,17 +81,26 @@ class Executor:
         if written is not None:
             artifact = Path(written)
         elif self.recipe.data["output"]["save_artifacts"] and self.ranks.is_main:
-            artifact = save_artifact(model, tokenizer, self._artifact_dir(index, name) / "model", task.kind,
-                                     point=f"{name}/saving")  # fmt: skip
+            artifact = save_artifact(
+                model, tokenizer, self._artifact_dir(index, name) / "model", task.kind, point=f"{name}/saving"
+            )
         if artifact is not None and self.ranks.is_main:
             size = size_on_disk(artifact)
             weights = size_on_disk(artifact, weights_only=True)
         settings = self.recipe.data["evaluate"]
         is_baseline = name == self.baseline_name
-        result = evaluate(model, tokenizer, task, settings, self.device, self.progress, f"{name}: evaluating",
-                          point=f"{name}/evaluating",
-                          reference=None if is_baseline else self.records.get(self.baseline_name),
-                          keep_reference=settings["against_baseline"]["top_k"] if is_baseline else 0)  # fmt: skip
+        result = evaluate(
+            model,
+            tokenizer,
+            task,
+            settings,
+            self.device,
+            self.progress,
+            f"{name}: evaluating",
+            point=f"{name}/evaluating",
+            reference=None if is_baseline else self.records.get(self.baseline_name),
+            keep_reference=settings["against_baseline"]["top_k"] if is_baseline else 0,
+        )
         self.records[name] = result.records
         if artifact is not None and self.ranks.is_main and result.records:
             import torch
@@ -102,8 +110,16 @@ class Executor:
         latency = None
         if settings["latency"]["enabled"] and self.ranks.is_main:  # the report is the main process's
             with self.progress.track(f"{name}: measuring latency at {self.threads} thread(s)"):
-                latency = measure_latency(model, tokenizer, task, settings["split"], settings["latency"], self.device,
-                                          self.threads, point=f"{name}/latency").to_json()  # fmt: skip
+                latency = measure_latency(
+                    model,
+                    tokenizer,
+                    task,
+                    settings["split"],
+                    settings["latency"],
+                    self.device,
+                    self.threads,
+                    point=f"{name}/latency",
+                ).to_json()
         return StageRow(
             name=name,
             plugin=plugin,
@@ -130,8 +146,15 @@ class Executor:
         for row in report.rows:
             if row.retained_ci is not None or row.agreement is not None or row.name not in self.records:
                 continue
-            found = compare_with_baseline(task, report.metric, report.higher_is_better, reference, self.records[row.name], settings,
-                            self.recipe.data["seed"])  # fmt: skip
+            found = compare_with_baseline(
+                task,
+                report.metric,
+                report.higher_is_better,
+                reference,
+                self.records[row.name],
+                settings,
+                self.recipe.data["seed"],
+            )
             if found is not None:
                 row.retained_ci = list(found.retained_ci) if found.retained_ci else None
                 row.agreement, row.kl = found.agreement, found.kl
@@ -233,8 +256,9 @@ class Executor:
             self.stages_bar.update(description="loading the model")
             t0 = time.perf_counter()
             tokenizer = load_tokenizer(data["model"], task)
-            model = load_model(data["model"], task, allow_remote_code=self.options.allow_remote_code,
-                               tokenizer=tokenizer)  # fmt: skip
+            model = load_model(
+                data["model"], task, allow_remote_code=self.options.allow_remote_code, tokenizer=tokenizer
+            )
             model.to(self.device)
             row = self._measure(INPUT_ROW, None, model, tokenizer, task, 0, time.perf_counter() - t0)
             report.rows.append(row)
@@ -300,8 +324,12 @@ class Executor:
             return
         folder = self._artifact_dir(index, row.name)
         files = integrity.digest(folder, integrity.kept_files(folder, Path(row.artifact)))
-        record = {"fingerprint": self.fingerprints[index], "evaluation": self.eval_fingerprint,
-                  "row": row.to_json(), "files": files}  # fmt: skip
+        record = {
+            "fingerprint": self.fingerprints[index],
+            "evaluation": self.eval_fingerprint,
+            "row": row.to_json(),
+            "files": files,
+        }
         atomic.write_json(folder / STAGE_RECORD, record)
 
     def _cached_rows(self, names: list[str]) -> list[StageRow]:
@@ -380,8 +408,9 @@ class Executor:
         model = result.model if result.model is not None else ctx.model
         tokenizer = result.tokenizer if result.tokenizer is not None else ctx.tokenizer
         try:
-            row = self._measure(name, stage_type.name, model, tokenizer, task, index, seconds, result.details,
-                                result.artifact)  # fmt: skip
+            row = self._measure(
+                name, stage_type.name, model, tokenizer, task, index, seconds, result.details, result.artifact
+            )
         except ComposeError:
             raise
         except Exception as exc:  # noqa: BLE001 - saving or evaluating the stage's model failed

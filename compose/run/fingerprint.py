@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from compose.recipe.load import Recipe
 from compose.recipe.model_source import model_folder
@@ -109,5 +110,10 @@ def evaluation_fingerprint(recipe: Recipe, threads: int | None = None) -> str:
     thread count latency is measured at (``threads``: resolved, as null means the machine's default)."""
     data = recipe.data
     split = data["evaluate"]["split"]
-    return _hash({"evaluate": data["evaluate"], "split": _data_digest({"data": {split: data["task"]["data"][split]}}),
-                  "latency_threads": threads})  # fmt: skip
+    return _hash(
+        {
+            "evaluate": data["evaluate"],
+            "split": _data_digest({"data": {split: data["task"]["data"][split]}}),
+            "latency_threads": threads,
+        }
+    )

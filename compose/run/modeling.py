@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from compose.errors import ModelLoadError
 from compose.recipe.model_source import model_folder
@@ -200,7 +201,7 @@ def count_parameters(model) -> int:
         weight = getattr(module, "weight", None)
         packed = not isinstance(weight, torch.Tensor)  # absent, or a packing's metadata object
         if packed and hasattr(module, "in_features") and hasattr(module, "out_features"):
-            if isinstance(getattr(module, "in_features"), int) and isinstance(getattr(module, "out_features"), int):
+            if isinstance(module.in_features, int) and isinstance(module.out_features, int):
                 total += module.in_features * module.out_features
                 bias = getattr(module, "bias", None)
                 if bias is not None and not isinstance(bias, torch.nn.Parameter):

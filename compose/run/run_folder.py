@@ -20,9 +20,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from compose import atomic
 from compose.errors import ComposeError
@@ -85,7 +85,7 @@ def locked(folder: Path) -> Iterator[None]:
     import fcntl
 
     path = Path(folder) / LOCK
-    handle = open(path, "a+", encoding="utf-8")
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - open for as long as the lock is held
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,8 +98,9 @@ def locked(folder: Path) -> Iterator[None]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"recipe apply (pid {os.getpid()} on {socket.gethostname()}, "
-                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")  # fmt: skip
+        handle.write(
+            f"recipe apply (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+        )
         handle.flush()
         yield
     finally:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from compose.run import interrupts
 from compose.run.distributed import gather_objects
@@ -144,8 +145,9 @@ def _optimizer(settings: dict, groups: list[dict]):
     if settings["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=settings["learning_rate"], momentum=0.9)
     params = [p for group in groups for p in group["params"]]
-    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
-                for p in params)  # fmt: skip
+    plain = all(
+        type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
     return torch.optim.AdamW(groups, lr=settings["learning_rate"], fused=plain and bool(params))
 
 
@@ -244,8 +246,10 @@ class _TrainingLoop:
         self.ctx, self.setup, self.settings, self.loss_fn = ctx, setup, settings, loss_fn
         self.accelerator = fresh_accelerator(**setup.accelerator_kwargs)
         if self.accelerator.device.type != ctx.device.type:  # model, batches and evaluation share one device
-            raise RuntimeError(f"accelerate placed training on {self.accelerator.device} but the stage computes on "
-                               f"{ctx.device}; set the device through the executor, not accelerate's config")  # fmt: skip
+            raise RuntimeError(
+                f"accelerate placed training on {self.accelerator.device} but the stage computes on "
+                f"{ctx.device}; set the device through the executor, not accelerate's config"
+            )
         self._prepare(setup.model, extra_modules)
         # where training is
         self.step, self.epoch, self.consumed, self.skip = 0, 0, 0, 0
@@ -265,9 +269,15 @@ class _TrainingLoop:
         from transformers import get_scheduler
 
         ctx, setup, settings, accelerator = self.ctx, self.setup, self.settings, self.accelerator
-        loader = ctx.task.batches(settings["split"], ctx.tokenizer, settings["batch_size"], shuffle=True,
-                                  seed=ctx.seed, shard=setup.data_shard,
-                                  group_by_length=settings["group_by_length"])  # fmt: skip
+        loader = ctx.task.batches(
+            settings["split"],
+            ctx.tokenizer,
+            settings["batch_size"],
+            shuffle=True,
+            seed=ctx.seed,
+            shard=setup.data_shard,
+            group_by_length=settings["group_by_length"],
+        )
         # Its pass number fixes the order (EpochShuffle, or LengthGroupedBatches when grouping).
         self.sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "epoch") else loader.sampler
         if len(loader) == 0:
@@ -301,11 +311,20 @@ class _TrainingLoop:
         self.position = checkpoint.find(self.folder, self.ctx.fingerprint) if self.every else None
         if self.position is None:
             return
-        self.random_state = checkpoint.restore(self.folder, self.accelerator.unwrap_model(self.model),
-                                               self._unwrapped_extras(), self.optimizer, self.scheduler)  # fmt: skip
+        self.random_state = checkpoint.restore(
+            self.folder,
+            self.accelerator.unwrap_model(self.model),
+            self._unwrapped_extras(),
+            self.optimizer,
+            self.scheduler,
+        )
         position = self.position
-        self.step, self.epoch, self.skip, self.last_loss = (position.step, position.epoch - 1,
-                                                            position.batches_in_epoch, position.last_loss)  # fmt: skip
+        self.step, self.epoch, self.skip, self.last_loss = (
+            position.step,
+            position.epoch - 1,
+            position.batches_in_epoch,
+            position.last_loss,
+        )
         self.sampler.epoch = self.epoch  # replay the interrupted pass in the same order
         self.accelerator.step = self.skip  # where gradient accumulation was in that pass
         self.ctx.log(f"resuming from the checkpoint at step {self.step}")
@@ -383,16 +402,30 @@ class _TrainingLoop:
         checkpoint = _checkpoint()
         if self.accelerator.is_main_process:
             position = checkpoint.Position(self.step, self.epoch, self.consumed, self.last_loss)
-            checkpoint.save(self.folder, self.ctx.fingerprint, position, self.accelerator.unwrap_model(self.model),
-                            self._unwrapped_extras(), self.optimizer, self.scheduler)  # fmt: skip
+            checkpoint.save(
+                self.folder,
+                self.ctx.fingerprint,
+                position,
+                self.accelerator.unwrap_model(self.model),
+                self._unwrapped_extras(),
+                self.optimizer,
+                self.scheduler,
+            )
         self.accelerator.wait_for_everyone()
 
     def _evaluate_epoch(self) -> None:
         from compose.evaluation.evaluator import evaluate
 
         ctx = self.ctx
-        result = evaluate(self.model, ctx.tokenizer, ctx.task, ctx.recipe["evaluate"], self.accelerator.device,
-                          ctx.progress, f"{ctx.name}: evaluating epoch {self.epoch}")  # fmt: skip
+        result = evaluate(
+            self.model,
+            ctx.tokenizer,
+            ctx.task,
+            ctx.recipe["evaluate"],
+            self.accelerator.device,
+            ctx.progress,
+            f"{ctx.name}: evaluating epoch {self.epoch}",
+        )
         self.history.append({"epoch": self.epoch, "step": self.step, result.metric: result.value})
         if self.pending is not None:
             self.last_loss, self.pending = self.pending.item(), None
@@ -409,11 +442,16 @@ class _TrainingLoop:
         for callback in self.setup.on_train_end:
             model = callback(model) or model
         model.eval()
-        summary = TrainingSummary(self.step, round(self.step / self.steps_per_epoch, 3), self.last_loss,
-                                  time.perf_counter() - self.start, self.history, setup=self.setup.notes,
-                                  resumed_from_step=self.position.step if self.position else None,
-                                  tokens={"real": int(self.real_tokens),
-                                          "computed": int(self.computed_tokens)})  # fmt: skip
+        summary = TrainingSummary(
+            self.step,
+            round(self.step / self.steps_per_epoch, 3),
+            self.last_loss,
+            time.perf_counter() - self.start,
+            self.history,
+            setup=self.setup.notes,
+            resumed_from_step=self.position.step if self.position else None,
+            tokens={"real": int(self.real_tokens), "computed": int(self.computed_tokens)},
+        )
         if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
             digests = gather_objects(parameters_digest(model))
             summary.processes = len(digests)

@@ -7,7 +7,8 @@ evaluation, from which its metrics, and their confidence intervals against the b
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from compose.recipe.task_kinds import METRICS, MetricInfo
 from compose.tasks.base import EpochShuffle, Records, Task
@@ -22,5 +23,16 @@ def build_task(spec: Mapping[str, Any], seed: int) -> Task:
     return TASKS[spec["kind"]](spec, seed)
 
 
-__all__ = ["METRICS", "TASKS", "CausalLMTask", "EpochShuffle", "Generated", "MetricInfo", "Records",
-           "SequenceClassificationTask", "Seq2SeqTask", "Task", "build_task"]  # fmt: skip
+__all__ = [
+    "METRICS",
+    "TASKS",
+    "CausalLMTask",
+    "EpochShuffle",
+    "Generated",
+    "MetricInfo",
+    "Records",
+    "SequenceClassificationTask",
+    "Seq2SeqTask",
+    "Task",
+    "build_task",
+]

@@ -7,15 +7,23 @@ Stages receive a task as ``ctx.task``; its public methods are part of the plugin
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from compose.recipe.data import read_split
 from compose.errors import DataError
-from compose.recipe.task_kinds import METRICS, MetricInfo, columns, describe_unknown_label, first_unknown_label, label_rule
+from compose.recipe.data import read_split
+from compose.recipe.task_kinds import (
+    METRICS,
+    MetricInfo,
+    columns,
+    describe_unknown_label,
+    first_unknown_label,
+    label_rule,
+)
 from compose.recipe.task_kinds import metric_names as metric_names_of
 
 #: A batch of examples' records: equal-length tensors (first dimension: the example) or
@@ -147,8 +155,9 @@ class Task(abc.ABC):
         return METRICS[self.metric_name]
 
     @abc.abstractmethod
-    def example_records(self, outputs, batch: dict, reference: Records | None = None,
-                        keep_reference: int = 0) -> Records:  # fmt: skip
+    def example_records(
+        self, outputs, batch: dict, reference: Records | None = None, keep_reference: int = 0
+    ) -> Records:
         """What evaluation keeps of one batch: one record per example (tensors on the CPU).
 
         ``reference``: the baseline's records of the same examples, for what can only be
@@ -158,8 +167,9 @@ class Task(abc.ABC):
         """
 
     @abc.abstractmethod
-    def metric_from_records(self, records: Records, name: str | None = None,
-                            index: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def metric_from_records(
+        self, records: Records, name: str | None = None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The metric over all records (a scalar tensor), or over each row of ``index``
         (``[replicates, n]`` record positions, a bootstrap's resamples): shape ``[replicates]``."""
 
@@ -196,8 +206,6 @@ class EpochShuffle(Sampler):
 def pass_generator(seed: int, epoch: int) -> torch.Generator:
     """The random generator of one pass over the data: drawn from (seed, pass number) alone."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 
 
 class LengthGroupedBatches(Sampler):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from compose.errors import DataError
@@ -76,8 +75,11 @@ class CausalLMTask(Task):
             records["top_ids"] = top.indices.int().cpu()
             records["top_log_probs"] = top.values.cpu()
         if reference is not None and "top_ids" in reference:
-            per_token = _coarse_kl(reference["top_log_probs"].to(log_probs.device),
-                                   reference["top_ids"].to(log_probs.device).long(), log_probs)  # fmt: skip
+            per_token = _coarse_kl(
+                reference["top_log_probs"].to(log_probs.device),
+                reference["top_ids"].to(log_probs.device).long(),
+                log_probs,
+            )
             records["kl_sum"] = (per_token * keep).sum(1).double().cpu()
         return records
 
@@ -117,5 +119,3 @@ def _coarse_kl(reference_top: torch.Tensor, top_ids: torch.Tensor, log_probs: to
     log_p_rest = torch.log(p_rest.clamp(min=1e-300))
     log_q_rest = torch.log((-torch.expm1(torch.logsumexp(model_top, -1).clamp(max=-1e-12))).clamp(min=1e-300))
     return kl + torch.where(p_rest > 1e-12, p_rest * (log_p_rest - log_q_rest), torch.zeros_like(kl))
-
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -59,8 +59,7 @@ class SequenceClassificationTask(Task):
         return tokenizer(texts, pairs, truncation=True, max_length=self.spec["max_length"], **options)
 
     def example_lengths(self, split: str, tokenizer) -> list[int]:
-        return self._cached_lengths(split, tokenizer,
-                                    lambda rows: map(len, self._encode(rows, tokenizer)["input_ids"]))  # fmt: skip
+        return self._cached_lengths(split, tokenizer, lambda rows: map(len, self._encode(rows, tokenizer)["input_ids"]))
 
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         batch = dict(self._encode(rows, tokenizer, padding=True, return_tensors="pt"))

@@ -60,23 +60,32 @@ class Seq2SeqTask(Task):
 
     def example_lengths(self, split: str, tokenizer) -> list[int]:
         """The source's length (the encoder's input, most of a step's work)."""
-        measure = lambda rows: map(len, tokenizer(self._sources(rows), truncation=True,  # noqa: E731
-                                                  max_length=self.spec["max_length"])["input_ids"])  # fmt: skip
+
+        def measure(rows):
+            encoded = tokenizer(self._sources(rows), truncation=True, max_length=self.spec["max_length"])
+            return map(len, encoded["input_ids"])
+
         return self._cached_lengths(split, tokenizer, measure)
 
     def collate(self, rows: list[dict], tokenizer, with_labels: bool = True) -> dict:
         sources = self._sources(rows)
-        batch = dict(tokenizer(sources, truncation=True, max_length=self.spec["max_length"], padding=True,
-                               return_tensors="pt"))  # fmt: skip
+        batch = dict(
+            tokenizer(sources, truncation=True, max_length=self.spec["max_length"], padding=True, return_tensors="pt")
+        )
         batch.pop("token_type_ids", None)
         if with_labels:
-            targets = tokenizer([self.target(r) for r in rows], truncation=True,
-                                max_length=self.spec["max_target_length"], padding=True, return_tensors="pt")  # fmt: skip
+            targets = tokenizer(
+                [self.target(r) for r in rows],
+                truncation=True,
+                max_length=self.spec["max_target_length"],
+                padding=True,
+                return_tensors="pt",
+            )
             labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
             batch["labels"] = labels
         return batch
 
-    def predict(self, model, inputs: dict, tokenizer) -> "Generated":
+    def predict(self, model, inputs: dict, tokenizer) -> Generated:
         sequences = model.generate(
             **inputs,
             max_new_tokens=self.spec["max_target_length"],
@@ -88,7 +97,7 @@ class Seq2SeqTask(Task):
 
     # -- metric ------------------------------------------------------------
 
-    def example_records(self, outputs: "Generated", batch, reference=None, keep_reference=0) -> Records:
+    def example_records(self, outputs: Generated, batch, reference=None, keep_reference=0) -> Records:
         """Per example: whether the generated text is the target, and the generated text."""
         tokenizer = outputs.tokenizer
         predicted = [text.strip() for text in tokenizer.batch_decode(outputs.sequences, skip_special_tokens=True)]

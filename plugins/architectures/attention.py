@@ -31,13 +31,25 @@ from __future__ import annotations
 
 from compose.plugins.architectures.modules import architecture, stacks, submodule
 
+
 class AttentionSite:
     """One attention block. Subclasses know one way of storing heads (``kind``, as the registry names it)."""
 
     kind = ""
 
-    def __init__(self, label: str, module, query, key, value, output, *, architecture: str = "",
-                 stack: str = "layers", cross: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        module,
+        query,
+        key,
+        value,
+        output,
+        *,
+        architecture: str = "",
+        stack: str = "layers",
+        cross: bool = False,
+    ):
         self.label = label  # "3" (layer 3), or for encoder-decoders "encoder.3", "decoder.3.self", "decoder.3.cross"
         self.module = module
         self.query, self.key, self.value, self.output = query, key, value, output
@@ -88,8 +100,12 @@ class AttentionSite:
     def unit_weights(self) -> list:
         """Each projection's weights as (units, -1): row u holds everything unit u owns."""
         n = self.num_units
-        return [self.query.weight.reshape(n, -1), self.key.weight.reshape(n, -1), self.value.weight.reshape(n, -1),
-                self.output.weight.t().reshape(n, -1)]  # fmt: skip
+        return [
+            self.query.weight.reshape(n, -1),
+            self.key.weight.reshape(n, -1),
+            self.value.weight.reshape(n, -1),
+            self.output.weight.t().reshape(n, -1),
+        ]
 
     def keep(self, units: list[int]) -> None:
         """Keep only ``units`` (indices into the current units); slice the weights, update the attributes."""
@@ -153,8 +169,11 @@ class ProjectionSite(AttentionSite):
     def set_counts(self, units: int) -> None:
         # Llama's (and BART's) forward reshapes with -1 and repeats key/value heads by
         # num_key_value_groups, which whole-group removal leaves unchanged; counts kept where stated.
-        for name, value in (("num_heads", units * self.group), ("num_attention_heads", units * self.group),
-                            ("num_key_value_heads", units)):  # fmt: skip
+        for name, value in (
+            ("num_heads", units * self.group),
+            ("num_attention_heads", units * self.group),
+            ("num_key_value_heads", units),
+        ):
             if isinstance(getattr(self.module, name, None), int):
                 setattr(self.module, name, value)
 
@@ -179,8 +198,9 @@ class FusedSite(AttentionSite):
     def unit_weights(self) -> list:
         n, split = self.num_units, self.module.split_size
         fused = self.query.weight.t()  # (3 * width, in)
-        return [fused[i * split:(i + 1) * split].reshape(n, -1) for i in range(3)] + [
-            self.output.weight.reshape(n, -1)]  # fmt: skip
+        return [fused[i * split : (i + 1) * split].reshape(n, -1) for i in range(3)] + [
+            self.output.weight.reshape(n, -1)
+        ]
 
     def keep(self, units: list[int]) -> None:
         import torch
@@ -232,16 +252,21 @@ def find_attention(model, stage: str = STAGE) -> list[AttentionSite]:
                 label = str(index) if stack.name == "layers" else f"{stack.name}.{index}"
                 if spec.label:
                     label += f".{spec.label}"
-                parts = [submodule(layer, path) for path in (spec.module, spec.query, spec.key, spec.value,
-                                                              spec.output)]  # fmt: skip
+                parts = [
+                    submodule(layer, path) for path in (spec.module, spec.query, spec.key, spec.value, spec.output)
+                ]
                 if any(part is None for part in parts):
-                    missing = [p for p, m in zip((spec.module, spec.query, spec.key, spec.value, spec.output), parts)
-                               if m is None]  # fmt: skip
-                    raise ValueError(f"{stage}: layer {stack.prefix}.{index} of {type(model).__name__} has no "
-                                     f"{', '.join(missing)}, where the architecture table puts its attention")  # fmt: skip
+                    missing = [
+                        p
+                        for p, m in zip((spec.module, spec.query, spec.key, spec.value, spec.output), parts)
+                        if m is None
+                    ]
+                    raise ValueError(
+                        f"{stage}: layer {stack.prefix}.{index} of {type(model).__name__} has no "
+                        f"{', '.join(missing)}, where the architecture table puts its attention"
+                    )
                 cls = SITE_CLASSES[spec.kind]
-                sites.append(cls(label, *parts, architecture=name, stack=stack.name,
-                                 cross=spec.cross))  # fmt: skip
+                sites.append(cls(label, *parts, architecture=name, stack=stack.name, cross=spec.cross))
     return sites
 
 

@@ -10,8 +10,8 @@ as they do for a ``hub`` model).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from compose.api import Check
 from compose.plugins.architectures.registry import Architecture, lookup, unknown_message
@@ -46,8 +46,9 @@ def recipe_architecture(plan) -> Architecture | None:
     return lookup(config.get("model_type"))
 
 
-def architecture_problems(stage: str, plan, what: str | None = None, path: tuple = (),
-                          fix: str = "remove the stage") -> list[Check]:  # fmt: skip
+def architecture_problems(
+    stage: str, plan, what: str | None = None, path: tuple = (), fix: str = "remove the stage"
+) -> list[Check]:
     """Errors where ``stage`` (or its setting ``what``, e.g. ``parallel:tp``) cannot run on the model.
 
     An unknown model type is refused (the stage would not find its layers); a known

@@ -151,9 +151,11 @@ def find_ffn(model, stage: str = STAGE) -> list[FFNSite]:
             inputs = _projections(layer, spec.inputs) or _projections(layer, spec.gated_inputs)
             output = submodule(layer, spec.output)
             if inputs is None or output is None:
-                raise ValueError(f"{stage}: layer {stack.prefix}.{index} of {type(model).__name__} has no "
-                                 f"{' / '.join(spec.inputs + (spec.output,))}, where the architecture table puts "
-                                 "its feed-forward block")  # fmt: skip
+                raise ValueError(
+                    f"{stage}: layer {stack.prefix}.{index} of {type(model).__name__} has no "
+                    f"{' / '.join(spec.inputs + (spec.output,))}, where the architecture table puts "
+                    "its feed-forward block"
+                )
             module = submodule(layer, spec.module) if spec.module else layer
             if arch.conv1d:
                 sites.append(Conv1DSite(label, module, inputs[0], output, arch.name))
@@ -197,8 +199,10 @@ def check_widths(sites, widths: list[int]) -> None:
     """Raise if a site's projections do not all have ``widths[i]`` intermediate neurons."""
     for site, n in zip(sites, widths):
         if set(site.widths()) != {n}:
-            raise RuntimeError(f"feed-forward {site.label}: expected {n} neurons after pruning, found projection "
-                               f"widths {site.widths()}")  # fmt: skip
+            raise RuntimeError(
+                f"feed-forward {site.label}: expected {n} neurons after pruning, found projection "
+                f"widths {site.widths()}"
+            )
 
 
 __all__ = ["FFNSite", "check_widths", "find_ffn", "neuron_masks"]

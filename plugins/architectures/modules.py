@@ -49,8 +49,10 @@ def stacks(model, stage: str = "this stage") -> list[StackModules]:
         except AttributeError:
             owner = None
         if owner is None or not _is_module_list(getattr(owner, attr, None)):
-            raise ValueError(f"{stage}: {type(model).__name__} (model type '{arch.name}') has no layer list at "
-                             f"'{spec.path}', where the architecture table puts its {spec.name} layers")  # fmt: skip
+            raise ValueError(
+                f"{stage}: {type(model).__name__} (model type '{arch.name}') has no layer list at "
+                f"'{spec.path}', where the architecture table puts its {spec.name} layers"
+            )
         prefix = ".".join(part for part in (base_name, spec.path) if part)
         found.append(StackModules(spec, owner, attr, prefix))
     return found

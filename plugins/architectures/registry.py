@@ -18,8 +18,8 @@ Paths are module names as ``nn.Module.get_submodule`` takes them:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 #: The stages and training settings whose support differs per architecture (the rows of docs/stages.md's table).
 STAGES = ("train", "distill", "prune-heads", "prune-ffn", "gptq", "export", "amp", "checkpointing", "parallel")
@@ -145,8 +145,16 @@ class Architecture:
 _BERT_LAYER = Stack(
     name="layers",
     path="encoder.layer",
-    attention=(Attention("bert", "attention.self", "attention.self.query", "attention.self.key",
-                         "attention.self.value", "attention.output.dense"),),  # fmt: skip
+    attention=(
+        Attention(
+            "bert",
+            "attention.self",
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ),
+    ),
     ffn=FFN(inputs=("intermediate.dense",), output="output.dense"),
     tp_plan={
         "attention.self.query": "colwise",
@@ -167,8 +175,11 @@ _BERT_KEYS = {
 _LLAMA_LAYER = Stack(
     name="layers",
     path="layers",
-    attention=(Attention("projections", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                         "self_attn.o_proj"),),  # fmt: skip
+    attention=(
+        Attention(
+            "projections", "self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
+        ),
+    ),
     ffn=FFN(inputs=("mlp.gate_proj", "mlp.up_proj"), output="mlp.down_proj", module="mlp"),
     tp_plan={
         "self_attn.q_proj": "colwise",
@@ -189,14 +200,21 @@ _LLAMA_KEYS = {
     "intermediate": ("intermediate_size",),
 }
 
-_T5_TP = ("T5 attention adds a relative position bias computed for every head, so a layer holding part of "
-          "the heads cannot run unchanged; use ddp or fsdp")  # fmt: skip
-_BART_TP = ("tensor parallelism has no plan for BART's encoder and decoder layers yet (self- and cross-attention); "
-            "use ddp or fsdp")  # fmt: skip
-_GPT2_TP = ("GPT-2's layers are transformers Conv1D, which torch's tensor parallelism cannot split (it splits "
-            "nn.Linear), and c_attn fuses query, key and value; use ddp or fsdp")  # fmt: skip
-_NO_EXPORT = ("export does not support encoder-decoder models yet: remove this stage; the last stage's model "
-              "folder is the result")  # fmt: skip
+_T5_TP = (
+    "T5 attention adds a relative position bias computed for every head, so a layer holding part of "
+    "the heads cannot run unchanged; use ddp or fsdp"
+)
+_BART_TP = (
+    "tensor parallelism has no plan for BART's encoder and decoder layers yet (self- and cross-attention); "
+    "use ddp or fsdp"
+)
+_GPT2_TP = (
+    "GPT-2's layers are transformers Conv1D, which torch's tensor parallelism cannot split (it splits "
+    "nn.Linear), and c_attn fuses query, key and value; use ddp or fsdp"
+)
+_NO_EXPORT = (
+    "export does not support encoder-decoder models yet: remove this stage; the last stage's model folder is the result"
+)
 
 
 def _t5_attention(block_layer: int, name: str, label: str) -> Attention:
@@ -206,13 +224,18 @@ def _t5_attention(block_layer: int, name: str, label: str) -> Attention:
 
 def _t5_ffn(block_layer: int) -> FFN:
     module = f"layer.{block_layer}.DenseReluDense"
-    return FFN(inputs=(f"{module}.wi",), output=f"{module}.wo", module=module,
-               gated_inputs=(f"{module}.wi_0", f"{module}.wi_1"))  # fmt: skip
+    return FFN(
+        inputs=(f"{module}.wi",),
+        output=f"{module}.wo",
+        module=module,
+        gated_inputs=(f"{module}.wi_0", f"{module}.wi_1"),
+    )
 
 
 def _bart_attention(name: str, label: str) -> Attention:
-    return Attention("projections", name, f"{name}.q_proj", f"{name}.k_proj", f"{name}.v_proj", f"{name}.out_proj",
-                     label)  # fmt: skip
+    return Attention(
+        "projections", name, f"{name}.q_proj", f"{name}.k_proj", f"{name}.v_proj", f"{name}.out_proj", label
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -245,14 +268,24 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         family="encoder-decoder",
         model_types=("mt5",),
         stacks=(
-            Stack(name="encoder", path="encoder.block", attention=(_t5_attention(0, "SelfAttention", ""),),
-                  ffn=_t5_ffn(1)),  # fmt: skip
-            Stack(name="decoder", path="decoder.block",
-                  attention=(_t5_attention(0, "SelfAttention", "self"), _t5_attention(1, "EncDecAttention", "cross")),
-                  ffn=_t5_ffn(2)),  # fmt: skip
+            Stack(
+                name="encoder", path="encoder.block", attention=(_t5_attention(0, "SelfAttention", ""),), ffn=_t5_ffn(1)
+            ),
+            Stack(
+                name="decoder",
+                path="decoder.block",
+                attention=(_t5_attention(0, "SelfAttention", "self"), _t5_attention(1, "EncDecAttention", "cross")),
+                ffn=_t5_ffn(2),
+            ),
         ),
-        config_keys={"layers": ("num_layers",), "decoder_layers": ("num_decoder_layers",), "hidden": ("d_model",),
-                     "heads": ("num_heads",), "head_dim": ("d_kv",), "intermediate": ("d_ff",)},  # fmt: skip
+        config_keys={
+            "layers": ("num_layers",),
+            "decoder_layers": ("num_decoder_layers",),
+            "hidden": ("d_model",),
+            "heads": ("num_heads",),
+            "head_dim": ("d_kv",),
+            "intermediate": ("d_ff",),
+        },
         config_defaults={"decoder_layers": ("layers", 1)},
         refuses={"export": _NO_EXPORT, "parallel:tp": _T5_TP, "parallel:hybrid": _T5_TP},
     ),
@@ -260,15 +293,26 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         name="bart",
         family="encoder-decoder",
         stacks=(
-            Stack(name="encoder", path="encoder.layers", attention=(_bart_attention("self_attn", ""),),
-                  ffn=FFN(inputs=("fc1",), output="fc2")),  # fmt: skip
-            Stack(name="decoder", path="decoder.layers",
-                  attention=(_bart_attention("self_attn", "self"), _bart_attention("encoder_attn", "cross")),
-                  ffn=FFN(inputs=("fc1",), output="fc2")),  # fmt: skip
+            Stack(
+                name="encoder",
+                path="encoder.layers",
+                attention=(_bart_attention("self_attn", ""),),
+                ffn=FFN(inputs=("fc1",), output="fc2"),
+            ),
+            Stack(
+                name="decoder",
+                path="decoder.layers",
+                attention=(_bart_attention("self_attn", "self"), _bart_attention("encoder_attn", "cross")),
+                ffn=FFN(inputs=("fc1",), output="fc2"),
+            ),
         ),
-        config_keys={"layers": ("encoder_layers",), "decoder_layers": ("decoder_layers",), "hidden": ("d_model",),
-                     "heads": ("encoder_attention_heads", "decoder_attention_heads"),
-                     "intermediate": ("encoder_ffn_dim", "decoder_ffn_dim")},  # fmt: skip
+        config_keys={
+            "layers": ("encoder_layers",),
+            "decoder_layers": ("decoder_layers",),
+            "hidden": ("d_model",),
+            "heads": ("encoder_attention_heads", "decoder_attention_heads"),
+            "intermediate": ("encoder_ffn_dim", "decoder_ffn_dim"),
+        },
         refuses={"export": _NO_EXPORT, "parallel:tp": _BART_TP, "parallel:hybrid": _BART_TP},
     ),
 )
@@ -286,8 +330,10 @@ def lookup(model_type) -> Architecture | None:
 
 
 def unknown_message(stage: str, model_type, fix: str = "remove the stage") -> str:
-    return (f"{stage} does not know model type '{model_type}' (it knows: {', '.join(known_types())}); use a "
-            f"model of a known type, {fix}, or add an entry for '{model_type}' to compose/plugins/architectures/registry.py")
+    return (
+        f"{stage} does not know model type '{model_type}' (it knows: {', '.join(known_types())}); use a "
+        f"model of a known type, {fix}, or add an entry for '{model_type}' to compose/plugins/architectures/registry.py"
+    )
 
 
 def require(model_type, stage: str) -> Architecture:
@@ -298,5 +344,16 @@ def require(model_type, stage: str) -> Architecture:
     return arch
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "Attention", "FFN", "PARALLEL_STRATEGIES", "STAGES", "Stack",
-           "known_types", "lookup", "require", "unknown_message"]  # fmt: skip
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "Attention",
+    "FFN",
+    "PARALLEL_STRATEGIES",
+    "STAGES",
+    "Stack",
+    "known_types",
+    "lookup",
+    "require",
+    "unknown_message",
+]

@@ -18,8 +18,11 @@ def cell(arch, stage: str) -> str:
 def render_table() -> str:
     """Markdown: one row per stage, one column per architecture."""
     names = [" / ".join(arch.types) for arch in ARCHITECTURES]
-    lines = ["| | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names),
-             "| family | " + " | ".join(arch.family for arch in ARCHITECTURES) + " |"]  # fmt: skip
+    lines = [
+        "| | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+        "| family | " + " | ".join(arch.family for arch in ARCHITECTURES) + " |",
+    ]
     for stage in STAGES:
         lines.append(f"| `{stage}` | " + " | ".join(cell(arch, stage) for arch in ARCHITECTURES) + " |")
     return "\n".join(lines) + "\n"
@@ -33,8 +36,10 @@ def render_refusals() -> str:
             whats, names = reasons.setdefault(why, ([], []))
             whats.extend([what.replace(":", ": ")] if what.replace(":", ": ") not in whats else [])
             names.extend([arch.name] if arch.name not in names else [])
-    return "".join(f"- {' and '.join(f'`{w}`' for w in whats)} on {', '.join(names)}: {why}\n"
-                   for why, (whats, names) in reasons.items())  # fmt: skip
+    return "".join(
+        f"- {' and '.join(f'`{w}`' for w in whats)} on {', '.join(names)}: {why}\n"
+        for why, (whats, names) in reasons.items()
+    )
 
 
 __all__ = ["render_refusals", "render_table"]

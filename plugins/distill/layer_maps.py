@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
     """Student layer i learns from teacher layer (i+1)*T/S - 1: spread evenly, last matches last."""
     return [max(0, math.ceil((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
@@ -19,11 +20,15 @@ def stack_label(stack: str) -> str:
 def layer_map_form_problem(setting, two_stacks: bool) -> str | None:
     """Why the form of ``loss.layer_map`` does not fit a model with one or two stacks (None: it fits)."""
     if isinstance(setting, list) and two_stacks:
-        return ("loss.layer_map is a list, but an encoder-decoder has two stacks of layers; give "
-                "{encoder: [...] or null, decoder: [...] or null}")  # fmt: skip
+        return (
+            "loss.layer_map is a list, but an encoder-decoder has two stacks of layers; give "
+            "{encoder: [...] or null, decoder: [...] or null}"
+        )
     if isinstance(setting, dict) and not two_stacks:
-        return ("loss.layer_map with encoder/decoder entries is for encoder-decoder models; give a list "
-                "(one teacher layer per student layer) or null")  # fmt: skip
+        return (
+            "loss.layer_map with encoder/decoder entries is for encoder-decoder models; give a list "
+            "(one teacher layer per student layer) or null"
+        )
     return None
 
 
@@ -41,13 +46,22 @@ def layer_map_problems(setting, student_counts: dict, teacher_counts: dict) -> l
         path = ("loss", "layer_map") + (() if stack == "layers" else (stack,))
         n_student, n_teacher = student_counts[stack], teacher_counts[stack]
         if len(layer_map) != n_student:
-            problems.append((f"{name} has {len(layer_map)} entries but the student{stack_label(stack)} has {n_student} "
-                             "layers; give one teacher layer per student layer (or null for the uniform mapping)",
-                             path))  # fmt: skip
+            problems.append(
+                (
+                    f"{name} has {len(layer_map)} entries but the student{stack_label(stack)} has {n_student} "
+                    "layers; give one teacher layer per student layer (or null for the uniform mapping)",
+                    path,
+                )
+            )
         bad = [j for j in layer_map if j >= n_teacher]
         if bad:
-            problems.append((f"{name} names teacher{stack_label(stack)} layer(s) {bad}, but the teacher{stack_label(stack)} "
-                             f"has {n_teacher} layers", path))  # fmt: skip
+            problems.append(
+                (
+                    f"{name} names teacher{stack_label(stack)} layer(s) {bad}, but the teacher{stack_label(stack)} "
+                    f"has {n_teacher} layers",
+                    path,
+                )
+            )
     return problems
 
 

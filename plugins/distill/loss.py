@@ -96,8 +96,9 @@ class DistillationLoss:
                 (a plain list is the map of a one-stack model).
     """
 
-    def __init__(self, teacher, settings: dict, layer_maps, projection=None, family: str = "encoder",
-                 teacher_cache=None):  # fmt: skip
+    def __init__(
+        self, teacher, settings: dict, layer_maps, projection=None, family: str = "encoder", teacher_cache=None
+    ):
         self.teacher = teacher
         self.teacher_cache = teacher_cache  # a TeacherCache: the teacher's logits by example, or None
         self.soft_weight = settings["soft"]["weight"]
@@ -114,8 +115,12 @@ class DistillationLoss:
 
     @property
     def weights(self) -> dict:
-        return {"soft": self.soft_weight, "hard": self.hard_weight,
-                "hidden": self.hidden_weight, "attention": self.attention_weight}  # fmt: skip
+        return {
+            "soft": self.soft_weight,
+            "hard": self.hard_weight,
+            "hidden": self.hidden_weight,
+            "attention": self.attention_weight,
+        }
 
     @property
     def terms(self) -> list[str]:
@@ -183,8 +188,10 @@ class DistillationLoss:
             for stack, layer_map in self.layer_maps.items():
                 key = STACK_OUTPUTS[stack][0]
                 s_states, t_states = getattr(student_out, key), getattr(teacher_out, key)
-                losses += [hidden_mse(s_states[i + 1], t_states[j + 1], masks[stack], self.projection)
-                           for i, j in enumerate(layer_map)]  # fmt: skip
+                losses += [
+                    hidden_mse(s_states[i + 1], t_states[j + 1], masks[stack], self.projection)
+                    for i, j in enumerate(layer_map)
+                ]
             terms["hidden"] = torch.stack(losses).mean()
         if want_attention:
             terms["attention"] = self._attention_term(student_out, teacher_out, masks)

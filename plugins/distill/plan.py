@@ -9,12 +9,18 @@ from pathlib import Path
 from compose.api import Check
 from compose.plugins.architectures.checks import architecture_problems, model_type_at
 from compose.plugins.architectures.registry import lookup
-from compose.plugins.distill.teacher_cache import why_not_cached
-from compose.plugins.distill.layer_maps import stack_label, layer_map_form_problem, layer_map_problems
+from compose.plugins.distill.layer_maps import layer_map_form_problem, layer_map_problems, stack_label
 from compose.plugins.distill.loss import TERMS
-from compose.plugins.distill.sizes import ALL_SIZE_KEYS, SIZE_KEYS, SIZE_ROLES, architecture_key_message
-from compose.plugins.distill.sizes import size_key_message
+from compose.plugins.distill.sizes import (
+    ALL_SIZE_KEYS,
+    SIZE_KEYS,
+    SIZE_ROLES,
+    architecture_key_message,
+    size_key_message,
+)
 from compose.plugins.distill.student import chosen_layers
+from compose.plugins.distill.teacher_cache import why_not_cached
+
 
 def _describe_layers(rule) -> str:
     return "every other layer" if rule == "every_other" else f"layers {rule}"
@@ -46,9 +52,12 @@ def describe(settings) -> str:
         terms.append(f"attention {att['measure'].upper()} x{att['weight']} ({mapping})")
     length = f"{training['max_steps']} steps" if training["max_steps"] else f"{training['epochs']} epoch(s)"
     not_cached = why_not_cached(settings, None)
-    teacher = (f"teacher's logits cached per example, up to {settings['teacher_cache']['max_megabytes']:g} MB "
-               "(an encoder-decoder's teacher runs every step)" if not_cached is None
-               else f"teacher run every step ({not_cached})")  # fmt: skip
+    teacher = (
+        f"teacher's logits cached per example, up to {settings['teacher_cache']['max_megabytes']:g} MB "
+        "(an encoder-decoder's teacher runs every step)"
+        if not_cached is None
+        else f"teacher run every step ({not_cached})"
+    )
     return (
         f"distil into a student made of {student}; loss: {' + '.join(terms) or 'none'}; "
         f"train on '{training['split']}' for {length}, batch {training['batch_size']}, lr {training['learning_rate']}; "
@@ -127,9 +136,13 @@ def _student_counts(spec: dict, teacher_counts: dict, family: str):
             if bad:
                 own = stack == "decoder" and spec["from_teacher"]["decoder_layers"] is not None
                 setting = "decoder_layers" if own else "layers"
-                problems.append(Check(
-                    f"teacher{stack_label(stack)} layer(s) {bad} do not exist: the teacher{stack_label(stack)} has {n_teacher} "
-                    f"layers (0 to {n_teacher - 1})", path=("student", "from_teacher", setting)))  # fmt: skip
+                problems.append(
+                    Check(
+                        f"teacher{stack_label(stack)} layer(s) {bad} do not exist: the teacher{stack_label(stack)} has {n_teacher} "
+                        f"layers (0 to {n_teacher - 1})",
+                        path=("student", "from_teacher", setting),
+                    )
+                )
             counts[stack] = len(layers)
         return counts, problems
     if "config" in spec:
@@ -158,9 +171,11 @@ def check(settings, plan):
             path=("student", "from_teacher"),
         )
     if "from_teacher" in spec and spec["from_teacher"]["decoder_layers"] is not None and family != "encoder-decoder":
-        yield Check(f"student.from_teacher.decoder_layers applies only to encoder-decoder models, not {family}; "
-                    "remove it and choose the layers with `layers`",
-                    path=("student", "from_teacher", "decoder_layers"))  # fmt: skip
+        yield Check(
+            f"student.from_teacher.decoder_layers applies only to encoder-decoder models, not {family}; "
+            "remove it and choose the layers with `layers`",
+            path=("student", "from_teacher", "decoder_layers"),
+        )
     teacher = _known_teacher_config(plan)
     if "config" in spec:
         yield from _student_config_checks(spec["config"], teacher, family, model_type_at(plan))

@@ -11,10 +11,9 @@ from __future__ import annotations
 #: Sizes a `config` student may override, by family (the schema accepts their union).
 SIZE_KEYS = {
     "encoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"),
-    "decoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size"),
+    "decoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size"),
     "encoder-decoder": ("num_layers", "num_decoder_layers", "d_model", "num_heads", "d_kv", "d_ff"),
-}  # fmt: skip
+}
 ALL_SIZE_KEYS = tuple(dict.fromkeys(k for keys in SIZE_KEYS.values() for k in keys))
 
 #: Size name -> the role it sets (``Architecture.config_keys``).
@@ -51,8 +50,10 @@ SIZE_ALIASES = {
 def size_key_message(key: str, family: str) -> str:
     alias = SIZE_ALIASES.get(key)
     instead = f"; use {alias}" if alias and alias.split(" ")[0] in SIZE_KEYS.get(family, ()) else "; leave it out"
-    return (f"student.config.{key} does not apply to {family} models (their sizes are "
-            f"{', '.join(SIZE_KEYS.get(family, ()))}){instead}")  # fmt: skip
+    return (
+        f"student.config.{key} does not apply to {family} models (their sizes are "
+        f"{', '.join(SIZE_KEYS.get(family, ()))}){instead}"
+    )
 
 
 def architecture_key_message(key: str, arch) -> str | None:

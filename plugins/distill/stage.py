@@ -33,11 +33,12 @@ from compose import hookimpl
 from compose.api import StageContext, StageResult, StageType, count_parameters, load_schema_file, train_model
 from compose.plugins.architectures.modules import layer_counts
 from compose.plugins.distill.attention import heads_per_layer, restore, set_attention_dropout, use_eager_attention
-from compose.plugins.distill.layer_maps import stack_label, resolve_layer_maps
+from compose.plugins.distill.layer_maps import resolve_layer_maps, stack_label
 from compose.plugins.distill.loss import TERMS, DistillationLoss
 from compose.plugins.distill.plan import check, describe
 from compose.plugins.distill.student import build_student, config_differences
 from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
+
 
 def _one_or_all(per_stack: dict):
     """A one-stack model's value itself, an encoder-decoder's {encoder: ..., decoder: ...}."""
@@ -93,10 +94,17 @@ def run(ctx: StageContext) -> StageResult:
             for model in (teacher, student):
                 changed += use_eager_attention(model)
             changed += set_attention_dropout(student, 0.0)
-        ctx.log(f"teacher {count_parameters(teacher):,} parameters -> student {count_parameters(student):,}; "
-                f"loss: {', '.join(loss.terms)}")  # fmt: skip
-        student, summary = train_model(ctx, student, settings["training"], loss_fn=loss,
-                                       extra_modules=[projection] if projection is not None else [])  # fmt: skip
+        ctx.log(
+            f"teacher {count_parameters(teacher):,} parameters -> student {count_parameters(student):,}; "
+            f"loss: {', '.join(loss.terms)}"
+        )
+        student, summary = train_model(
+            ctx,
+            student,
+            settings["training"],
+            loss_fn=loss,
+            extra_modules=[projection] if projection is not None else [],
+        )
     finally:
         restore(changed)
         for name, param in teacher.named_parameters():
@@ -109,8 +117,11 @@ def run(ctx: StageContext) -> StageResult:
         "teacher_params": teacher_params,
         "student_params": student_params,
         "params_ratio": round(student_params / teacher_params, 4),
-        "student": {**student_info, "layers": _one_or_all(student_counts),
-                    "config_differences": config_differences(teacher, student)},  # fmt: skip
+        "student": {
+            **student_info,
+            "layers": _one_or_all(student_counts),
+            "config_differences": config_differences(teacher, student),
+        },
         "loss": {
             "terms": loss.terms,
             "weights": {name: loss_settings[name]["weight"] for name in TERMS},
@@ -136,8 +147,13 @@ def compose_register_stages(register):
             description="Distil the trained model (teacher) into a smaller student: soft targets, hard labels, "
             "hidden-state and attention matching (encoders, decoders and encoder-decoders).",
             needs={"task_trained": True, "quantized": False},
-            leaves={"distilled": True, "task_trained": True, "heads_pruned": False, "ffn_pruned": False,
-                    "structure_changed": False},
+            leaves={
+                "distilled": True,
+                "task_trained": True,
+                "heads_pruned": False,
+                "ffn_pruned": False,
+                "structure_changed": False,
+            },
             compresses=True,
             families=("encoder", "decoder", "encoder-decoder"),
             trains=True,

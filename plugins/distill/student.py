@@ -12,8 +12,13 @@ from pathlib import Path
 
 from compose.api import task_model_kwargs, transforms_of
 from compose.plugins.architectures.modules import architecture, stacks
-from compose.plugins.distill.sizes import ALL_SIZE_KEYS, SIZE_KEYS, architecture_key_message, config_keys
-from compose.plugins.distill.sizes import size_key_message
+from compose.plugins.distill.sizes import (
+    ALL_SIZE_KEYS,
+    SIZE_KEYS,
+    architecture_key_message,
+    config_keys,
+    size_key_message,
+)
 
 STAGE = "distill"
 
@@ -25,8 +30,16 @@ AUTO_CLASSES = {
 }
 
 #: Config entries that are bookkeeping, not structure (left out of the config differences).
-_NOT_STRUCTURE = {"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype",
-                  "_attn_implementation_autoset", "id2label", "label2id"}  # fmt: skip
+_NOT_STRUCTURE = {
+    "_name_or_path",
+    "transformers_version",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "_attn_implementation_autoset",
+    "id2label",
+    "label2id",
+}
 
 
 def _embeddings(model):
@@ -110,8 +123,10 @@ def student_from_teacher(teacher, spec: dict) -> tuple:
     arch = architecture(teacher, STAGE)
     teacher_stacks = stacks(teacher, STAGE)
     if spec["decoder_layers"] is not None and [s.name for s in teacher_stacks] != ["encoder", "decoder"]:
-        raise ValueError("student.from_teacher.decoder_layers applies only to encoder-decoder models (T5); "
-                         "remove it and choose the layers with `layers`")  # fmt: skip
+        raise ValueError(
+            "student.from_teacher.decoder_layers applies only to encoder-decoder models (T5); "
+            "remove it and choose the layers with `layers`"
+        )
     choices = {}
     for stack in teacher_stacks:
         n_teacher = len(stack.layers)
@@ -253,8 +268,9 @@ def build_student(ctx, teacher) -> tuple:
             )
     mine, theirs = [s.name for s in stacks(student, STAGE)], [s.name for s in stacks(teacher, STAGE)]
     if mine != theirs:
-        raise ValueError(f"the student has layer stacks {mine} but the teacher {theirs}; give a student of the "
-                         "teacher's family")  # fmt: skip
+        raise ValueError(
+            f"the student has layer stacks {mine} but the teacher {theirs}; give a student of the teacher's family"
+        )
     for param in student.parameters():
         param.requires_grad_(True)
     return student, info

@@ -107,9 +107,15 @@ def torch_export(model, tokenizer, path: Path, opset: int) -> tuple[list[str], d
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on transformers' mask code: checked by the logits below
         torch.onnx.export(
-            Logits(model), tuple(sample[n] for n in names), str(path), input_names=names, output_names=["logits"],
-            dynamic_axes=axes, opset_version=opset, dynamo=False,
-        )  # fmt: skip
+            Logits(model),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     return names, sample
 
 
@@ -146,19 +152,29 @@ def optimize(source: Path, target: Path, model, sample: dict, reference, setting
         notes.append("embeddings left unfused: the fused EmbedLayerNormalization reads a float table")
     if not uniform:
         options.enable_attention = False
-        notes.append(f"attention left unfused: heads differ per layer ({heads}) after pruning, and ORT's fused "
-                     "Attention op takes one head count")  # fmt: skip
+        notes.append(
+            f"attention left unfused: heads differ per layer ({heads}) after pruning, and ORT's fused "
+            "Attention op takes one head count"
+        )
     fused = optimizer.optimize_model(
-        str(source), model_type="bert", num_heads=heads[0] if uniform else 0, hidden_size=hidden if uniform else 0,
-        optimization_options=options, opt_level=0,
-    )  # fmt: skip
+        str(source),
+        model_type="bert",
+        num_heads=heads[0] if uniform else 0,
+        hidden_size=hidden if uniform else 0,
+        optimization_options=options,
+        opt_level=0,
+    )
     stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
     fused.save_model_to_file(str(target))
     drift = float(np.abs(run_logits(session(target), sample) - reference).max())
     if drift > FUSION_TOLERANCE:
         os.replace(source, target)
-        return {"applied": False, "fusions": {}, "why": f"fused graph's logits drift {drift:.2e}; kept the plain "
-                "export (ORT still applies its basic graph optimisations when the session loads)"}  # fmt: skip
+        return {
+            "applied": False,
+            "fusions": {},
+            "why": f"fused graph's logits drift {drift:.2e}; kept the plain "
+            "export (ORT still applies its basic graph optimisations when the session loads)",
+        }
     return {"applied": True, "fusions": stats, "max_logit_drift": drift, "notes": notes}
 
 
@@ -182,10 +198,15 @@ def quantize(source: Path, target: Path, settings) -> dict:
 
         model = onnx.load(str(current))
         quantizer = MatMulNBitsQuantizer(
-            model, bits=4, block_size=settings[block], is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
-            op_types_to_quantize=(op,), quant_axes=(("MatMul", 0), ("Gather", 1)),
+            model,
+            bits=4,
+            block_size=settings[block],
+            is_symmetric=True,
+            accuracy_level=INT4_ACCURACY_LEVEL,
+            op_types_to_quantize=(op,),
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
             nodes_to_exclude=_gathers_of_non_tables(model),
-        )  # fmt: skip
+        )
         quantizer.process()
         current = tmp / f"int4-{op}.onnx"
         quantizer.model.save_model_to_file(str(current), use_external_data_format=False)
@@ -198,9 +219,13 @@ def quantize(source: Path, target: Path, settings) -> dict:
 
         out = tmp / "int8.onnx"
         quantize_dynamic(
-            str(current), str(out), op_types_to_quantize=int8, per_channel=settings["per_channel"],
-            weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )  # fmt: skip
+            str(current),
+            str(out),
+            op_types_to_quantize=int8,
+            per_channel=settings["per_channel"],
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         current = out
         channel = "per channel" if settings["per_channel"] else "per tensor"
         steps.append(f"dynamic int8 ({channel}): {', '.join(int8)}")
@@ -270,7 +295,7 @@ def onnx_module(folder: Path, parameters: int, config=None):
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             feeds = {k: v.detach().cpu().numpy() for k, v in feeds.items() if v is not None}
             if "attention_mask" not in feeds:
-                feeds["attention_mask"] = (feeds["input_ids"] * 0 + 1)
+                feeds["attention_mask"] = feeds["input_ids"] * 0 + 1
             if "token_type_ids" not in feeds:
                 feeds["token_type_ids"] = feeds["input_ids"] * 0
             logits = run_logits(self.session(), feeds)

@@ -90,8 +90,11 @@ def _check_rows(ctx: StageContext, reference, exported) -> dict:
             agree += int((a.argmax(-1) == b.argmax(-1)).sum())
             total += len(a)
             worst = max(worst, float((a - b).abs().max()))
-    return {"check_rows": total, "agreement": round(agree / total, 6) if total else None,
-            "max_logit_difference": round(worst, 6)}  # fmt: skip
+    return {
+        "check_rows": total,
+        "agreement": round(agree / total, 6) if total else None,
+        "max_logit_difference": round(worst, 6),
+    }
 
 
 def deploy_tokenizer(tokenizer, path: Path, max_length: int | None) -> None:
@@ -138,12 +141,14 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(
             README.format(
-                name=ctx.name, model_type=model.config.model_type, labels=labels,
+                name=ctx.name,
+                model_type=model.config.model_type,
+                labels=labels,
                 inputs=", ".join(f"`{n}`" for n in details["inputs"]),
                 max_length=ctx.task.spec.get("max_length") or "the tokenizer's limit",
             ),
             encoding="utf-8",
-        )  # fmt: skip
+        )
 
     with writing_folder(folder) as tmp:  # the folder appears whole, or the old one stays
         write(tmp)
@@ -162,7 +167,6 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
 
 def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
     from compose.plugins.export.decoder import RELOAD_TOLERANCE, compare, plain_load
-
     from compose.plugins.export.floating import to_float
 
     model = ctx.model.eval()
@@ -236,7 +240,9 @@ def describe(settings) -> str:
     int8 = "int8" in (settings["weights"], settings["embeddings"])
     how = ("fused, " if settings["optimize"] else "") + f"weights {settings['weights']}, "
     how += f"embeddings {settings['embeddings']}" + (", int8 per channel" if int8 and settings["per_channel"] else "")
-    return f"encoders: ONNX ({how}) + tokenizer, for onnxruntime alone; decoders: a checkpoint for plain from_pretrained"
+    return (
+        f"encoders: ONNX ({how}) + tokenizer, for onnxruntime alone; decoders: a checkpoint for plain from_pretrained"
+    )
 
 
 @hookimpl

@@ -97,8 +97,13 @@ def _spec(module, role: str, rows: dict, tied_to: str | None) -> dict:
 
 def _new(spec: dict, owner=None):
     rows, cols = spec["shape"]
-    common = dict(bits=spec["bits"], group_size=spec["group_size"], sym=spec["sym"],
-                  dtype=getattr(torch, spec["dtype"]), tied_to=owner)  # fmt: skip
+    common = dict(
+        bits=spec["bits"],
+        group_size=spec["group_size"],
+        sym=spec["sym"],
+        dtype=getattr(torch, spec["dtype"]),
+        tied_to=owner,
+    )
     if spec["kind"] == "embedding":
         return QuantEmbedding(rows, cols, padding_idx=spec["padding_idx"], **common)
     return QuantLinear(cols, rows, bias=spec["bias"], **common)
@@ -120,7 +125,9 @@ def quantize(model, settings) -> dict:
         if spec["bias"]:
             owner.bias.copy_(source.bias.detach())
         found["modules"][owner_name] = spec
-        found["errors"][owner_name] = round(float((owner.rows_of().float() - weight.float()).norm() / weight.float().norm().clamp(min=1e-12)), 6)  # fmt: skip
+        found["errors"][owner_name] = round(
+            float((owner.rows_of().float() - weight.float()).norm() / weight.float().norm().clamp(min=1e-12)), 6
+        )
         found["fp32_bytes"] += weight.numel() * weight.element_size()
         found["packed_bytes"] += sum(t.numel() * t.element_size() for t in owner.state_dict().values())
         swaps = [(owner_name, owner)]
@@ -160,6 +167,9 @@ def untie(model, names: list[str]) -> None:
         for attribute in ("_tied_weights_keys", "all_tied_weights_keys"):
             pairs = getattr(sub, attribute, None)
             if isinstance(pairs, dict):
-                kept = {k: v for k, v in pairs.items() if not (head + k).startswith(prefixes)
-                        and not (head + v).startswith(prefixes)}  # fmt: skip
+                kept = {
+                    k: v
+                    for k, v in pairs.items()
+                    if not (head + k).startswith(prefixes) and not (head + v).startswith(prefixes)
+                }
                 sub.__dict__[attribute] = kept

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 from compose.api import library_chatter_off
 
+
 @contextlib.contextmanager
 def _logs_in(folder: Path):
     """GPTQModel 7.6 writes a log file per quantized layer under ``./logs`` of the current

@@ -29,7 +29,6 @@ source attention mask).
 from __future__ import annotations
 
 import inspect
-
 from types import SimpleNamespace
 
 from compose.plugins.architectures import modules as architecture_modules
@@ -206,7 +205,7 @@ def quantize_block(eng, qcfg, spec, settings, block, prefix, inputs, masks, foun
                 gptq[name].quantizer.configure(perchannel=True)
         hessians = {name: 0 for name in group}  # X^T X again, to measure the output error
 
-        def observer(name):
+        def observer(name, gptq=gptq, hessians=hessians):
             def observe(x):
                 if name in gptq:
                     gptq[name].add_batch(x, None)

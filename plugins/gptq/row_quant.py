@@ -137,7 +137,7 @@ class _PackedRows(torch.nn.Module):
             self.bias = None
 
     @property
-    def owner(self) -> "_PackedRows":
+    def owner(self) -> _PackedRows:
         return self._owner if self._owner is not None else self
 
     @property
@@ -150,7 +150,7 @@ class _PackedRows(torch.nn.Module):
         own = 0 if self._owner is not None else self.rows * self.cols
         return own + (self.bias.numel() if self.bias is not None else 0)
 
-    def load_weight(self, weight: torch.Tensor) -> "_PackedRows":
+    def load_weight(self, weight: torch.Tensor) -> _PackedRows:
         """Quantize ``weight`` [rows, cols] into this module's buffers."""
         if self._owner is not None:
             raise ValueError("a tied view reads its owner's packed rows; quantize the owner")
@@ -180,8 +180,18 @@ class QuantEmbedding(_PackedRows):
     the pipeline's models), for exporters that want plain float modules (ONNX).
     """
 
-    def __init__(self, num_embeddings, embedding_dim, bits, group_size, sym, *, padding_idx=None,
-                 dtype=torch.float32, tied_to=None):  # fmt: skip
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        bits,
+        group_size,
+        sym,
+        *,
+        padding_idx=None,
+        dtype=torch.float32,
+        tied_to=None,
+    ):
         super().__init__(num_embeddings, embedding_dim, bits, group_size, sym, dtype=dtype, tied_to=tied_to)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
@@ -189,8 +199,13 @@ class QuantEmbedding(_PackedRows):
         return self.rows_of(input_ids)
 
     def dequantized(self) -> torch.nn.Embedding:
-        module = torch.nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
-                                    device=self.owner.qweight.device, dtype=self.dtype)  # fmt: skip
+        module = torch.nn.Embedding(
+            self.num_embeddings,
+            self.embedding_dim,
+            padding_idx=self.padding_idx,
+            device=self.owner.qweight.device,
+            dtype=self.dtype,
+        )
         with torch.no_grad():
             module.weight.copy_(self.rows_of())
         return module
@@ -208,8 +223,9 @@ class QuantLinear(_PackedRows):
     its own copy of the weight (untied), as ONNX export wants plain modules.
     """
 
-    def __init__(self, in_features, out_features, bits, group_size, sym, *, bias=False, dtype=torch.float32,
-                 tied_to=None):  # fmt: skip
+    def __init__(
+        self, in_features, out_features, bits, group_size, sym, *, bias=False, dtype=torch.float32, tied_to=None
+    ):
         super().__init__(out_features, in_features, bits, group_size, sym, bias=bias, dtype=dtype, tied_to=tied_to)
         self.in_features, self.out_features = in_features, out_features
 
@@ -218,8 +234,9 @@ class QuantLinear(_PackedRows):
 
     def dequantized(self) -> torch.nn.Linear:
         device = self.owner.qweight.device
-        module = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                                 device=device, dtype=self.dtype)  # fmt: skip
+        module = torch.nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=device, dtype=self.dtype
+        )
         with torch.no_grad():
             module.weight.copy_(self.rows_of())
             if self.bias is not None:

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from compose import hookimpl
 from compose.api import (
@@ -321,12 +321,19 @@ def _rows_details(rows: dict) -> dict:
         name: {
             "role": spec["role"],
             "shape": spec["shape"],
-            **({"tied_to": spec["tied_to"]} if spec["tied_to"] else {
-                "bits": spec["bits"], "group_size": spec["group_size"], "sym": spec["sym"],
-                "relative_error": rows["errors"][name]}),
+            **(
+                {"tied_to": spec["tied_to"]}
+                if spec["tied_to"]
+                else {
+                    "bits": spec["bits"],
+                    "group_size": spec["group_size"],
+                    "sym": spec["sym"],
+                    "relative_error": rows["errors"][name],
+                }
+            ),
         }
         for name, spec in rows["modules"].items()
-    }  # fmt: skip
+    }
     return {
         "rows_quantized": modules,
         "rows_skipped": rows["skipped"],
@@ -435,8 +442,11 @@ def describe(settings) -> str:
         extras.append(f"damp {settings['damp_percent']}")
         if settings["act_order"]:
             extras.append("act-order")
-    rows = [f"{role} {settings[role]['bits']}-bit" for role in ("embeddings", "lm_head", "heads")
-            if settings[role]["bits"] is not None]  # fmt: skip
+    rows = [
+        f"{role} {settings[role]['bits']}-bit"
+        for role in ("embeddings", "lm_head", "heads")
+        if settings[role]["bits"] is not None
+    ]
     outside = f"; row-wise: {', '.join(rows)}" if rows else "; embeddings and heads stay in full precision"
     return (
         f"quantize the transformer blocks' linear layers to {settings['bits']} bits ({group}, "

@@ -12,7 +12,8 @@ table cannot prune, skips what an earlier stage changed, and hands the rest to t
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from compose.api import Check, StageContext, StageResult, StageType, count_parameters, record_transform
 from compose.plugins.architectures.checks import architecture_problems, recipe_architecture

@@ -13,8 +13,9 @@ def calibration_batches(ctx, count: int) -> list[dict]:
     """Up to ``count`` shuffled, labelled batches of the stage's ``calibration_split``
     (``calibration_batch_size`` rows each), on the stage's device."""
     s = ctx.settings
-    loader = ctx.task.batches(s["calibration_split"], ctx.tokenizer, s["calibration_batch_size"], shuffle=True,
-                              seed=ctx.seed)  # fmt: skip
+    loader = ctx.task.batches(
+        s["calibration_split"], ctx.tokenizer, s["calibration_batch_size"], shuffle=True, seed=ctx.seed
+    )
     batches = []
     for batch in loader:
         batches.append({k: v.to(ctx.device) for k, v in batch.items()})

@@ -15,7 +15,7 @@ def recover(ctx: StageContext, model, recovery: dict | None):
 
 
 def describe_recovery(recovery: dict | None) -> str:
-    """"; then recovery training for 100 steps at lr 5e-05" (or "; no recovery training")."""
+    """ "; then recovery training for 100 steps at lr 5e-05" (or "; no recovery training")."""
     if recovery is None:
         return "; no recovery training"
     length = f"{recovery['max_steps']} steps" if recovery["max_steps"] else f"{recovery['epochs']} epoch(s)"

@@ -46,8 +46,11 @@ def blocks_and_plan(model):
     blocks = [layer for stack in model_stacks for layer in stack.layers]
     plans = None
     if all(stack.spec.tp_plan is not None for stack in model_stacks):
-        plans = [{path: styles[style]() for path, style in stack.spec.tp_plan.items()}
-                 for stack in model_stacks for _ in stack.layers]  # fmt: skip
+        plans = [
+            {path: styles[style]() for path, style in stack.spec.tp_plan.items()}
+            for stack in model_stacks
+            for _ in stack.layers
+        ]
     config = model.config.to_dict()
     heads = arch.config_value(config, "heads")
     widths = (heads, arch.config_value(config, "kv_heads") or heads, arch.config_value(config, "intermediate"))

@@ -10,10 +10,9 @@ from compose import atomic
 def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
     target = tmp_path / "report.json"
     atomic.write_json(target, {"status": "passed"})
-    with pytest.raises(RuntimeError):
-        with atomic.writing_file(target, "w", encoding="utf-8") as handle:
-            handle.write('{"status": "runn')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic.writing_file(target, "w", encoding="utf-8") as handle:
+        handle.write('{"status": "runn')
+        raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"status": "passed"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no .partial left
 
@@ -22,10 +21,9 @@ def test_a_folder_is_replaced_whole_and_a_failed_write_keeps_the_old_one(tmp_pat
     folder = tmp_path / "model"
     with atomic.writing_folder(folder) as tmp:
         (tmp / "a.txt").write_text("one")
-    with pytest.raises(RuntimeError):
-        with atomic.writing_folder(folder) as tmp:
-            (tmp / "a.txt").write_text("two, half")
-            raise RuntimeError("failed mid-save")
+    with pytest.raises(RuntimeError), atomic.writing_folder(folder) as tmp:
+        (tmp / "a.txt").write_text("two, half")
+        raise RuntimeError("failed mid-save")
     assert (folder / "a.txt").read_text() == "one"
     with atomic.writing_folder(folder) as tmp:
         (tmp / "b.txt").write_text("three")

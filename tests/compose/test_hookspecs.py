@@ -5,8 +5,12 @@ import inspect
 from compose import hookspecs
 from compose.plugin_host import PluginHost
 
-HOOKS = {"compose_register_stages", "compose_register_training_extensions", "compose_training_setup",
-         "compose_training_step_end"}  # fmt: skip
+HOOKS = {
+    "compose_register_stages",
+    "compose_register_training_extensions",
+    "compose_training_setup",
+    "compose_training_step_end",
+}
 
 
 def test_every_hook_is_declared_and_documented():

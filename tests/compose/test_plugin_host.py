@@ -58,20 +58,34 @@ def stage_plugin(stage_name: str, schema=OBJECT, **fields):
 
 
 def test_a_plugin_whose_import_fails_is_reported_with_its_name_and_package(tmp_path, monkeypatch):
-    fake_distribution(tmp_path, monkeypatch, "acme-sparsify", "1.2.0", {"sparsify": "acme_sparsify_plugin"},
-                      {"acme_sparsify_plugin": "import acme_native_kernels_that_are_not_installed\n"})  # fmt: skip
+    fake_distribution(
+        tmp_path,
+        monkeypatch,
+        "acme-sparsify",
+        "1.2.0",
+        {"sparsify": "acme_sparsify_plugin"},
+        {"acme_sparsify_plugin": "import acme_native_kernels_that_are_not_installed\n"},
+    )
     with pytest.raises(PluginError) as caught:
         PluginHost().load_entry_points(only={"sparsify"})
     message = str(caught.value)
-    assert message.startswith('Error importing plugin "sparsify" (package acme-sparsify 1.2.0) from acme_sparsify_plugin')
+    assert message.startswith(
+        'Error importing plugin "sparsify" (package acme-sparsify 1.2.0) from acme_sparsify_plugin'
+    )
     assert "ModuleNotFoundError: No module named 'acme_native_kernels_that_are_not_installed'" in message
     assert f"set {ENV_PLUGINS}" in message
     assert isinstance(caught.value.__cause__, ImportError)  # the traceback is kept
 
 
 def test_the_cli_exits_2_on_a_broken_plugin_and_the_env_variable_works_around_it(tmp_path, monkeypatch, capsys):
-    fake_distribution(tmp_path, monkeypatch, "acme-broken", "0.3", {"broken": "acme_broken_plugin"},
-                      {"acme_broken_plugin": "raise ImportError('acme-broken needs libfoo 2')\n"})  # fmt: skip
+    fake_distribution(
+        tmp_path,
+        monkeypatch,
+        "acme-broken",
+        "0.3",
+        {"broken": "acme_broken_plugin"},
+        {"acme_broken_plugin": "raise ImportError('acme-broken needs libfoo 2')\n"},
+    )
     monkeypatch.setenv(ENV_PLUGINS, "broken,train")
     assert main(["plugins"]) == 2
     err = capsys.readouterr().err
@@ -83,8 +97,14 @@ def test_the_cli_exits_2_on_a_broken_plugin_and_the_env_variable_works_around_it
 
 
 def test_plugins_loaded_from_entry_points_carry_their_package_and_version(tmp_path, monkeypatch):
-    fake_distribution(tmp_path, monkeypatch, "acme-noop", "4.5.6", {"acme-noop": "acme_noop_plugin"},
-                      {"acme_noop_plugin": """\
+    fake_distribution(
+        tmp_path,
+        monkeypatch,
+        "acme-noop",
+        "4.5.6",
+        {"acme-noop": "acme_noop_plugin"},
+        {
+            "acme_noop_plugin": """\
                           from compose import hookimpl
                           from compose.api import StageType
 
@@ -92,7 +112,9 @@ def test_plugins_loaded_from_entry_points_carry_their_package_and_version(tmp_pa
                           def compose_register_stages(register):
                               register(StageType(name="noop", run=lambda ctx: None, description="does nothing",
                                                  schema={"type": "object", "additionalProperties": False}))
-                          """})  # fmt: skip
+                          """
+        },
+    )
     host = PluginHost()
     host.load_entry_points(only={"acme-noop"})
     assert host.plugins["acme-noop"] == PluginInfo("acme-noop", "acme-noop", "4.5.6", "acme_noop_plugin")
@@ -102,8 +124,14 @@ def test_plugins_loaded_from_entry_points_carry_their_package_and_version(tmp_pa
 
 
 def test_an_invalid_settings_schema_names_the_plugin_its_package_and_where(tmp_path, monkeypatch):
-    fake_distribution(tmp_path, monkeypatch, "acme-typo", "0.1.0", {"typo": "acme_typo_plugin"},
-                      {"acme_typo_plugin": """\
+    fake_distribution(
+        tmp_path,
+        monkeypatch,
+        "acme-typo",
+        "0.1.0",
+        {"typo": "acme_typo_plugin"},
+        {
+            "acme_typo_plugin": """\
                           from compose import hookimpl
                           from compose.api import StageType
 
@@ -113,11 +141,13 @@ def test_an_invalid_settings_schema_names_the_plugin_its_package_and_where(tmp_p
                           def compose_register_stages(register):
                               register(StageType(name="typo-stage", run=lambda ctx: None, schema=SCHEMA,
                                                  description="a stage with a broken schema"))
-                          """})  # fmt: skip
+                          """
+        },
+    )
     with pytest.raises(PluginError) as caught:
         PluginHost().load_entry_points(only={"typo"})
     assert str(caught.value) == (
-        'plugin "typo" (package acme-typo 0.1.0): stage \'typo-stage\' declares an invalid settings schema '
+        "plugin \"typo\" (package acme-typo 0.1.0): stage 'typo-stage' declares an invalid settings schema "
         "at properties/bits/type: 'integr' is not valid under any of the given schemas"
     )
 
@@ -134,8 +164,14 @@ def test_the_env_variable_limits_loading_to_the_named_plugins(monkeypatch):
 
 
 def test_the_env_variable_set_but_empty_loads_no_plugin(monkeypatch, tmp_path, capsys):
-    fake_distribution(tmp_path, monkeypatch, "acme-broken2", "1.0", {"broken2": "acme_broken2_plugin"},
-                      {"acme_broken2_plugin": "raise ImportError('never imported')\n"})  # fmt: skip
+    fake_distribution(
+        tmp_path,
+        monkeypatch,
+        "acme-broken2",
+        "1.0",
+        {"broken2": "acme_broken2_plugin"},
+        {"acme_broken2_plugin": "raise ImportError('never imported')\n"},
+    )
     monkeypatch.setenv(ENV_PLUGINS, "")
     host = create_host()
     assert host.plugins == {} and host.stages == {}
@@ -159,7 +195,7 @@ def test_a_duplicate_stage_name_names_both_plugins(host):
     with pytest.raises(PluginError) as caught:
         host.register(stage_plugin("shrink"), PluginInfo("acme-two", "acme-two", "2.0", "acme_two"))
     message = str(caught.value)
-    assert 'plugin "acme-two" (package acme-two 2.0) registers stage \'shrink\'' in message
+    assert "plugin \"acme-two\" (package acme-two 2.0) registers stage 'shrink'" in message
     assert 'which plugin "acme-one" (package acme-one 1.0) already provides' in message
     assert f"limit loading with {ENV_PLUGINS}" in message
     assert host.stages["shrink"].plugin.name == "acme-one"  # the first keeps it

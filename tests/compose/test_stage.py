@@ -18,7 +18,19 @@ def test_log_lines_name_the_stage(capsys):
     lines = []
     progress = Progress(enabled=False)
     progress.log = lines.append
-    ctx = StageContext(name="prune", plugin="prune-heads", settings={}, model=None, tokenizer=None, task=None,
-                       family="encoder", work_dir=None, seed=0, device=None, progress=progress, recipe={})  # fmt: skip
+    ctx = StageContext(
+        name="prune",
+        plugin="prune-heads",
+        settings={},
+        model=None,
+        tokenizer=None,
+        task=None,
+        family="encoder",
+        work_dir=None,
+        seed=0,
+        device=None,
+        progress=progress,
+        recipe={},
+    )
     ctx.log("removing 4 heads")
     assert lines == ["[prune] removing 4 heads"]

@@ -2,10 +2,10 @@
 
 import pytest
 
+from compose import hookimpl
 from compose.api import StageResult, StageType
 from compose.errors import PluginError
 from compose.testing import plugin_host, stage_context, stage_settings
-from compose import hookimpl
 
 SCHEMA = {
     "type": "object",
@@ -20,8 +20,14 @@ SCHEMA = {
 class Plugin:
     @hookimpl
     def compose_register_stages(self, register):
-        register(StageType(name="halve", run=lambda ctx: StageResult(model=ctx.model), schema=SCHEMA,
-                           description="a stage for the test"))  # fmt: skip
+        register(
+            StageType(
+                name="halve",
+                run=lambda ctx: StageResult(model=ctx.model),
+                schema=SCHEMA,
+                description="a stage for the test",
+            )
+        )
 
 
 def test_the_host_holds_only_the_given_plugin():

@@ -28,8 +28,11 @@ def core_imports(path: Path) -> list[tuple[int, str, list[str]]]:
             found.append((node.lineno, node.module, [alias.name for alias in node.names]))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name, []) for alias in node.names]
-    return [(line, module, names) for line, module, names in found
-            if (module == "compose" or module.startswith("compose.")) and not module.startswith("compose.plugins")]  # fmt: skip
+    return [
+        (line, module, names)
+        for line, module, names in found
+        if (module == "compose" or module.startswith("compose.")) and not module.startswith("compose.plugins")
+    ]
 
 
 def violations(paths, allowed, root=ROOT) -> list[str]:

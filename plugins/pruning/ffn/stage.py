@@ -41,7 +41,7 @@ same shapes before ``load_artifact`` loads the weights.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from compose import hookimpl
 from compose.api import Check, StageContext, load_schema_file
@@ -51,8 +51,7 @@ from compose.plugins.pruning.base import UnitPruning
 
 STAGE = "prune-ffn"
 
-__all__ = ["choose_neurons", "find_ffn", "kept_counts", "magnitude_scores", "neuron_masks",
-           "rebuild", "taylor_scores"]  # fmt: skip
+__all__ = ["choose_neurons", "find_ffn", "kept_counts", "magnitude_scores", "neuron_masks", "rebuild", "taylor_scores"]
 
 
 # -- scoring -----------------------------------------------------------------
@@ -76,12 +75,16 @@ def layer_ratio_list(layer_ratios, labels: list[str]) -> list[float]:
     if isinstance(layer_ratios, Mapping):
         unknown = sorted(set(layer_ratios) - set(labels))
         if unknown:
-            raise ValueError(f"layer_ratios names block(s) {', '.join(unknown)} that the model does not have "
-                             f"(its feed-forward blocks: {', '.join(labels)})")  # fmt: skip
+            raise ValueError(
+                f"layer_ratios names block(s) {', '.join(unknown)} that the model does not have "
+                f"(its feed-forward blocks: {', '.join(labels)})"
+            )
         return [float(layer_ratios.get(label, 0.0)) for label in labels]
     if len(layer_ratios) != len(labels):
-        raise ValueError(f"layer_ratios lists {len(layer_ratios)} fraction(s) but the model has {len(labels)} "
-                         f"feed-forward blocks ({', '.join(labels)}): give one per block, or a map")  # fmt: skip
+        raise ValueError(
+            f"layer_ratios lists {len(layer_ratios)} fraction(s) but the model has {len(labels)} "
+            f"feed-forward blocks ({', '.join(labels)}): give one per block, or a map"
+        )
     return [float(r) for r in layer_ratios]
 
 
@@ -104,8 +107,9 @@ def _rounded_total(wanted: list[int], widths: list[int], multiple: int) -> list[
     total is within half a multiple of what was wanted (largest-remainder apportionment)."""
     kept = [w if k >= w else multiple * (k // multiple) for k, w in zip(wanted, widths)]
     extra = math.floor((sum(wanted) - sum(kept)) / multiple + 0.5)
-    by_remainder = sorted((i for i, (k, w) in enumerate(zip(wanted, widths)) if k < w),
-                          key=lambda i: (-(wanted[i] - kept[i]), i))  # fmt: skip
+    by_remainder = sorted(
+        (i for i, (k, w) in enumerate(zip(wanted, widths)) if k < w), key=lambda i: (-(wanted[i] - kept[i]), i)
+    )
     for i in by_remainder[:extra]:
         kept[i] = min(widths[i], kept[i] + multiple)
     return kept
@@ -120,8 +124,11 @@ def kept_counts(scores, labels: list[str], settings) -> list[int]:
     widths = [len(s) for s in scores]
     floors = [floor_of(w, settings) for w in widths]
     if "layer_ratios" in settings or settings["scope"] == "per_layer":
-        ratios = (layer_ratio_list(settings["layer_ratios"], labels) if "layer_ratios" in settings
-                  else [settings["ratio"]] * len(widths))  # fmt: skip
+        ratios = (
+            layer_ratio_list(settings["layer_ratios"], labels)
+            if "layer_ratios" in settings
+            else [settings["ratio"]] * len(widths)
+        )
         wanted = [max(f, w - int(r * w + 1e-9)) for w, f, r in zip(widths, floors, ratios)]
         return [_rounded(k, w, f, settings["multiple_of"]) for k, w, f in zip(wanted, widths, floors)]
     target = int(settings["ratio"] * sum(widths) + 1e-9)  # rounded down
@@ -159,12 +166,16 @@ def rebuild(model, info):
     sites = find_ffn(model)
     before, after = info["neurons_before"], info["neurons_after"]
     if len(before) != len(sites) or len(after) != len(sites):
-        raise ValueError(f"the recorded FFN pruning covers {len(before)} feed-forward blocks but the model has "
-                         f"{len(sites)}: the artifact does not match its config")  # fmt: skip
+        raise ValueError(
+            f"the recorded FFN pruning covers {len(before)} feed-forward blocks but the model has "
+            f"{len(sites)}: the artifact does not match its config"
+        )
     for site, width in zip(sites, before):
         if site.width != width:
-            raise ValueError(f"feed-forward {site.label} has {site.width} neurons, but the recorded pruning "
-                             f"expects {width}: the artifact does not match its config")  # fmt: skip
+            raise ValueError(
+                f"feed-forward {site.label} has {site.width} neurons, but the recorded pruning "
+                f"expects {width}: the artifact does not match its config"
+            )
     for site, n in zip(sites, after):
         if n < site.width:
             site.keep(list(range(n)))  # which neurons does not matter: the saved weights replace them
@@ -202,12 +213,19 @@ class NeuronPruning(UnitPruning):
         before = [site.width for site in sites]
         after = kept_counts(scores, labels, settings)
         requested = requested_removal(before, labels, settings)
-        ctx.log(f"removing {sum(before) - sum(after)} of {sum(before)} FFN neurons ({requested} requested; "
-                f"{settings['importance']} importance, kept counts multiples of {settings['multiple_of']}, "
-                f"at least {settings['min_neurons_per_layer']} per block); neurons kept per block: "
-                + ", ".join(f"{label}: {n}/{w}" for label, n, w in zip(labels, after, before)))  # fmt: skip
-        return {"labels": labels, "before": before, "after": after, "kept": choose_neurons(scores, after),
-                "requested": requested}  # fmt: skip
+        ctx.log(
+            f"removing {sum(before) - sum(after)} of {sum(before)} FFN neurons ({requested} requested; "
+            f"{settings['importance']} importance, kept counts multiples of {settings['multiple_of']}, "
+            f"at least {settings['min_neurons_per_layer']} per block); neurons kept per block: "
+            + ", ".join(f"{label}: {n}/{w}" for label, n, w in zip(labels, after, before))
+        )
+        return {
+            "labels": labels,
+            "before": before,
+            "after": after,
+            "kept": choose_neurons(scores, after),
+            "requested": requested,
+        }
 
     def remove(self, model, sites, choice, batches) -> None:
         for site, keep in zip(sites, choice["kept"]):
@@ -218,8 +236,12 @@ class NeuronPruning(UnitPruning):
     def transform_record(self, sites, choice) -> dict | None:
         if sum(choice["before"]) == sum(choice["after"]):
             return None
-        return {"architecture": sites[0].architecture, "labels": choice["labels"],
-                "neurons_before": choice["before"], "neurons_after": choice["after"]}  # fmt: skip
+        return {
+            "architecture": sites[0].architecture,
+            "labels": choice["labels"],
+            "neurons_before": choice["before"],
+            "neurons_after": choice["after"],
+        }
 
     def details(self, sites, choice, scores, settings) -> dict:
         return {
@@ -235,16 +257,21 @@ class NeuronPruning(UnitPruning):
     def what(self, settings) -> str:
         if "layer_ratios" in settings:
             ratios = settings["layer_ratios"]
-            listed = (", ".join(f"{k}: {v:.0%}" for k, v in ratios.items()) if isinstance(ratios, Mapping)
-                      else ", ".join(f"{v:.0%}" for v in ratios))  # fmt: skip
+            listed = (
+                ", ".join(f"{k}: {v:.0%}" for k, v in ratios.items())
+                if isinstance(ratios, Mapping)
+                else ", ".join(f"{v:.0%}" for v in ratios)
+            )
             return f"remove per feed-forward block the fraction of neurons listed ({listed})"
         if settings["scope"] == "global":
             return f"remove {settings['ratio']:.0%} of all FFN neurons (ranked across blocks)"
         return f"remove {settings['ratio']:.0%} of the FFN neurons of every block"
 
     def keeping(self, settings) -> str:
-        return (f"keeping at least {settings['min_neurons_per_layer']} per block and a multiple of "
-                f"{settings['multiple_of']}")  # fmt: skip
+        return (
+            f"keeping at least {settings['min_neurons_per_layer']} per block and a multiple of "
+            f"{settings['multiple_of']}"
+        )
 
     def settings_checks(self, settings, plan):
         return _gptq_checks(settings, plan)
@@ -278,20 +305,27 @@ def ffn_layout(config, arch) -> tuple[int | None, list[str]] | None:
 def _gptq_checks(settings, plan):
     """A later gptq stage quantizes the pruned widths: its packing and groups want multiples."""
     m = settings["multiple_of"]
-    for name, uses, later in plan.stages[plan.index + 1:]:
+    for name, uses, later in plan.stages[plan.index + 1 :]:
         if uses != "gptq" or not isinstance(later, Mapping):
             continue
         if later.get("bits") == 3 and m % 32:
-            yield Check(f"stage '{name}' quantizes to 3 bits, which packs 32 weights into 3 words and needs layer "
-                        f"widths that are multiples of 32, but multiple_of {m} lets a pruned FFN keep other counts; "
-                        f"set multiple_of: {math.lcm(m, 32)}", "error", ("multiple_of",))  # fmt: skip
+            yield Check(
+                f"stage '{name}' quantizes to 3 bits, which packs 32 weights into 3 words and needs layer "
+                f"widths that are multiples of 32, but multiple_of {m} lets a pruned FFN keep other counts; "
+                f"set multiple_of: {math.lcm(m, 32)}",
+                "error",
+                ("multiple_of",),
+            )
         group = later.get("group_size")
         if isinstance(group, int) and group > 0 and m % group:
-            yield Check(f"stage '{name}' quantizes with group_size {group}, which does not divide every width "
-                        f"multiple_of {m} allows: a pruned FFN's down projection would get a partial last group "
-                        f"(it works, but fast GPU kernels such as Marlin and ExLlama refuse such layers); set "
-                        f"multiple_of: {math.lcm(m, group)} to keep whole groups", "warning",
-                        ("multiple_of",))  # fmt: skip
+            yield Check(
+                f"stage '{name}' quantizes with group_size {group}, which does not divide every width "
+                f"multiple_of {m} allows: a pruned FFN's down projection would get a partial last group "
+                f"(it works, but fast GPU kernels such as Marlin and ExLlama refuse such layers); set "
+                f"multiple_of: {math.lcm(m, group)} to keep whole groups",
+                "warning",
+                ("multiple_of",),
+            )
 
 
 def _layout_checks(settings, plan, width: int | None, labels: list[str]):
@@ -304,20 +338,31 @@ def _layout_checks(settings, plan, width: int | None, labels: list[str]):
         return  # an earlier prune-ffn leaves other widths than the config says
     floor = floor_of(width, settings)
     if floor >= width:
-        yield Check(f"min_neurons_per_layer {settings['min_neurons_per_layer']} (rounded up to a multiple of "
-                    f"{settings['multiple_of']}) keeps every one of the {width} neurons per block: the stage has no "
-                    f"effect; lower it", "warning", ("min_neurons_per_layer",))  # fmt: skip
+        yield Check(
+            f"min_neurons_per_layer {settings['min_neurons_per_layer']} (rounded up to a multiple of "
+            f"{settings['multiple_of']}) keeps every one of the {width} neurons per block: the stage has no "
+            f"effect; lower it",
+            "warning",
+            ("min_neurons_per_layer",),
+        )
         return
     if "ratio" in settings:
         total = width * len(labels)
         n = requested_removal([width] * len(labels), labels, settings)
         if n == 0:
-            yield Check(f"ratio {settings['ratio']} removes 0 of the model's {total} FFN neurons (rounded down): "
-                        f"the stage has no effect", "warning", ("ratio",))  # fmt: skip
+            yield Check(
+                f"ratio {settings['ratio']} removes 0 of the model's {total} FFN neurons (rounded down): "
+                f"the stage has no effect",
+                "warning",
+                ("ratio",),
+            )
         elif n > total - floor * len(labels):
-            yield Check(f"ratio {settings['ratio']} asks for {n} of {total} FFN neurons, but min_neurons_per_layer "
-                        f"lets only {total - floor * len(labels)} go ({floor} stay per block)", "warning",
-                        ("ratio",))  # fmt: skip
+            yield Check(
+                f"ratio {settings['ratio']} asks for {n} of {total} FFN neurons, but min_neurons_per_layer "
+                f"lets only {total - floor * len(labels)} go ({floor} stay per block)",
+                "warning",
+                ("ratio",),
+            )
 
 
 @hookimpl

@@ -57,8 +57,10 @@ def check_widths(sites, units: list[int]) -> None:
     for site, n in zip(sites, units):
         q, kv = n * site.group * site.head_size, n * site.head_size
         if site.num_units != n or site.widths() != (q, kv, kv, q):
-            raise RuntimeError(f"attention {site.label}: expected {n} head(s) after pruning, found "
-                               f"{site.num_units} and projection widths {site.widths()}")  # fmt: skip
+            raise RuntimeError(
+                f"attention {site.label}: expected {n} head(s) after pruning, found "
+                f"{site.num_units} and projection widths {site.widths()}"
+            )
 
 
 __all__ = ["apply_kept", "check_widths", "head_masks"]

@@ -60,8 +60,7 @@ from compose.plugins.pruning.heads.removal import apply_kept, check_widths, head
 
 STAGE = "prune-heads"
 
-__all__ = ["choose_heads", "find_attention", "head_masks", "magnitude_scores", "rebuild",
-           "taylor_scores"]  # fmt: skip
+__all__ = ["choose_heads", "find_attention", "head_masks", "magnitude_scores", "rebuild", "taylor_scores"]
 
 
 # -- scoring -----------------------------------------------------------------
@@ -124,7 +123,8 @@ def remove_with_torch_pruning(model, sites, chosen, example) -> None:
         strays = {
             names.get(dep.target.module, str(dep.target.module))
             for dep, _ in group
-            if isinstance(dep.target.module, torch.nn.Module) and dep.target.module not in allowed
+            if isinstance(dep.target.module, torch.nn.Module)
+            and dep.target.module not in allowed
             and any(True for _ in dep.target.module.parameters(recurse=False))
         }
         if strays or not graph.check_pruning_group(group):
@@ -140,16 +140,19 @@ def remove_heads(model, sites, chosen, example) -> None:
     if sites[0].kind == "bert":
         remove_with_torch_pruning(model, sites, chosen, example)
     else:
-        apply_kept(model, sites, [[u for u in range(site.num_units) if u not in gone]
-                                  for site, gone in zip(sites, chosen)])  # fmt: skip
+        apply_kept(
+            model, sites, [[u for u in range(site.num_units) if u not in gone] for site, gone in zip(sites, chosen)]
+        )
 
 
 def rebuild(model, info):
     """Shrink a freshly built model's attention to the recorded units (weights load afterwards)."""
     sites = find_attention(model)
     if len(info["heads_before"]) != len(sites):
-        raise ValueError(f"the recorded pruning covers {len(info['heads_before'])} attention blocks but the model "
-                         f"has {len(sites)}: the artifact does not match its config")  # fmt: skip
+        raise ValueError(
+            f"the recorded pruning covers {len(info['heads_before'])} attention blocks but the model "
+            f"has {len(sites)}: the artifact does not match its config"
+        )
     for site, before in zip(sites, info["heads_before"]):
         if site.num_units != before or site.head_size != info["head_size"]:
             raise ValueError(
@@ -185,13 +188,20 @@ class HeadPruning(UnitPruning):
         chosen = choose_heads(scores, settings)
         before = [site.num_units for site in sites]
         removed = sum(len(c) for c in chosen)
-        requested = (settings["heads_per_layer"] * len(sites) if "heads_per_layer" in settings
-                     else int(settings["ratio"] * sum(before) + 1e-9))  # fmt: skip
+        requested = (
+            settings["heads_per_layer"] * len(sites)
+            if "heads_per_layer" in settings
+            else int(settings["ratio"] * sum(before) + 1e-9)
+        )
         if removed < requested:
-            ctx.log(f"min_heads_per_layer {settings['min_heads_per_layer']} lets only {removed} of the "
-                    f"{requested} requested heads go")  # fmt: skip
-        ctx.log(f"removing {removed} of {sum(before)} attention units (unit: {_unit_words(sites)}; "
-                f"{settings['importance']} importance)")  # fmt: skip
+            ctx.log(
+                f"min_heads_per_layer {settings['min_heads_per_layer']} lets only {removed} of the "
+                f"{requested} requested heads go"
+            )
+        ctx.log(
+            f"removing {removed} of {sum(before)} attention units (unit: {_unit_words(sites)}; "
+            f"{settings['importance']} importance)"
+        )
         return {"chosen": chosen, "before": before, "removed": removed, "requested": requested}
 
     def remove(self, model, sites, choice, batches) -> None:
@@ -203,10 +213,16 @@ class HeadPruning(UnitPruning):
     def transform_record(self, sites, choice) -> dict | None:
         if not choice["removed"]:
             return None
-        kept = {site.label: [h for h in range(before) if h not in gone]
-                for site, before, gone in zip(sites, choice["before"], choice["chosen"])}  # fmt: skip
-        return {"architecture": sites[0].architecture, "kept_heads": kept, "heads_before": choice["before"],
-                "head_size": sites[0].head_size}  # fmt: skip
+        kept = {
+            site.label: [h for h in range(before) if h not in gone]
+            for site, before, gone in zip(sites, choice["before"], choice["chosen"])
+        }
+        return {
+            "architecture": sites[0].architecture,
+            "kept_heads": kept,
+            "heads_before": choice["before"],
+            "head_size": sites[0].head_size,
+        }
 
     def details(self, sites, choice, scores, settings) -> dict:
         labels = [site.label for site in sites]
@@ -263,28 +279,47 @@ def _head_checks(settings, plan, heads: int, blocks: int, units: str):
     per = f"{heads} {units} per attention block"
     floor = settings["min_heads_per_layer"]
     if floor >= heads:
-        yield Check(f"min_heads_per_layer {floor} keeps every head (the model has {per}): the stage has no "
-                    f"effect; use at most {heads - 1}", "warning", ("min_heads_per_layer",))  # fmt: skip
+        yield Check(
+            f"min_heads_per_layer {floor} keeps every head (the model has {per}): the stage has no "
+            f"effect; use at most {heads - 1}",
+            "warning",
+            ("min_heads_per_layer",),
+        )
     if "heads_per_layer" in settings:
         n = settings["heads_per_layer"]
         if n >= heads:
-            yield Check(f"heads_per_layer {n} would remove every head of a layer (the model has {per}); "
-                        f"use at most {max(1, heads - floor)}", "error", ("heads_per_layer",))  # fmt: skip
+            yield Check(
+                f"heads_per_layer {n} would remove every head of a layer (the model has {per}); "
+                f"use at most {max(1, heads - floor)}",
+                "error",
+                ("heads_per_layer",),
+            )
         elif n > heads - floor:
-            yield Check(f"heads_per_layer {n} leaves fewer than min_heads_per_layer {floor} of {heads} heads: "
-                        f"only {heads - floor} per layer will go", "warning", ("heads_per_layer",))  # fmt: skip
+            yield Check(
+                f"heads_per_layer {n} leaves fewer than min_heads_per_layer {floor} of {heads} heads: "
+                f"only {heads - floor} per layer will go",
+                "warning",
+                ("heads_per_layer",),
+            )
         return
     if plan.facts.get("heads_pruned"):
         return  # an earlier prune-heads leaves fewer heads than the config says
     total = heads * blocks
     n = int(settings["ratio"] * total + 1e-9)
     if n == 0:
-        yield Check(f"ratio {settings['ratio']} removes 0 of the model's {total} {units} (rounded down): the "
-                    f"stage has no effect; use at least {math.ceil(1e4 / total) / 1e4}", "warning",
-                    ("ratio",))  # fmt: skip
+        yield Check(
+            f"ratio {settings['ratio']} removes 0 of the model's {total} {units} (rounded down): the "
+            f"stage has no effect; use at least {math.ceil(1e4 / total) / 1e4}",
+            "warning",
+            ("ratio",),
+        )
     elif n > total - floor * blocks:
-        yield Check(f"ratio {settings['ratio']} asks for {n} of {total} {units}, but min_heads_per_layer {floor} "
-                    f"lets only {total - floor * blocks} go", "warning", ("ratio",))  # fmt: skip
+        yield Check(
+            f"ratio {settings['ratio']} asks for {n} of {total} {units}, but min_heads_per_layer {floor} "
+            f"lets only {total - floor * blocks} go",
+            "warning",
+            ("ratio",),
+        )
 
 
 @hookimpl

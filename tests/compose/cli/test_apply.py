@@ -2,9 +2,9 @@
 
 import json
 
-from compose.run.artifacts import load_artifact
 from compose.cli.main import main
 from compose.recipe.data_check import SAMPLE_LINES
+from compose.run.artifacts import load_artifact
 
 TRAIN = "- {name: ft, uses: train, with: {epochs: 3, learning_rate: 3.0e-3, batch_size: 16}}\n"
 
@@ -68,7 +68,9 @@ def test_validate_and_plan(write_recipe, capsys):
     assert main(["validate", str(recipe)]) == 0
     assert main(["plan", str(recipe), "stages.ft.with.epochs=2"]) == 0
     out = capsys.readouterr().out
-    assert "epochs: 2" in out and "learning_rate" in out and "1. ft [train]: train on split 'train' for 2 epoch(s)" in out
+    assert (
+        "epochs: 2" in out and "learning_rate" in out and "1. ft [train]: train on split 'train' for 2 epoch(s)" in out
+    )
 
 
 def test_validate_json_lists_problems(write_recipe, capsys):
@@ -100,7 +102,9 @@ def test_a_folder_with_other_files_is_never_used_as_run_folder(write_recipe, tmp
     assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
 
 
-def test_disk_full_while_saving_is_reported_and_leaves_the_folder_consistent(write_recipe, tmp_path, monkeypatch, capsys):
+def test_disk_full_while_saving_is_reported_and_leaves_the_folder_consistent(
+    write_recipe, tmp_path, monkeypatch, capsys
+):
     import errno
 
     import transformers

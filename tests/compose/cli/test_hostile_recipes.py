@@ -18,13 +18,21 @@ from hypothesis import strategies as st
 from compose.cli.main import main
 
 VALID = {
-    "model": {"config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
-                         "num_attention_heads": 2, "intermediate_size": 32}, "tokenizer": {"path": "tok"}},
+    "model": {
+        "config": {
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        },
+        "tokenizer": {"path": "tok"},
+    },
     "task": {"kind": "sequence-classification", "data": {"train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"}}},
     "evaluate": {"batch_size": 8},
     "stages": [{"name": "ft", "uses": "train", "with": {"epochs": 1, "batch_size": 4}}],
     "gates": [{"stage": "final", "min_retained": 0.9}],
-}  # fmt: skip
+}
 
 COMMON = settings(max_examples=130, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -80,18 +88,39 @@ def broken_recipes(draw):
             node = node[part]
         node[key] = draw(junk)
     elif kind == "missing":
-        delete_at(doc, draw(st.sampled_from([("model",), ("task",), ("stages",), ("task", "kind"),
-                                             ("stages", 0, "uses"), ("stages", 0, "name")])))  # fmt: skip
+        delete_at(
+            doc,
+            draw(
+                st.sampled_from(
+                    [("model",), ("task",), ("stages",), ("task", "kind"), ("stages", 0, "uses"), ("stages", 0, "name")]
+                )
+            ),
+        )
     elif kind == "wrong-type":
-        path = draw(st.sampled_from([("evaluate", "batch_size"), ("stages", 0, "with", "epochs"), ("seed",),
-                                     ("gates", 0, "min_retained"), ("task", "data"), ("stages",)]))  # fmt: skip
-        wrong = st.text(min_size=1, max_size=5) if path in (("stages",), ("task", "data")) else st.one_of(
-            st.text(min_size=1, max_size=5), st.lists(scalars, max_size=2)
+        path = draw(
+            st.sampled_from(
+                [
+                    ("evaluate", "batch_size"),
+                    ("stages", 0, "with", "epochs"),
+                    ("seed",),
+                    ("gates", 0, "min_retained"),
+                    ("task", "data"),
+                    ("stages",),
+                ]
+            )
+        )
+        wrong = (
+            st.text(min_size=1, max_size=5)
+            if path in (("stages",), ("task", "data"))
+            else st.one_of(st.text(min_size=1, max_size=5), st.lists(scalars, max_size=2))
         )
         set_at(doc, path, draw(wrong))
     elif kind == "huge":
-        path = draw(st.sampled_from([("evaluate", "batch_size"), ("stages", 0, "with", "batch_size"),
-                                     ("stages", 0, "with", "epochs")]))  # fmt: skip
+        path = draw(
+            st.sampled_from(
+                [("evaluate", "batch_size"), ("stages", 0, "with", "batch_size"), ("stages", 0, "with", "epochs")]
+            )
+        )
         set_at(doc, path, draw(st.integers(min_value=10**6, max_value=10**40)))
     elif kind == "unknown-plugin":
         doc["stages"][0]["uses"] = "zz-" + draw(st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=10))

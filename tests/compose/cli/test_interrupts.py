@@ -34,8 +34,12 @@ def weights(run, stage):
 
 
 def apply(recipe, run, *extra):
-    return subprocess.run([*recipe_command(), "apply", str(recipe), "--output", str(run), "-q", *extra],
-                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
+    return subprocess.run(
+        [*recipe_command(), "apply", str(recipe), "--output", str(run), "-q", *extra],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("how", "where"), CASES, ids=[f"{s.name}@{p}" for s, p in CASES])
-def test_a_signal_at_a_point_stops_the_run_and_it_resumes_to_the_uninterrupted_result(reference, tmp_path, how,
-                                                                                       where):  # fmt: skip
+def test_a_signal_at_a_point_stops_the_run_and_it_resumes_to_the_uninterrupted_result(reference, tmp_path, how, where):
     recipe, reference_run = reference
     run = tmp_path / "run"
     paused = PausedRun([str(recipe), "--output", str(run), "-q"], at=[where], folder=tmp_path)
@@ -101,8 +104,7 @@ def test_sigint_stops_a_run_that_was_started_with_sigint_ignored(reference, tmp_
     ignored, Python keeps an inherited SIG_IGN, and the run used to go on and exit 0. It stops now."""
     recipe, reference_run = reference
     run = tmp_path / "run"
-    paused = PausedRun([str(recipe), "--output", str(run), "-q"], at=["b/step 5"], folder=tmp_path,
-                       sigint_ignored=True)  # fmt: skip
+    paused = PausedRun([str(recipe), "--output", str(run), "-q"], at=["b/step 5"], folder=tmp_path, sigint_ignored=True)
     assert paused.wait_paused() == "b/step 5"
     paused.send(signal.SIGINT)
     assert paused.wait() == 130 and report_of(run)["status"] == "interrupted"
@@ -126,11 +128,11 @@ def test_a_second_signal_while_stopping_ends_the_run_at_once(reference, tmp_path
 def test_a_keyboard_interrupt_that_a_library_swallows_still_stops_the_run(write_recipe, tmp_path):
     """What lost a Ctrl-C: code that catches KeyboardInterrupt and goes on. The signal's flag still stops the run."""
     from compose import hookimpl
-    from compose.run import interrupts
     from compose.api import StageType
-    from compose.run.executor import Executor, RunOptions
     from compose.plugin_host import create_host
     from compose.recipe.load import load_recipe
+    from compose.run import interrupts
+    from compose.run.executor import Executor, RunOptions
 
     class Swallowing:
         @hookimpl
@@ -160,8 +162,9 @@ def test_a_keyboard_interrupt_that_a_library_swallows_still_stops_the_run(write_
 def test_sigterm_to_a_multi_process_run_stops_every_rank(write_recipe, tmp_path):
     recipe = write_recipe("- {name: ft, uses: train, with: {max_steps: 40, batch_size: 16, eval_every_epoch: false}}\n")
     run = tmp_path / "run"
-    paused = PausedRun(["--nproc", "2", str(recipe), "--output", str(run), "-q"], at=["ft/step 5"], folder=tmp_path,
-                       ranks=2)  # fmt: skip
+    paused = PausedRun(
+        ["--nproc", "2", str(recipe), "--output", str(run), "-q"], at=["ft/step 5"], folder=tmp_path, ranks=2
+    )
     assert paused.wait_paused() == "ft/step 5"
     ranks = paused.paused_pids()
     paused.send(signal.SIGTERM)

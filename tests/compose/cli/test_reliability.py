@@ -79,8 +79,9 @@ def test_a_fault_of_the_machine_ends_with_exit_3_in_its_own_words(write_recipe, 
     assert not list(run.rglob("*.partial"))
 
 
-def test_an_output_path_under_a_regular_file_is_the_machines_fault_not_an_internal_error(write_recipe, tmp_path,
-                                                                                         capsys):  # fmt: skip
+def test_an_output_path_under_a_regular_file_is_the_machines_fault_not_an_internal_error(
+    write_recipe, tmp_path, capsys
+):
     (tmp_path / "afile").write_text("x")
     recipe = write_recipe(TWO_STAGES)
     assert main(["apply", str(recipe), "--output", str(tmp_path / "afile" / "run"), "-q"]) == 3

@@ -64,8 +64,10 @@ def test_changed_data_reruns_everything(write_recipe, tmp_path, tiny_data_dir, c
 
 
 def test_a_long_stage_killed_mid_way_resumes_from_its_checkpoint(write_recipe, tmp_path):
-    stage = ("- {name: long, uses: train, with: {max_steps: 60, batch_size: 16, learning_rate: 1.0e-3, "
-             "checkpoint_every: 10, eval_every_epoch: false}}\n")  # fmt: skip
+    stage = (
+        "- {name: long, uses: train, with: {max_steps: 60, batch_size: 16, learning_rate: 1.0e-3, "
+        "checkpoint_every: 10, eval_every_epoch: false}}\n"
+    )
     recipe = write_recipe(stage)
     reference, run = tmp_path / "reference", tmp_path / "run"
     subprocess.run([RECIPE_BIN, "apply", str(recipe), "--output", str(reference), "-q"], check=True, timeout=HANG_S)

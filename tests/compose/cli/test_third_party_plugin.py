@@ -88,7 +88,9 @@ def test_validate_names_a_misspelt_key_its_line_and_the_right_spelling(write_rec
 
 def test_validate_shows_the_plugin_check_and_plan_its_description(write_recipe, monkeypatch, capsys):
     monkeypatch.setenv("RECIPE_COMPOSE_PLUGINS", "train,magnitude")
-    path = write_recipe("- {name: finetune, uses: train}\n- {name: prune, uses: magnitude-prune, with: {sparsity: 0}}\n")
+    path = write_recipe(
+        "- {name: finetune, uses: train}\n- {name: prune, uses: magnitude-prune, with: {sparsity: 0}}\n"
+    )
     assert main(["validate", str(path)]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: " in err and "stage 'prune': sparsity is 0: this stage will prune nothing" in err
@@ -117,8 +119,10 @@ def test_apply_runs_the_plugin_stage_and_reports_its_sparsity(write_recipe, tmp_
     prune = report["stages"][2]
     details = prune["details"]
     assert details["sparsity"] == pytest.approx(0.4, abs=1e-3)
-    assert details["sparsity_by_scope"] == {"attention": pytest.approx(0.4, abs=1e-3),
-                                            "feed-forward": pytest.approx(0.4, abs=1e-3)}  # fmt: skip
+    assert details["sparsity_by_scope"] == {
+        "attention": pytest.approx(0.4, abs=1e-3),
+        "feed-forward": pytest.approx(0.4, abs=1e-3),
+    }
     assert details["sparsity_by_layer_type"]["intermediate.dense"] == pytest.approx(0.4, abs=1e-3)
     assert prune["params"] == report["stages"][1]["params"]  # unstructured: same shapes, zeros inside
     assert prune["retained"] is not None

@@ -55,8 +55,10 @@ def test_metrics_from_records_match_the_batches(write_recipe, host, tiny_bert):
 
 
 def test_every_stage_in_the_report_carries_its_interval_agreement_and_kl(write_recipe, tmp_path):
-    stages = ("- {name: ft, uses: train, with: {max_steps: 4, batch_size: 8}}\n"
-              "- {name: prune, uses: prune-heads, with: {ratio: 0.5}}\n")  # fmt: skip
+    stages = (
+        "- {name: ft, uses: train, with: {max_steps: 4, batch_size: 8}}\n"
+        "- {name: prune, uses: prune-heads, with: {ratio: 0.5}}\n"
+    )
     out = tmp_path / "run"
     recipe = write_recipe(stages)
     common = ["evaluate.latency.enabled=false", "--output", str(out), "-q"]

@@ -11,8 +11,14 @@ from compose.evaluation.latency import measure_latency, percentile
 from compose.recipe.load import load_recipe
 from compose.tasks import build_task
 
-FEW = {"enabled": True, "threads": 1, "batch1_samples": 6, "throughput_batch_size": 16, "throughput_batches": 2,
-       "warmup": 1}  # fmt: skip
+FEW = {
+    "enabled": True,
+    "threads": 1,
+    "batch1_samples": 6,
+    "throughput_batch_size": 16,
+    "throughput_batches": 2,
+    "warmup": 1,
+}
 TRAIN = "- {name: ft, uses: train, with: {max_steps: 4, batch_size: 16, learning_rate: 3.0e-3}}\n"
 
 
@@ -54,7 +60,9 @@ def test_any_object_the_task_predicts_with_is_measured_and_threads_apply_inside(
             return model(**inputs)
 
     settings = {**FEW, "throughput_batch_size": 100}  # the dev split has 64 rows: one batch of 64
-    latency = measure_latency(Served(), tokenizer, task_for(write_recipe, host), "dev", settings, torch.device("cpu"), threads=1)
+    latency = measure_latency(
+        Served(), tokenizer, task_for(write_recipe, host), "dev", settings, torch.device("cpu"), threads=1
+    )
     assert seen_threads == {1}
     assert latency.batch_size == 64 and latency.throughput_batches == 2  # the one batch, timed twice
     assert sizes.count(1) == 1 + 6 and sizes.count(64) == 1 + 2  # warm-up + timed calls, no labels needed
@@ -68,8 +76,11 @@ def test_any_object_the_task_predicts_with_is_measured_and_threads_apply_inside(
 def test_a_run_reports_speed_per_stage_and_a_resumed_run_keeps_it(write_recipe, tmp_path, capsys):
     recipe = write_recipe(TRAIN)
     out = tmp_path / "run"
-    overrides = ["evaluate.latency.threads=1", "evaluate.latency.batch1_samples=4",
-                 "evaluate.latency.throughput_batches=2"]  # fmt: skip
+    overrides = [
+        "evaluate.latency.threads=1",
+        "evaluate.latency.batch1_samples=4",
+        "evaluate.latency.throughput_batches=2",
+    ]
     assert main(["apply", str(recipe), *overrides, "--output", str(out), "-q"]) == 0
     capsys.readouterr()
     report = json.loads((out / "report.json").read_text())

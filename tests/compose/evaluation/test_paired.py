@@ -90,14 +90,21 @@ def test_kl_of_classification_is_the_mean_kl_of_the_class_distributions():
 def test_a_lower_is_better_metric_retains_baseline_over_stage():
     task = CausalLMTask({"kind": "causal-lm", "metric": None}, 0)
     n = 64
-    base = {"nll": torch.full((n,), 2.0 * 10, dtype=torch.float64), "tokens": torch.full((n,), 10),
-            "correct": torch.full((n,), 3), "predicted": torch.zeros(n, 10, dtype=torch.int32), "ids": torch.arange(n)}
+    base = {
+        "nll": torch.full((n,), 2.0 * 10, dtype=torch.float64),
+        "tokens": torch.full((n,), 10),
+        "correct": torch.full((n,), 3),
+        "predicted": torch.zeros(n, 10, dtype=torch.int32),
+        "ids": torch.arange(n),
+    }
     stage = dict(base, nll=base["nll"] + torch.linspace(0, 4, n, dtype=torch.float64))
     found = compare_with_baseline(task, "perplexity", False, base, stage, SETTINGS, seed=0)
     point = task.metric_from_records(base, "perplexity") / task.metric_from_records(stage, "perplexity")
     assert found.retained_ci[0] < point.item() < found.retained_ci[1] < 1.0
     assert found.agreement == 1.0 and found.kl is None  # no KL: the stage was not evaluated against the baseline
-    assert compare_with_baseline(task, "perplexity", False, base, base, SETTINGS, seed=0).kl == 0.0  # the baseline itself
+    assert (
+        compare_with_baseline(task, "perplexity", False, base, base, SETTINGS, seed=0).kl == 0.0
+    )  # the baseline itself
 
 
 def test_records_of_different_examples_are_compared_on_the_ones_both_have():

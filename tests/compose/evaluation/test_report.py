@@ -11,19 +11,44 @@ from compose.evaluation.report import Report, StageRow, render_table, report_fro
 
 
 def speed(throughput: float, p50: float = 2.0, p95: float = 3.0) -> dict:
-    return {"threads": 2, "device": "cpu", "batch1_p50_ms": p50, "batch1_p95_ms": p95, "batch1_samples": 50,
-            "throughput_per_s": throughput, "batch_size": 64, "throughput_batches": 5}  # fmt: skip
+    return {
+        "threads": 2,
+        "device": "cpu",
+        "batch1_p50_ms": p50,
+        "batch1_p95_ms": p95,
+        "batch1_samples": 50,
+        "throughput_per_s": throughput,
+        "batch_size": 64,
+        "throughput_batches": 5,
+    }
 
 
 def row(name, value, size, latency, plugin=None) -> StageRow:
-    return StageRow(name=name, plugin=plugin, metric="accuracy", value=value, params=1_000_000, size_bytes=size,
-                    weights_bytes=size, latency_ms=None, seconds=1.0, artifact=None, latency=latency)  # fmt: skip
+    return StageRow(
+        name=name,
+        plugin=plugin,
+        metric="accuracy",
+        value=value,
+        params=1_000_000,
+        size_bytes=size,
+        weights_bytes=size,
+        latency_ms=None,
+        seconds=1.0,
+        artifact=None,
+        latency=latency,
+    )
 
 
 @pytest.fixture
 def report() -> Report:
-    made = Report(recipe="r.yaml", run_dir="runs/r", metric="accuracy", higher_is_better=True, baseline_stage="ft",
-                  status="passed")  # fmt: skip
+    made = Report(
+        recipe="r.yaml",
+        run_dir="runs/r",
+        metric="accuracy",
+        higher_is_better=True,
+        baseline_stage="ft",
+        status="passed",
+    )
     made.rows = [
         row("input", 0.5, 90_000_000, speed(100.0)),
         row("ft", 0.9, 80_000_000, speed(125.0), "train"),
@@ -92,8 +117,17 @@ def test_compare_shows_speed_and_ratios_of_each_run(report, tmp_path, capsys):
     (tmp_path / "c" / "report.json").write_text(json.dumps(report.to_json()), encoding="utf-8")
     assert main(["compare", *paths, str(tmp_path / "c"), "--no-plot"]) == 0
     out = capsys.readouterr().out
-    for label in ("b1 p50 / p95", "throughput (ex/s)", "x faster (own baseline)", "x smaller (own baseline)",
-                  "measured at", "2 threads, cpu, batch 64", "4.00x", "8.00x", "0.5 ms / 0.9 ms"):  # fmt: skip
+    for label in (
+        "b1 p50 / p95",
+        "throughput (ex/s)",
+        "x faster (own baseline)",
+        "x smaller (own baseline)",
+        "measured at",
+        "2 threads, cpu, batch 64",
+        "4.00x",
+        "8.00x",
+        "0.5 ms / 0.9 ms",
+    ):
         assert label in out, label
     assert main(["compare", *paths, str(tmp_path / "c"), "--no-plot", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -6,16 +6,42 @@ import math
 import pytest
 
 from compose.evaluation.report import Report, StageRow
-from compose.evaluation.run_comparison import CompareError, best_final, compare_runs, load_run, load_runs, training_steps
+from compose.evaluation.run_comparison import (
+    CompareError,
+    best_final,
+    compare_runs,
+    load_run,
+    load_runs,
+    training_steps,
+)
 
 
 def write_report(folder, recipe, values, higher_is_better=True, metric="accuracy"):
-    rows = [StageRow(name=f"s{i}", plugin="train", metric=metric, value=v, params=10, size_bytes=100,
-                     weights_bytes=90, latency_ms=1.0, seconds=1.0, artifact=None,
-                     details={"training": {"steps": 5}, "recovery": {"training": {"steps": 2}}})
-            for i, v in enumerate(values)]  # fmt: skip
-    report = Report(recipe=recipe, run_dir=str(folder), metric=metric, higher_is_better=higher_is_better,
-                    baseline_stage="s0", rows=rows, status="passed")  # fmt: skip
+    rows = [
+        StageRow(
+            name=f"s{i}",
+            plugin="train",
+            metric=metric,
+            value=v,
+            params=10,
+            size_bytes=100,
+            weights_bytes=90,
+            latency_ms=1.0,
+            seconds=1.0,
+            artifact=None,
+            details={"training": {"steps": 5}, "recovery": {"training": {"steps": 2}}},
+        )
+        for i, v in enumerate(values)
+    ]
+    report = Report(
+        recipe=recipe,
+        run_dir=str(folder),
+        metric=metric,
+        higher_is_better=higher_is_better,
+        baseline_stage="s0",
+        rows=rows,
+        status="passed",
+    )
     folder.mkdir(parents=True)
     (folder / "report.json").write_text(json.dumps(report.to_json()))
     return folder

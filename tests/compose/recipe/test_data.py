@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from compose.recipe.data import read_split
 from compose.errors import DataError
+from compose.recipe.data import read_split
 from compose.tasks import build_task
 
 
@@ -58,7 +58,10 @@ def test_missing_file_and_unknown_extension(tmp_path):
 def test_a_text_file_gives_one_row_per_line_under_the_text_column(tmp_path):
     path = write(tmp_path, "wiki.tokens", " = Title = \n\n Some text .\n")
     assert read_split("train", {"path": str(path), "format": "auto"}, ["text"], 0) == [
-        {"text": " = Title = "}, {"text": ""}, {"text": " Some text ."}]  # fmt: skip
+        {"text": " = Title = "},
+        {"text": ""},
+        {"text": " Some text ."},
+    ]
     with pytest.raises(DataError, match="plain text"):
         read_split("train", {"path": str(path), "format": "text"}, ["sentence", "label"], 0)
 
@@ -66,9 +69,16 @@ def test_a_text_file_gives_one_row_per_line_under_the_text_column(tmp_path):
 def test_labels_outside_the_label_set_name_the_row(tmp_path):
     path = write(tmp_path, "a.tsv", "sentence\tlabel\nfine\t1\nodd\t2\n")
     task = build_task(
-        {"kind": "sequence-classification", "data": {"train": {"path": str(path), "format": "auto"}},
-         "text_column": "sentence", "text_pair_column": None, "label_column": "label", "labels": [0, 1],
-         "max_length": 16, "metric": "accuracy"},  # fmt: skip
+        {
+            "kind": "sequence-classification",
+            "data": {"train": {"path": str(path), "format": "auto"}},
+            "text_column": "sentence",
+            "text_pair_column": None,
+            "label_column": "label",
+            "labels": [0, 1],
+            "max_length": 16,
+            "metric": "accuracy",
+        },
         0,
     )
     with pytest.raises(DataError, match="row 2 has label '2'"):

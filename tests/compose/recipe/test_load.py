@@ -1,5 +1,7 @@
 """Validation of whole recipes: every problem at once, located, with a fix."""
 
+from pathlib import Path
+
 import pytest
 
 from compose import hookimpl
@@ -21,14 +23,37 @@ class FakeStages:
     @hookimpl
     def compose_register_stages(self, register):
         noop = lambda ctx: None  # noqa: E731
-        register(StageType("learn", noop, {"type": "object"}, "trains", needs={"quantized": False},
-                           leaves={"task_trained": True}))  # fmt: skip
-        register(StageType("squash", noop, SETTINGS, "quantizes", needs={"task_trained": True, "quantized": False},
-                           leaves={"quantized": True}, compresses=True,
-                           check=lambda s, plan: [Check("bits=8 keeps almost everything", "warning", ("bits",))]
-                           if s["bits"] == 8 else []))  # fmt: skip
-        register(StageType("snip", noop, {"type": "object"}, "prunes", needs={"quantized": False, "task_trained": True},
-                           leaves={"heads_pruned": True}, compresses=True, families=("encoder",)))  # fmt: skip
+        register(
+            StageType(
+                "learn", noop, {"type": "object"}, "trains", needs={"quantized": False}, leaves={"task_trained": True}
+            )
+        )
+        register(
+            StageType(
+                "squash",
+                noop,
+                SETTINGS,
+                "quantizes",
+                needs={"task_trained": True, "quantized": False},
+                leaves={"quantized": True},
+                compresses=True,
+                check=lambda s, plan: (
+                    [Check("bits=8 keeps almost everything", "warning", ("bits",))] if s["bits"] == 8 else []
+                ),
+            )
+        )
+        register(
+            StageType(
+                "snip",
+                noop,
+                {"type": "object"},
+                "prunes",
+                needs={"quantized": False, "task_trained": True},
+                leaves={"heads_pruned": True},
+                compresses=True,
+                families=("encoder",),
+            )
+        )
 
 
 @pytest.fixture
@@ -66,7 +91,7 @@ def test_all_problems_are_reported_at_once_with_lines_and_suggestions(write_reci
     assert "$.stages[1].with.group_size: expected an integer, got a string 'big'" in text
     assert "gate refers to stage 'qq'" in text
     bitz = next(p for p in found if "bitz" in p.message)
-    lines = open(bitz.file, encoding="utf-8").read().splitlines()
+    lines = Path(bitz.file).read_text(encoding="utf-8").splitlines()
     assert bitz.path == "$.stages[1].with.bitz"
     assert lines[bitz.line - 1][bitz.column - 1 :].startswith("bitz: 4")
 
@@ -96,8 +121,9 @@ def test_fine_tuned_checkpoint_may_be_compressed_directly(write_recipe, fake_hos
 
 
 def test_stage_checks_give_warnings_without_blocking(write_recipe, fake_host):
-    recipe = load_recipe(write_recipe("- {name: a, uses: learn}\n- {name: q, uses: squash, with: {bits: 8}}\n"),
-                         host=fake_host)  # fmt: skip
+    recipe = load_recipe(
+        write_recipe("- {name: a, uses: learn}\n- {name: q, uses: squash, with: {bits: 8}}\n"), host=fake_host
+    )
     assert [(w.path, w.severity) for w in recipe.warnings] == [("$.stages[1].with.bits", "warning")]
 
 
@@ -112,8 +138,12 @@ def test_family_mismatch_is_rejected_before_anything_runs(write_recipe, fake_hos
 
 
 def test_duplicate_stage_names_and_missing_splits(write_recipe, fake_host):
-    found = problems(write_recipe, "- {name: a, uses: learn}\n- {name: a, uses: learn}\n", fake_host,
-                     overrides=["evaluate.split=test"])  # fmt: skip
+    found = problems(
+        write_recipe,
+        "- {name: a, uses: learn}\n- {name: a, uses: learn}\n",
+        fake_host,
+        overrides=["evaluate.split=test"],
+    )
     text = " | ".join(p.message for p in found)
     assert "is used twice" in text and "split 'test' is not in task.data" in text
 

@@ -20,8 +20,9 @@ def problems_of(recipe, overrides, host):
 def model_folder(tmp_path, files, config=None):
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config or {"model_type": "bert", "vocab_size": 100,
-                                                             "hidden_size": 32, "num_hidden_layers": 2}))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps(config or {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2})
+    )
     for name in files:
         (folder / name).write_bytes(b"\x80\x04")
     return folder
@@ -46,8 +47,9 @@ def test_a_config_larger_than_the_machines_memory_is_refused_naming_its_keys(wri
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "device", "unreadable"])
-def test_data_that_is_not_a_readable_regular_file_is_named_for_what_it_is(write_recipe, host, tmp_path, kind,
-                                                                         monkeypatch):  # fmt: skip
+def test_data_that_is_not_a_readable_regular_file_is_named_for_what_it_is(
+    write_recipe, host, tmp_path, kind, monkeypatch
+):
     path = tmp_path / "data.tsv"
     if kind == "folder":
         path.mkdir()
@@ -59,17 +61,26 @@ def test_data_that_is_not_a_readable_regular_file_is_named_for_what_it_is(write_
         path.write_text("sentence\tlabel\ngood\t1\n")
         path.chmod(0)
         real_access = os.access  # root reads anything: ask as a user without the permission would
-        monkeypatch.setattr("compose.recipe.data.os.access", lambda p, mode: False if str(p) == str(path) else real_access(p, mode))
+        monkeypatch.setattr(
+            "compose.recipe.data.os.access", lambda p, mode: False if str(p) == str(path) else real_access(p, mode)
+        )
     text = problems_of(write_recipe(STAGE), [f"task.data.train.path={path}"], host)
-    expected = {"folder": "is a folder, not a data file", "fifo": "is a named pipe (FIFO)",
-                "device": "is a device, not a regular file", "unreadable": "cannot be read (permission denied)"}[kind]  # fmt: skip
+    expected = {
+        "folder": "is a folder, not a data file",
+        "fifo": "is a named pipe (FIFO)",
+        "device": "is a device, not a regular file",
+        "unreadable": "cannot be read (permission denied)",
+    }[kind]
     assert expected in text and "no such data file" not in text
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (b"sentence\tlabel\ngood film\t1\nbad\x00film\t0\n", ":3: this line holds a NUL byte"),
-    (b"sentence\tlabel\ngood film\t1\nbad \xff film\t0\n", ":3: this line is not UTF-8 text"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"sentence\tlabel\ngood film\t1\nbad\x00film\t0\n", ":3: this line holds a NUL byte"),
+        (b"sentence\tlabel\ngood film\t1\nbad \xff film\t0\n", ":3: this line is not UTF-8 text"),
+    ],
+)
 def test_nul_bytes_and_undecodable_rows_are_refused_with_the_line_number(write_recipe, host, tmp_path, raw, expected):
     path = tmp_path / "data.tsv"
     path.write_bytes(raw)

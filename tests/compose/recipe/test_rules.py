@@ -8,8 +8,8 @@ from compose import hookimpl
 from compose.errors import RecipeError
 from compose.plugin_host import create_host
 from compose.recipe.load import load_recipe
-from compose.stage import StageType
 from compose.run.training import train_model
+from compose.stage import StageType
 
 
 class Reshaper:
@@ -17,9 +17,17 @@ class Reshaper:
 
     @hookimpl
     def compose_register_stages(self, register):
-        register(StageType("reshape", lambda ctx: None, {"type": "object"}, "restructures the layers",
-                           needs={"task_trained": True}, leaves={"structure_changed": True},
-                           compresses=True))  # fmt: skip
+        register(
+            StageType(
+                "reshape",
+                lambda ctx: None,
+                {"type": "object"},
+                "restructures the layers",
+                needs={"task_trained": True},
+                leaves={"structure_changed": True},
+                compresses=True,
+            )
+        )
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ def test_each_load_is_a_fresh_copy():
 
 
 def test_the_shared_training_ref_is_inlined_and_marked():
-    schema = inline_shared_refs({"type": "object", "properties": {"training": {"$ref": "compose:training",
-                                                                               "description": "mine"}}})  # fmt: skip
+    schema = inline_shared_refs(
+        {"type": "object", "properties": {"training": {"$ref": "compose:training", "description": "mine"}}}
+    )
     training = schema["properties"]["training"]
     assert "$ref" not in training and "$id" not in training and "$schema" not in training
     assert training[TRAINING_MARKER] is True
@@ -73,19 +74,26 @@ def test_training_settings_paths_of_the_built_in_stages(host):
 
 def test_combined_schema_checks_each_stage_against_its_plugin():
     stage_schemas = {
-        "b-stage": {"$schema": "x", "$id": "y", "type": "object", "additionalProperties": False,
-                    "properties": {"bits": {"type": "integer"}}},
+        "b-stage": {
+            "$schema": "x",
+            "$id": "y",
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"bits": {"type": "integer"}},
+        },
         "a-stage": {"type": "object", "properties": {"rate": {"type": "number"}}},
-    }  # fmt: skip
+    }
     schema = combined_schema(stage_schemas)
     item = schema["properties"]["stages"]["items"]
     assert item["properties"]["uses"]["enum"] == ["a-stage", "b-stage"]
     assert "$id" not in schema["$defs"]["stage:b-stage"]
 
     def recipe(stage):
-        return {"model": {"config": {"model_type": "bert"}, "tokenizer": {"path": "t"}},
-                "task": {"kind": "sequence-classification", "data": {"train": {"path": "a.tsv"}}},
-                "stages": [stage]}  # fmt: skip
+        return {
+            "model": {"config": {"model_type": "bert"}, "tokenizer": {"path": "t"}},
+            "task": {"kind": "sequence-classification", "data": {"train": {"path": "a.tsv"}}},
+            "stages": [stage],
+        }
 
     validator = jsonschema.Draft202012Validator(schema)
     assert not list(validator.iter_errors(recipe({"name": "s", "uses": "b-stage", "with": {"bits": 4}})))

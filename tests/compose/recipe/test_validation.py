@@ -118,8 +118,9 @@ def test_yaml_mappings_and_lists_are_named_as_such():
 def test_the_prefix_places_settings_inside_the_recipe():
     document = parse_yaml_text("stages:\n  - name: s\n    with:\n      size: 99\n", "r.yaml")
     settings = document["stages"][0]["with"]
-    problem = only(SchemaChecker(document).check(settings, {"properties": {"size": {"maximum": 8}}},
-                                                 prefix=("stages", 0, "with")))  # fmt: skip
+    problem = only(
+        SchemaChecker(document).check(settings, {"properties": {"size": {"maximum": 8}}}, prefix=("stages", 0, "with"))
+    )
     assert problem.path == "$.stages[0].with.size"
     assert problem.message == "expected a value at most 8, got 99"
     assert (problem.line, problem.column) == (4, 13)
@@ -159,16 +160,20 @@ def test_a_recipe_with_mistakes_names_the_file_line_and_fix(write_recipe, host):
         load_recipe(path, [], host)
     problems = caught.value.problems
     by_path = {p.path: p for p in problems}
-    assert set(by_path) == {"$.stages[0].with.max_step", "$.stages[1].uses", "$.stages[2].with.batch_size",
-                            "$.stages[2].with.optimizer"}  # fmt: skip
+    assert set(by_path) == {
+        "$.stages[0].with.max_step",
+        "$.stages[1].uses",
+        "$.stages[2].with.batch_size",
+        "$.stages[2].with.optimizer",
+    }
     assert all(p.file == str(path) for p in problems)
     typo = by_path["$.stages[0].with.max_step"]
-    assert "unknown key 'max_step' (did you mean 'max_steps'?)" == typo.message
+    assert typo.message == "unknown key 'max_step' (did you mean 'max_steps'?)"
     assert lines[typo.line - 1][typo.column - 1 :].startswith("max_step: 3")
     plugin = by_path["$.stages[1].uses"]
     assert plugin.message.startswith("no installed plugin provides stage 'gtpq' (did you mean 'gptq'?); installed: ")
     assert lines[plugin.line - 1][plugin.column - 1 :].startswith("gtpq")
-    assert "expected a value at least 1, got 0" == by_path["$.stages[2].with.batch_size"].message
+    assert by_path["$.stages[2].with.batch_size"].message == "expected a value at least 1, got 0"
     assert by_path["$.stages[2].with.optimizer"].message == (
         "expected one of: adamw, sgd; got 'adam' (did you mean 'adamw'?)"
     )

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from compose.errors import ModelLoadError
 from compose.run.artifacts import (
     MANIFEST,
     load_artifact,
@@ -15,7 +16,6 @@ from compose.run.artifacts import (
     size_on_disk,
     transforms_of,
 )
-from compose.errors import ModelLoadError
 
 
 def same_weights(a, b) -> bool:
@@ -31,13 +31,19 @@ def logits(model, tokenizer):
 
 def test_round_trip_is_bit_exact(tiny_bert, tmp_path):
     model, tokenizer = tiny_bert
-    folder = save_artifact(model, tokenizer, tmp_path / "stage" / "model", "sequence-classification",
-                           extra={"note": "hi"})  # fmt: skip
+    folder = save_artifact(
+        model, tokenizer, tmp_path / "stage" / "model", "sequence-classification", extra={"note": "hi"}
+    )
     assert folder == tmp_path / "stage" / "model"
     assert sorted(p.name for p in tmp_path.joinpath("stage").iterdir()) == ["model"]  # no .partial or .old left
     manifest = read_manifest(folder)
-    assert manifest == {"format_version": 1, "task_kind": "sequence-classification",
-                        "model_class": "BertForSequenceClassification", "transforms": [], "note": "hi"}  # fmt: skip
+    assert manifest == {
+        "format_version": 1,
+        "task_kind": "sequence-classification",
+        "model_class": "BertForSequenceClassification",
+        "transforms": [],
+        "note": "hi",
+    }
     loaded, loaded_tokenizer = load_artifact(folder)
     assert type(loaded) is type(model) and not loaded.training
     assert same_weights(loaded, model)
@@ -149,8 +155,11 @@ def test_transforms_are_rebuilt_before_the_weights_load(tiny_bert, tmp_path):
         load_artifact(folder, fake_host())
     with pytest.raises(ModelLoadError, match="changed by stage 'drop-bias'"):
         load_artifact(folder, fake_host(**{"drop-bias": None}))  # installed, but cannot rebuild
-    with pytest.raises(ModelLoadError, match=r"weights do not match the rebuilt model "
-                                             r"\(missing: \['classifier.bias'\], unexpected: \[\]\)"):  # fmt: skip
+    with pytest.raises(
+        ModelLoadError,
+        match=r"weights do not match the rebuilt model "
+        r"\(missing: \['classifier.bias'\], unexpected: \[\]\)",
+    ):
         load_artifact(folder, fake_host(**{"drop-bias": lambda m, info: m}))  # a rebuild that does not rebuild
 
 

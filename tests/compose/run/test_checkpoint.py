@@ -106,8 +106,9 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, mon
 def test_a_partial_or_unreadable_checkpoint_is_not_resumed(tmp_path):
     partial = tmp_path / "checkpoint.partial"
     partial.mkdir()
-    (partial / "meta.json").write_text('{"fingerprint": "fp", "step": 9, "epoch": 1, "batches_in_epoch": 9, '
-                                       '"last_loss": 0.1}')  # fmt: skip
+    (partial / "meta.json").write_text(
+        '{"fingerprint": "fp", "step": 9, "epoch": 1, "batches_in_epoch": 9, "last_loss": 0.1}'
+    )
     assert checkpoint.find(tmp_path / "checkpoint", "fp") is None
     folder = tmp_path / "checkpoint"
     folder.mkdir()
@@ -124,8 +125,10 @@ def test_remove(tmp_path):
     checkpoint.remove(folder)  # nothing there: no error
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])  # fmt: skip
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
 def test_the_random_state_resumes_on_the_device_that_trains(tmp_path, device):
     """Dropout draws from the generator of the device it runs on."""
     model, extra, optimizer, scheduler = training_state(0)

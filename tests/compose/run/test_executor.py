@@ -5,9 +5,9 @@ import json
 from compose import hookimpl
 from compose.api import StageType
 from compose.cli.main import main
-from compose.run.executor import Executor, RunOptions
 from compose.plugin_host import create_host
 from compose.recipe.load import load_recipe
+from compose.run.executor import Executor, RunOptions
 
 
 class Exploding:

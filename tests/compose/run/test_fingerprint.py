@@ -5,8 +5,8 @@ import os
 import shutil
 from types import SimpleNamespace
 
-from compose.run.fingerprint import evaluation_fingerprint, file_digest, folder_digest, stage_fingerprints
 from compose.recipe.load import load_recipe
+from compose.run.fingerprint import evaluation_fingerprint, file_digest, folder_digest, stage_fingerprints
 
 STAGES = """\
 - {name: a, uses: train, with: {max_steps: 3, learning_rate: 1.0e-3}}
@@ -51,8 +51,9 @@ def test_edits_that_change_nothing_keep_the_fingerprints(write_recipe, host):
     text = path.read_text()
     reordered = text.replace("{max_steps: 3, learning_rate: 1.0e-3}", "{learning_rate: 0.001, max_steps: 3}")
     assert reordered != text
-    block_style = "- name: b\n    with:\n      max_steps: 3\n      warmup_ratio: 0.1  # the default, written out\n" \
-        "    uses: train"
+    block_style = (
+        "- name: b\n    with:\n      max_steps: 3\n      warmup_ratio: 0.1  # the default, written out\n    uses: train"
+    )
     reordered = reordered.replace("- {name: b, uses: train, with: {max_steps: 3}}", block_style)
     path.write_text("# what this recipe is for\n" + reordered.replace("seed: 0", "seed: 0  # the usual seed"))
     assert prints(path, host) == base

@@ -7,10 +7,30 @@ from compose.run.gates import check_gates, gates_of
 
 
 def report(values: dict, gates, higher_is_better=True) -> Report:
-    rows = [StageRow(name=n, plugin=None, metric="m", value=v, params=1, size_bytes=None, weights_bytes=None,
-                     latency_ms=None, seconds=0.0, artifact=None) for n, v in values.items()]
-    return Report(recipe="r.yaml", run_dir="run", metric="m", higher_is_better=higher_is_better, baseline_stage="ft",
-                  rows=rows, gates=gates_of({"gates": gates}))  # fmt: skip
+    rows = [
+        StageRow(
+            name=n,
+            plugin=None,
+            metric="m",
+            value=v,
+            params=1,
+            size_bytes=None,
+            weights_bytes=None,
+            latency_ms=None,
+            seconds=0.0,
+            artifact=None,
+        )
+        for n, v in values.items()
+    ]
+    return Report(
+        recipe="r.yaml",
+        run_dir="run",
+        metric="m",
+        higher_is_better=higher_is_better,
+        baseline_stage="ft",
+        rows=rows,
+        gates=gates_of({"gates": gates}),
+    )
 
 
 def test_a_stage_gate_is_judged_as_soon_as_its_row_exists():

@@ -3,8 +3,8 @@
 import pytest
 
 from compose.errors import RecipeError
-from compose.run.modeling import load_model, load_tokenizer, train_tokenizer
 from compose.recipe.load import load_recipe
+from compose.run.modeling import load_model, load_tokenizer, train_tokenizer
 from compose.tasks import build_task
 
 TEXTS = ["the film was good", "the plot was <unk> and dull", "a lovely story"] * 20

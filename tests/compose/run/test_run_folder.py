@@ -50,10 +50,14 @@ def test_a_run_folder_from_before_the_marker_is_claimed(tmp_path):
 
 
 def test_a_second_process_cannot_take_the_lock_and_is_told_who_holds_it(tmp_path):
-    code = ("import sys\nfrom compose.run.run_folder import RunFolderError, locked\n"
-            "try:\n    with locked(sys.argv[1]):\n        pass\nexcept RunFolderError as e:\n    print(e); sys.exit(2)\n")
+    code = (
+        "import sys\nfrom compose.run.run_folder import RunFolderError, locked\n"
+        "try:\n    with locked(sys.argv[1]):\n        pass\nexcept RunFolderError as e:\n    print(e); sys.exit(2)\n"
+    )
     with locked(tmp_path):
-        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S)
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S
+        )
     assert other.returncode == 2 and "is in use by recipe apply (pid" in other.stdout
     again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0  # released when the holder let go

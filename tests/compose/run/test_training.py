@@ -7,9 +7,8 @@ import pytest
 import torch
 import transformers
 
-from compose.run import checkpoint
-
 from compose import hookimpl
+from compose.run import checkpoint
 from compose.run.training import TrainingSummary, parameters_digest, train_model
 
 
@@ -38,15 +37,21 @@ def fixed_batch_loss(model, ctx) -> float:
 
 def test_training_lowers_the_loss_and_stops_at_max_steps(make_context, tiny_bert):
     model, tokenizer = tiny_bert
-    ctx = context(make_context, copy.deepcopy(model), tokenizer,
-                  "{max_steps: 24, batch_size: 16, learning_rate: 3.0e-3, warmup_ratio: 0, scheduler: constant, "
-                  "eval_every_epoch: false, log_every: 4}")  # fmt: skip
+    ctx = context(
+        make_context,
+        copy.deepcopy(model),
+        tokenizer,
+        "{max_steps: 24, batch_size: 16, learning_rate: 3.0e-3, warmup_ratio: 0, scheduler: constant, "
+        "eval_every_epoch: false, log_every: 4}",
+    )
     before = fixed_batch_loss(ctx.model, ctx)
     seen = []
     trained, summary = train_model(ctx, loss_fn=lambda m, batch: seen.append(batch) or m(**batch).loss)
     assert len(seen) == 24 and summary.steps == 24
-    assert summary.tokens == {"real": sum(int(b["attention_mask"].sum()) for b in seen),
-                              "computed": sum(b["input_ids"].numel() for b in seen)}  # fmt: skip
+    assert summary.tokens == {
+        "real": sum(int(b["attention_mask"].sum()) for b in seen),
+        "computed": sum(b["input_ids"].numel() for b in seen),
+    }
     assert summary.epochs == 1.5  # 256 rows in batches of 16: 16 steps a pass
     assert summary.resumed_from_step is None and summary.processes == 1
     assert not trained.training  # handed back in eval mode
@@ -57,8 +62,12 @@ def test_training_lowers_the_loss_and_stops_at_max_steps(make_context, tiny_bert
 
 def test_epochs_and_gradient_accumulation_count_optimizer_steps(make_context, tiny_bert):
     model, tokenizer = tiny_bert
-    ctx = context(make_context, model, tokenizer,
-                  "{epochs: 0.5, batch_size: 32, gradient_accumulation_steps: 2, eval_every_epoch: false}")  # fmt: skip
+    ctx = context(
+        make_context,
+        model,
+        tokenizer,
+        "{epochs: 0.5, batch_size: 32, gradient_accumulation_steps: 2, eval_every_epoch: false}",
+    )
     batches = []
 
     def loss_fn(m, batch):
@@ -122,12 +131,22 @@ RESUMABLE = "{max_steps: 10, batch_size: 64, learning_rate: 1.0e-3, checkpoint_e
 
 @pytest.mark.parametrize(
     "every, killed_in_step, resumed_from, evaluate, lengths",
-    [(3, 8, 6, "false", "equal"), (4, 6, 4, "false", "equal"), (4, 6, 4, "true", "equal"), (3, 8, 6, "false", "varied")],
-    ids=["checkpoint-mid-pass", "checkpoint-at-the-end-of-a-pass", "checkpoint-before-an-evaluation-between-passes",
-         "checkpoint-mid-pass-of-length-grouped-batches"],
+    [
+        (3, 8, 6, "false", "equal"),
+        (4, 6, 4, "false", "equal"),
+        (4, 6, 4, "true", "equal"),
+        (3, 8, 6, "false", "varied"),
+    ],
+    ids=[
+        "checkpoint-mid-pass",
+        "checkpoint-at-the-end-of-a-pass",
+        "checkpoint-before-an-evaluation-between-passes",
+        "checkpoint-mid-pass-of-length-grouped-batches",
+    ],
 )
-def test_a_killed_run_resumes_to_the_uninterrupted_result(make_context, tiny_bert, tmp_path, every, killed_in_step,
-                                                          resumed_from, evaluate, lengths):  # fmt: skip
+def test_a_killed_run_resumes_to_the_uninterrupted_result(
+    make_context, tiny_bert, tmp_path, every, killed_in_step, resumed_from, evaluate, lengths
+):
     model, tokenizer = tiny_bert
     assert model.config.hidden_dropout_prob > 0  # dropout draws random numbers: the random state must resume too
     overrides = [varied_lengths(tmp_path)] if lengths == "varied" else []
@@ -177,6 +196,14 @@ def test_parameters_digest_sees_every_bit(tiny_bert):
 def test_summary_json():
     summary = TrainingSummary(steps=3, epochs=0.5, final_loss=0.25, seconds=1.23456, history=[{"epoch": 1}])
     assert summary.to_json() == {
-        "steps": 3, "epochs": 0.5, "final_loss": 0.25, "seconds": 1.235, "history": [{"epoch": 1}], "processes": 1,
-        "setup": {}, "resumed_from_step": None, "parameters_in_sync": None, "tokens": {},
-    }  # fmt: skip
+        "steps": 3,
+        "epochs": 0.5,
+        "final_loss": 0.25,
+        "seconds": 1.235,
+        "history": [{"epoch": 1}],
+        "processes": 1,
+        "setup": {},
+        "resumed_from_step": None,
+        "parameters_in_sync": None,
+        "tokens": {},
+    }

@@ -100,8 +100,10 @@ def test_named_labels_keep_the_data_values_and_accept_the_names_in_the_data(writ
     by_value = next(iter(task.batches("dev", tokenizer, 64)))["labels"]
     named = tmp_path / "named.tsv"  # the same rows with the class names instead of 0/1
     rows = task.rows("dev")
-    named.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{task.label_names[int(r['label'])]}\n" for r in rows),
-                     encoding="utf-8")  # fmt: skip
+    named.write_text(
+        "sentence\tlabel\n" + "".join(f"{r['sentence']}\t{task.label_names[int(r['label'])]}\n" for r in rows),
+        encoding="utf-8",
+    )
     task = build_task(load_recipe(path, [NAMED, f"task.data.dev.path={named}"], host).data["task"], 0)
     assert torch.equal(next(iter(task.batches("dev", tokenizer, 64)))["labels"], by_value)
     named.write_text("sentence\tlabel\ngood film\tneutral\n", encoding="utf-8")
@@ -137,8 +139,10 @@ def test_every_saved_model_names_its_classes_in_config_json(write_recipe, host, 
 
     stages = "- {name: ft, uses: train, with: {max_steps: 2, batch_size: 16}}\n"
     out = tmp_path / "run"
-    assert main(["apply", str(write_recipe(stages)), NAMED, "evaluate.latency.enabled=false", "--output", str(out),
-                 "-q"]) == 0  # fmt: skip
+    assert (
+        main(["apply", str(write_recipe(stages)), NAMED, "evaluate.latency.enabled=false", "--output", str(out), "-q"])
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     for stage in report["stages"]:
         config = json.loads((tmp_path / stage["artifact"] / "config.json").read_text())
@@ -152,7 +156,10 @@ def test_every_saved_model_names_its_classes_in_config_json(write_recipe, host, 
     task = build_task(load_recipe(write_recipe(stages), [NAMED], host).data["task"], 0)
     name_labels(model, task)
     model.save_pretrained(tmp_path / "student")
-    assert json.loads((tmp_path / "student" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["id2label"] == {
+        "0": "negative",
+        "1": "positive",
+    }
 
 
 # -- length-grouped batches (training) ----------------------------------------------------
@@ -167,8 +174,9 @@ def varied_task(write_recipe, host, tmp_path, rows=300):
     lines = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 14))) + f"\t{i % 2}" for i in range(rows)]
     data = tmp_path / "varied.tsv"
     data.write_text("sentence\tlabel\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    recipe = load_recipe(write_recipe("- {name: t, uses: train, with: {epochs: 1}}"), [f"task.data.train.path={data}"],
-                         host)  # fmt: skip
+    recipe = load_recipe(
+        write_recipe("- {name: t, uses: train, with: {epochs: 1}}"), [f"task.data.train.path={data}"], host
+    )
     return build_task(recipe.data["task"], recipe.data["seed"])
 
 
@@ -192,8 +200,9 @@ def test_grouped_batches_cover_every_example_once_per_pass_in_an_order_fixed_by_
     assert sum(spread) / len(spread) < 1.0
 
 
-def test_grouped_batches_are_mostly_real_tokens_where_random_ones_are_mostly_padding(write_recipe, host, tiny_bert,
-                                                                                    tmp_path):  # fmt: skip
+def test_grouped_batches_are_mostly_real_tokens_where_random_ones_are_mostly_padding(
+    write_recipe, host, tiny_bert, tmp_path
+):
     _, tokenizer = tiny_bert
     task = varied_task(write_recipe, host, tmp_path)
 
@@ -208,8 +217,11 @@ def test_grouped_batches_are_mostly_real_tokens_where_random_ones_are_mostly_pad
     plain = task.batches("train", tokenizer, 16, shuffle=True, seed=0)
     assert len(grouped) == len(plain) == 19
     assert real_share(grouped) > 0.9 > 0.7 > real_share(plain)
-    seen = [int(x) for batch in task.batches("train", tokenizer, 300, shuffle=True, group_by_length=True)
-            for x in batch["labels"]]  # fmt: skip
+    seen = [
+        int(x)
+        for batch in task.batches("train", tokenizer, 300, shuffle=True, group_by_length=True)
+        for x in batch["labels"]
+    ]
     assert len(seen) == 300
 
 
@@ -220,8 +232,16 @@ def test_grouped_batches_give_each_process_a_disjoint_share(write_recipe, host, 
     from compose.tasks.base import LengthGroupedBatches
 
     lengths = [(5 * i) % 17 + 1 for i in range(256)]
-    shares = [{i for b in BatchSamplerShard(LengthGroupedBatches(lengths, batch_size=16, seed=0), num_processes=2,
-                                            process_index=rank) for i in b} for rank in (0, 1)]  # fmt: skip
+    shares = [
+        {
+            i
+            for b in BatchSamplerShard(
+                LengthGroupedBatches(lengths, batch_size=16, seed=0), num_processes=2, process_index=rank
+            )
+            for i in b
+        }
+        for rank in (0, 1)
+    ]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(256))
 
     _, tokenizer = tiny_bert

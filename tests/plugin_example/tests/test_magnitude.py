@@ -30,8 +30,15 @@ def bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -123,11 +130,21 @@ def test_finds_the_blocks_of_decoder_and_encoder_decoder_models(host, family):
         config = transformers.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
         model = transformers.T5ForConditionalGeneration(config)
     else:
-        config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+        config = transformers.LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
         model = transformers.LlamaForCausalLM(config)
     ids = torch.tensor([[1, 5, 7, 9, 11]])
-    details = host.stage("magnitude-prune").run(context(host, model, scope=["attention", "feed-forward", "classifier"])).details
+    details = (
+        host.stage("magnitude-prune")
+        .run(context(host, model, scope=["attention", "feed-forward", "classifier"]))
+        .details
+    )
     assert details["sparsity_by_scope"]["attention"] == pytest.approx(0.5, abs=1e-3)
     assert details["sparsity_by_scope"]["feed-forward"] == pytest.approx(0.5, abs=1e-3)
     if family == "llama":  # its LM head is a Linear of its own: the "classifier" scope prunes it
@@ -190,17 +207,17 @@ def test_end_to_end_train_prune_recover(tmp_path, monkeypatch):
 model:
   config: {{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4,
            intermediate_size: 64, max_position_embeddings: 32, vocab_size: {len(WORDS)}}}
-  tokenizer: {{path: {tmp_path / 'tok'}}}
+  tokenizer: {{path: {tmp_path / "tok"}}}
 task:
   kind: sequence-classification
-  data: {{train: {{path: {tmp_path / 'train.tsv'}}}, dev: {{path: {tmp_path / 'dev.tsv'}}}}}
+  data: {{train: {{path: {tmp_path / "train.tsv"}}}, dev: {{path: {tmp_path / "dev.tsv"}}}}}
   max_length: 8
 evaluate: {{batch_size: 32, latency_batches: 1}}
 stages:
   - {{name: finetune, uses: train, with: {{max_steps: 4, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}}}
   - {{name: prune, uses: magnitude-prune, with: {{sparsity: 0.6, granularity: global}}}}
   - {{name: recover, uses: train, with: {{max_steps: 2, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}}}
-output: {{dir: {tmp_path / 'run'}}}
+output: {{dir: {tmp_path / "run"}}}
 """,
         encoding="utf-8",
     )

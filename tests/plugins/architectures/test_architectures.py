@@ -11,32 +11,61 @@ import torch
 from compose.api import load_artifact, save_artifact
 from compose.errors import RecipeError
 from compose.plugins.architectures import modules
-from compose.plugins.architectures.render import render_refusals, render_table
-from compose.plugins.architectures.registry import ARCHITECTURES, STAGES, lookup
 from compose.plugins.architectures.attention import find_attention
 from compose.plugins.architectures.ffn import find_ffn
+from compose.plugins.architectures.registry import ARCHITECTURES, STAGES, lookup
+from compose.plugins.architectures.render import render_refusals, render_table
 from compose.recipe.load import load_recipe
+from tests.conftest import TINY_LLAMA, TINY_T5
 
 #: One tiny config per entry (hidden 32, 2 layers, 4 heads): what the tests build.
 TINY = {
-    "bert": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "intermediate_size": 64, "max_position_embeddings": 64},
-    "roberta": {"model_type": "roberta", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "intermediate_size": 64, "max_position_embeddings": 64},
+    "bert": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+    "roberta": {
+        "model_type": "roberta",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
     "gpt2": {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 64},
-    "llama": {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64},
-    "qwen2": {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
-    "t5": {"model_type": "t5", "d_model": 32, "d_kv": 8, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2,
-           "d_ff": 64},
-    "bart": {"model_type": "bart", "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
-             "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 64,
-             "decoder_ffn_dim": 64, "max_position_embeddings": 64},
-}  # fmt: skip
+    "llama": TINY_LLAMA,
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+    "t5": TINY_T5,
+    "bart": {
+        "model_type": "bart",
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 64,
+    },
+}
 
-CLASSES = {"encoder": "AutoModelForSequenceClassification", "decoder": "AutoModelForCausalLM",
-           "encoder-decoder": "AutoModelForSeq2SeqLM"}  # fmt: skip
+CLASSES = {
+    "encoder": "AutoModelForSequenceClassification",
+    "decoder": "AutoModelForCausalLM",
+    "encoder-decoder": "AutoModelForSeq2SeqLM",
+}
 KINDS = {"encoder": "sequence-classification", "decoder": "causal-lm", "encoder-decoder": "seq2seq"}
 NAMES = [arch.name for arch in ARCHITECTURES]
 
@@ -104,8 +133,10 @@ def test_every_declared_path_exists_in_a_real_model(build, name):
 def test_pruning_works_on_the_new_entries_and_reloads(make_context, build, host, tmp_path, name):
     model, tokenizer = build(name)
     family = lookup(name).family
-    for stage_yaml in ("- {name: p, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}",
-                       "- {name: f, uses: prune-ffn, with: {ratio: 0.25, importance: magnitude, multiple_of: 8}}"):
+    for stage_yaml in (
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}",
+        "- {name: f, uses: prune-ffn, with: {ratio: 0.25, importance: magnitude, multiple_of: 8}}",
+    ):
         ctx = make_context(stage_yaml, model, tokenizer, config=TINY[name], family=family)
         result = ctx.plugin_host.stage(ctx.plugin).run(ctx)
         model = result.model
@@ -124,16 +155,27 @@ def test_pruning_works_on_the_new_entries_and_reloads(make_context, build, host,
 def test_bart_distils_from_its_own_layers_and_from_a_smaller_config(make_context, build):
     model, tokenizer = build("bart")
     training = "training: {max_steps: 2, batch_size: 8}"
-    ctx = make_context("- {name: kd, uses: distill, with: {student: {from_teacher: {layers: [1]}}, "
-                       f"loss: {{hidden: {{weight: 1.0}}, attention: {{weight: 1.0}}}}, {training}}}}}", model,
-                       tokenizer, config=TINY["bart"], family="encoder-decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: kd, uses: distill, with: {student: {from_teacher: {layers: [1]}}, "
+        f"loss: {{hidden: {{weight: 1.0}}, attention: {{weight: 1.0}}}}, {training}}}}}",
+        model,
+        tokenizer,
+        config=TINY["bart"],
+        family="encoder-decoder",
+    )
     result = ctx.plugin_host.stage("distill").run(ctx)
     student = result.model
     assert student.config.encoder_layers == student.config.decoder_layers == 1
     assert result.details["student"]["teacher_layers"] == {"encoder": [1], "decoder": [1]}
     assert all(math.isfinite(v) for v in result.details["loss"]["values"]["last_50_batches"].values())
-    ctx = make_context("- {name: kd, uses: distill, with: {student: {config: {num_layers: 1, num_heads: 2, d_ff: 32}}, "
-                       f"{training}}}}}", model, tokenizer, config=TINY["bart"], family="encoder-decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: kd, uses: distill, with: {student: {config: {num_layers: 1, num_heads: 2, d_ff: 32}}, "
+        f"{training}}}}}",
+        model,
+        tokenizer,
+        config=TINY["bart"],
+        family="encoder-decoder",
+    )
     student = ctx.plugin_host.stage("distill").run(ctx).model
     assert (student.config.encoder_layers, student.config.decoder_layers) == (1, 2)
     assert student.config.encoder_attention_heads == student.config.decoder_attention_heads == 2
@@ -143,8 +185,13 @@ def test_bart_distils_from_its_own_layers_and_from_a_smaller_config(make_context
 @pytest.mark.parametrize("name", ["bart", "qwen2"])
 def test_gptq_quantizes_the_new_entries(make_context, build, name):
     model, tokenizer = build(name)
-    ctx = make_context("- {name: q, uses: gptq, with: {bits: 4, group_size: 16, samples: 16}}", model, tokenizer,
-                       config=TINY[name], family=lookup(name).family)  # fmt: skip
+    ctx = make_context(
+        "- {name: q, uses: gptq, with: {bits: 4, group_size: 16, samples: 16}}",
+        model,
+        tokenizer,
+        config=TINY[name],
+        family=lookup(name).family,
+    )
     result = ctx.plugin_host.stage("gptq").run(ctx)
     assert result.details["path"] == ("model" if name == "qwen2" else "layers")
     if name == "qwen2":  # q, k, v, o, gate, up, down
@@ -158,11 +205,21 @@ def test_gptq_quantizes_the_new_entries(make_context, build, name):
 
 def test_gptq_after_prune_heads_on_gpt2_walks_the_conv1d_blocks(make_context, build):
     model, tokenizer = build("gpt2")
-    ctx = make_context("- {name: p, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}", model,
-                       tokenizer, config=TINY["gpt2"], family="decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}",
+        model,
+        tokenizer,
+        config=TINY["gpt2"],
+        family="decoder",
+    )
     pruned = ctx.plugin_host.stage("prune-heads").run(ctx).model
-    ctx = make_context("- {name: q, uses: gptq, with: {bits: 8, group_size: 16, samples: 16}}", pruned, tokenizer,
-                       config=TINY["gpt2"], family="decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: q, uses: gptq, with: {bits: 8, group_size: 16, samples: 16}}",
+        pruned,
+        tokenizer,
+        config=TINY["gpt2"],
+        family="decoder",
+    )
     reference = copy.deepcopy(pruned)
     result = ctx.plugin_host.stage("gptq").run(ctx)
     assert result.details["path"] == "layers" and "prune-heads" in result.details["path_reason"]
@@ -196,17 +253,35 @@ def _problems(write_recipe, host, stages, name=None, config=None, family=None):
     return ""
 
 
-OPT = {"model_type": "opt", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 64,
-       "word_embed_proj_dim": 32, "max_position_embeddings": 64}  # fmt: skip
+OPT = {
+    "model_type": "opt",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "ffn_dim": 64,
+    "word_embed_proj_dim": 32,
+    "max_position_embeddings": 64,
+}
 
 
-@pytest.mark.parametrize("stage, settings", [("prune-heads", "{ratio: 0.5}"), ("prune-ffn", "{ratio: 0.5}"),
-                                             ("gptq", "{}"), ("distill", "{student: {from_teacher: {}}}")])
+@pytest.mark.parametrize(
+    "stage, settings",
+    [
+        ("prune-heads", "{ratio: 0.5}"),
+        ("prune-ffn", "{ratio: 0.5}"),
+        ("gptq", "{}"),
+        ("distill", "{student: {from_teacher: {}}}"),
+    ],
+)
 def test_an_unknown_model_type_is_refused_at_validation(write_recipe, host, stage, settings):
-    found = _problems(write_recipe, host, f"- {{name: s, uses: {stage}, with: {settings}}}", config=OPT,
-                      family="decoder")  # fmt: skip
-    assert f"stage 's': {stage} does not know model type 'opt' (it knows: bert, roberta, gpt2, llama, qwen2, t5, bart)" \
-        in found and "remove the stage, or add an entry for 'opt' to compose/plugins/architectures/registry.py" in found
+    found = _problems(
+        write_recipe, host, f"- {{name: s, uses: {stage}, with: {settings}}}", config=OPT, family="decoder"
+    )
+    assert (
+        f"stage 's': {stage} does not know model type 'opt' (it knows: bert, roberta, gpt2, llama, qwen2, t5, bart)"
+        in found
+        and "remove the stage, or add an entry for 'opt' to compose/plugins/architectures/registry.py" in found
+    )
 
 
 TRAIN = "- {{name: t, uses: train, with: {{max_steps: 1, parallel: {parallel}}}}}"
@@ -237,5 +312,7 @@ def test_export_is_refused_exactly_where_the_table_says(host, name):
 
 def test_the_stages_page_shows_the_tables_support_matrix_and_refusals():
     readme = (Path(__file__).resolve().parents[3] / "docs" / "stages.md").read_text(encoding="utf-8")
-    assert render_table() in readme, "docs/stages.md: paste the output of render_table() (plugins/architectures/render.py)"
+    assert render_table() in readme, (
+        "docs/stages.md: paste the output of render_table() (plugins/architectures/render.py)"
+    )
     assert render_refusals() in readme, "docs/stages.md: paste the output of render_refusals()"

@@ -26,8 +26,14 @@ TRAIN_FAST = "epochs: 4, learning_rate: 3.0e-3, batch_size: 16, eval_every_epoch
 
 
 def teacher_recipe_config(model) -> dict:
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "vocab_size")  # fmt: skip
+    keys = (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "vocab_size",
+    )
     return {"model_type": "bert", **{k: getattr(model.config, k) for k in keys}}
 
 
@@ -42,8 +48,13 @@ def teacher(make_context, tiny_bert):
         config.num_hidden_layers = TEACHER["num_hidden_layers"]
         torch.manual_seed(0)
         model = BertForSequenceClassification(config)
-        ctx = make_context(f"- {{name: ft, uses: train, with: {{{TRAIN_FAST}}}}}", model, tokenizer,
-                           overrides=(), config=teacher_recipe_config(model))  # fmt: skip
+        ctx = make_context(
+            f"- {{name: ft, uses: train, with: {{{TRAIN_FAST}}}}}",
+            model,
+            tokenizer,
+            overrides=(),
+            config=teacher_recipe_config(model),
+        )
         model, _ = train_model(ctx, model)
         _CACHE["model"] = model
         _CACHE["accuracy"] = evaluate(model, tokenizer, ctx.task, ctx.recipe["evaluate"], ctx.device).value
@@ -51,18 +62,21 @@ def teacher(make_context, tiny_bert):
 
 
 def distill_context(make_context, model, tokenizer, settings: str):
-    return make_context(f"- {{name: kd, uses: distill, with: {settings}}}", model, tokenizer,
-                        config=teacher_recipe_config(model))  # fmt: skip
+    return make_context(
+        f"- {{name: kd, uses: distill, with: {settings}}}", model, tokenizer, config=teacher_recipe_config(model)
+    )
 
 
 def test_distill_shrinks_and_the_student_learns_from_the_teacher(make_context, teacher):
     model, tokenizer, teacher_accuracy = teacher
     assert teacher_accuracy >= 0.9
     ctx = distill_context(
-        make_context, model, tokenizer,
+        make_context,
+        model,
+        tokenizer,
         "{student: {config: {num_hidden_layers: 1, hidden_size: 16, intermediate_size: 32}}, "
         f"training: {{{TRAIN_FAST}}}}}",
-    )  # fmt: skip
+    )
     result = ctx.plugin_host.stage("distill").run(ctx)
     student = result.model
     accuracy = evaluate(student, tokenizer, ctx.task, ctx.recipe["evaluate"], ctx.device).value
@@ -100,17 +114,22 @@ def test_from_teacher_every_other_copies_the_right_layers(make_context, teacher)
     ctx = distill_context(make_context, model, tokenizer, "{student: {from_teacher: {layers: [3, 1]}}}")
     student, info = distill.build_student(ctx, model)
     assert info["teacher_layers"] == [3, 1]
-    s_weight, t_weight = student.bert.encoder.layer[0].output.dense.weight, model.bert.encoder.layer[3].output.dense.weight
+    s_weight, t_weight = (
+        student.bert.encoder.layer[0].output.dense.weight,
+        model.bert.encoder.layer[3].output.dense.weight,
+    )
     assert torch.equal(s_weight, t_weight)
 
 
 def test_attention_and_hidden_matching_train_then_restore_attention(make_context, teacher):
     model, tokenizer, _ = teacher
     ctx = distill_context(
-        make_context, model, tokenizer,
+        make_context,
+        model,
+        tokenizer,
         "{loss: {hidden: {weight: 1.0}, attention: {weight: 1.0}}, training: {max_steps: 12, learning_rate: 3.0e-3, "
         "batch_size: 16, eval_every_epoch: false}}",
-    )  # fmt: skip
+    )
     result = ctx.plugin_host.stage("distill").run(ctx)
     loss = result.details["loss"]
     assert loss["terms"] == ["soft", "hard", "hidden", "attention"]
@@ -126,11 +145,13 @@ def test_attention_and_hidden_matching_train_then_restore_attention(make_context
 def test_hidden_matching_uses_a_trained_projection_when_widths_differ(make_context, teacher):
     model, tokenizer, _ = teacher
     ctx = distill_context(
-        make_context, model, tokenizer,
+        make_context,
+        model,
+        tokenizer,
         "{student: {config: {num_hidden_layers: 2, hidden_size: 16}}, "
         "loss: {soft: {weight: 0}, hard: {weight: 0}, hidden: {weight: 1.0}}, "
         "training: {max_steps: 32, learning_rate: 1.0e-2, batch_size: 16, warmup_ratio: 0, eval_every_epoch: false}}",
-    )  # fmt: skip
+    )
     result = ctx.plugin_host.stage("distill").run(ctx)
     loss = result.details["loss"]
     assert loss["terms"] == ["hidden"]
@@ -173,8 +194,10 @@ def test_each_term_alone_equals_the_loss_computed_by_hand(make_context, teacher,
         elif term == "hard":
             expected = F.cross_entropy(s.logits, batch["labels"])
         elif term == "hidden":
-            per_layer = [(((s.hidden_states[i + 1] - t.hidden_states[j + 1]) ** 2).mean(-1) * mask).sum() / mask.sum()
-                         for i, j in ((0, 0), (1, 2))]  # fmt: skip
+            per_layer = [
+                (((s.hidden_states[i + 1] - t.hidden_states[j + 1]) ** 2).mean(-1) * mask).sum() / mask.sum()
+                for i, j in ((0, 0), (1, 2))
+            ]
             expected = sum(per_layer) / 2
         else:
             per_layer = []
@@ -191,9 +214,11 @@ def test_each_term_alone_equals_the_loss_computed_by_hand(make_context, teacher,
 def test_distilled_student_artifact_reloads(make_context, teacher, tmp_path, host):
     model, tokenizer, _ = teacher
     ctx = distill_context(
-        make_context, model, tokenizer,
+        make_context,
+        model,
+        tokenizer,
         "{student: {config: {num_hidden_layers: 1, num_attention_heads: 2}}, training: {max_steps: 4, batch_size: 16}}",
-    )  # fmt: skip
+    )
     student = ctx.plugin_host.stage("distill").run(ctx).model
     folder = save_artifact(student, tokenizer, tmp_path / "student", ctx.task.kind)
     reloaded, reloaded_tokenizer = load_artifact(folder, host)
@@ -208,15 +233,23 @@ def test_distilled_student_artifact_reloads(make_context, teacher, tmp_path, hos
 def test_attention_matching_with_different_heads_is_a_clear_error(make_context, teacher, tiny_bert):
     model, tokenizer, _ = teacher
     with pytest.raises(RecipeError, match="same number of heads"):
-        distill_context(make_context, model, tokenizer,
-                        "{student: {config: {num_attention_heads: 2}}, loss: {attention: {weight: 1.0}}}")  # fmt: skip
+        distill_context(
+            make_context,
+            model,
+            tokenizer,
+            "{student: {config: {num_attention_heads: 2}}, loss: {attention: {weight: 1.0}}}",
+        )
     # Known only at run time: the recipe's config says 4 heads, the model coming in has 2.
     config = copy.deepcopy(model.config)
     config.num_attention_heads = 2
     two_heads = type(model)(config)
-    ctx = make_context("- {name: kd, uses: distill, with: {student: {config: {num_attention_heads: 4}}, "
-                       "loss: {attention: {weight: 1.0}}}}", two_heads, tokenizer,
-                       config=teacher_recipe_config(model))  # fmt: skip
+    ctx = make_context(
+        "- {name: kd, uses: distill, with: {student: {config: {num_attention_heads: 4}}, "
+        "loss: {attention: {weight: 1.0}}}}",
+        two_heads,
+        tokenizer,
+        config=teacher_recipe_config(model),
+    )
     with pytest.raises(ValueError, match="student layer 0 has 4 and teacher layer 0 has 2"):
         ctx.plugin_host.stage("distill").run(ctx)
 
@@ -313,8 +346,14 @@ def trained_teacher(request, make_context, family: str):
             setattr(config, key, value)
         torch.manual_seed(0)
         model = getattr(transformers, FAMILY_TEACHERS[family][0])(config)
-        ctx = make_context(f"- {{name: ft, uses: train, with: {{{TRAIN_LM}}}}}", model, tokenizer, overrides=(),
-                           config=family_config(family), family=family)  # fmt: skip
+        ctx = make_context(
+            f"- {{name: ft, uses: train, with: {{{TRAIN_LM}}}}}",
+            model,
+            tokenizer,
+            overrides=(),
+            config=family_config(family),
+            family=family,
+        )
         _CACHE[family], _ = train_model(ctx, model)
         _CACHE[family].eval()
     return family, copy.deepcopy(_CACHE[family]), tokenizer
@@ -331,8 +370,13 @@ def t5_teacher(request, make_context):
 
 
 def lm_context(make_context, family, model, tokenizer, settings: str):
-    return make_context(f"- {{name: kd, uses: distill, with: {settings}}}", model, tokenizer,
-                        config=family_config(family), family=family)  # fmt: skip
+    return make_context(
+        f"- {{name: kd, uses: distill, with: {settings}}}",
+        model,
+        tokenizer,
+        config=family_config(family),
+        family=family,
+    )
 
 
 def dev_loss(model, ctx) -> float:
@@ -363,8 +407,11 @@ def test_student_from_teacher_layers_keeps_those_layers_renumbered(make_context,
             s_state, t_state = layers[s_index].state_dict(), teacher_layers[t_index].state_dict()
             extra = set(s_state) - set(t_state)
             # T5: the first block owns the relative position bias, copied from the teacher's block 0
-            assert extra == ({"layer.0.SelfAttention.relative_attention_bias.weight"}
-                             if family != "decoder" and s_index == 0 else set())  # fmt: skip
+            assert extra == (
+                {"layer.0.SelfAttention.relative_attention_bias.weight"}
+                if family != "decoder" and s_index == 0
+                else set()
+            )
             assert all(torch.equal(s_state[k], t_state[k]) for k in t_state)
             assert {m.layer_idx for m in layers[s_index].modules() if hasattr(m, "layer_idx")} == {s_index}
         if family != "decoder":
@@ -378,9 +425,12 @@ def test_student_from_teacher_layers_keeps_those_layers_renumbered(make_context,
     else:
         assert (student.config.num_layers, student.config.num_decoder_layers) == (2, 2)
         assert torch.equal(student.shared.weight, model.shared.weight)
-    assert student.model.layers[0].mlp.up_proj.weight is not model.model.layers[1].mlp.up_proj.weight \
-        if family == "decoder" else student.encoder.block[0].layer[1].DenseReluDense.wi.weight is not \
-        model.encoder.block[1].layer[1].DenseReluDense.wi.weight  # fmt: skip
+    assert (
+        student.model.layers[0].mlp.up_proj.weight is not model.model.layers[1].mlp.up_proj.weight
+        if family == "decoder"
+        else student.encoder.block[0].layer[1].DenseReluDense.wi.weight
+        is not model.encoder.block[1].layer[1].DenseReluDense.wi.weight
+    )
 
     # the renumbered layers use the key/value cache right: cached generation equals uncached
     batch = next(iter(ctx.task.batches("dev", tokenizer, 4)))
@@ -396,8 +446,13 @@ def test_student_from_teacher_layers_keeps_those_layers_renumbered(make_context,
 def test_t5_decoder_layers_and_the_relative_bias_reload(make_context, t5_teacher, tmp_path, host):
     family, model, tokenizer = t5_teacher
     # teacher block 0 kept second: it gives up its bias, which the new first block gets
-    ctx = lm_context(make_context, family, model, tokenizer,
-                     "{student: {from_teacher: {layers: every_other, decoder_layers: [2, 0, 3]}}}")  # fmt: skip
+    ctx = lm_context(
+        make_context,
+        family,
+        model,
+        tokenizer,
+        "{student: {from_teacher: {layers: every_other, decoder_layers: [2, 0, 3]}}}",
+    )
     student, info = distill.build_student(ctx, model)
     assert info["teacher_layers"] == {"encoder": [0, 2], "decoder": [2, 0, 3]}
     assert (student.config.num_layers, student.config.num_decoder_layers) == (2, 3)
@@ -414,9 +469,14 @@ def test_t5_decoder_layers_and_the_relative_bias_reload(make_context, t5_teacher
 def test_distill_lm_student_learns_from_the_teacher(make_context, lm_teacher):
     family, model, tokenizer = lm_teacher
     layer_map = "[1, 3]" if family == "decoder" else "{encoder: null, decoder: [1, 3]}"
-    ctx = lm_context(make_context, family, model, tokenizer,
-                     f"{{loss: {{hidden: {{weight: 0.1}}, attention: {{weight: 0.5}}, layer_map: {layer_map}}}, "
-                     f"training: {{{DISTIL_LM}}}}}")  # fmt: skip
+    ctx = lm_context(
+        make_context,
+        family,
+        model,
+        tokenizer,
+        f"{{loss: {{hidden: {{weight: 0.1}}, attention: {{weight: 0.5}}, layer_map: {layer_map}}}, "
+        f"training: {{{DISTIL_LM}}}}}",
+    )
     before = dev_loss(distill.build_student(ctx, model)[0], ctx)
     result = ctx.plugin_host.stage("distill").run(ctx)
     after = dev_loss(result.model, ctx)
@@ -439,9 +499,14 @@ def test_attention_matching_switches_t5s_stacks_to_eager_and_back(make_context, 
     model.set_attn_implementation("sdpa")
     model.config._attn_implementation_internal = "eager"  # the top config alone says eager
     assert {model.encoder.config._attn_implementation, model.decoder.config._attn_implementation} == {"sdpa"}
-    ctx = lm_context(make_context, family, model, tokenizer,
-                     f"{{loss: {{attention: {{weight: 1.0}}, layer_map: {{encoder: null, decoder: [1, 3]}}}}, "
-                     f"training: {{{DISTIL_LM}}}}}")  # fmt: skip
+    ctx = lm_context(
+        make_context,
+        family,
+        model,
+        tokenizer,
+        f"{{loss: {{attention: {{weight: 1.0}}, layer_map: {{encoder: null, decoder: [1, 3]}}}}, "
+        f"training: {{{DISTIL_LM}}}}}",
+    )
     result = ctx.plugin_host.stage("distill").run(ctx)
     assert result.details["loss"]["values"]["last_50_batches"]["attention"] > 0
     # each config is given back as it was
@@ -477,8 +542,10 @@ def test_lm_terms_equal_the_loss_computed_by_hand(make_context, lm_teacher, term
         stacks = {"layers": ("hidden_states", "attentions", batch["attention_mask"].bool())}
     else:
         soft_mask = labels != -100
-        stacks = {"encoder": ("encoder_hidden_states", "encoder_attentions", batch["attention_mask"].bool()),
-                  "decoder": ("decoder_hidden_states", "decoder_attentions", labels != -100)}  # fmt: skip
+        stacks = {
+            "encoder": ("encoder_hidden_states", "encoder_attentions", batch["attention_mask"].bool()),
+            "decoder": ("decoder_hidden_states", "decoder_attentions", labels != -100),
+        }
     if term == "soft":
         p_t = F.softmax(t.logits / 2.0, -1)
         kl = (p_t * (p_t.log() - F.log_softmax(s.logits / 2.0, -1))).sum(-1)
@@ -501,10 +568,18 @@ def test_lm_terms_equal_the_loss_computed_by_hand(make_context, lm_teacher, term
 
 def test_lm_student_from_config_trains_and_reloads(make_context, lm_teacher, tmp_path, host):
     family, model, tokenizer = lm_teacher
-    sizes = ("{num_hidden_layers: 1, hidden_size: 16, num_attention_heads: 2}" if family == "decoder"
-             else "{num_layers: 1, num_decoder_layers: 1, d_model: 16, num_heads: 2, d_ff: 32}")  # fmt: skip
-    ctx = lm_context(make_context, family, model, tokenizer,
-                     f"{{student: {{config: {sizes}}}, loss: {{hidden: {{weight: 0.1}}}}, training: {{{DISTIL_LM}}}}}")
+    sizes = (
+        "{num_hidden_layers: 1, hidden_size: 16, num_attention_heads: 2}"
+        if family == "decoder"
+        else "{num_layers: 1, num_decoder_layers: 1, d_model: 16, num_heads: 2, d_ff: 32}"
+    )
+    ctx = lm_context(
+        make_context,
+        family,
+        model,
+        tokenizer,
+        f"{{student: {{config: {sizes}}}, loss: {{hidden: {{weight: 0.1}}}}, training: {{{DISTIL_LM}}}}}",
+    )
     result = ctx.plugin_host.stage("distill").run(ctx)
     student, details = result.model, result.details
     assert details["loss"]["hidden_projection"] == [16, 32]
@@ -532,10 +607,15 @@ def test_gpt2_student_from_teacher_distils_and_reloads(make_context, tiny_bpe_to
     from tests.conftest import _tiny_model
 
     model, tokenizer = _tiny_model("GPT2LMHeadModel", TINY_GPT2, tiny_bpe_tokenizer_dir, "causal-lm")
-    ctx = make_context("- {name: kd, uses: distill, with: {student: {from_teacher: {layers: [0, 3]}}, "
-                       "loss: {hidden: {weight: 1.0}, attention: {weight: 1.0}}, "
-                       f"training: {{{DISTIL_LM}}}}}}}", model, tokenizer,
-                       config=TINY_GPT2, family="decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: kd, uses: distill, with: {student: {from_teacher: {layers: [0, 3]}}, "
+        "loss: {hidden: {weight: 1.0}, attention: {weight: 1.0}}, "
+        f"training: {{{DISTIL_LM}}}}}}}",
+        model,
+        tokenizer,
+        config=TINY_GPT2,
+        family="decoder",
+    )
     student, _ = distill.build_student(ctx, model)
     assert student.config.n_layer == 2 and len(student.transformer.h) == 2
     assert [block.attn.layer_idx for block in student.transformer.h] == [0, 1]
@@ -555,8 +635,13 @@ def test_gpt2_student_from_teacher_distils_and_reloads(make_context, tiny_bpe_to
     with torch.no_grad():
         assert torch.allclose(student(**batch).logits, reloaded(**batch).logits, atol=1e-5)
     # GPT-2 states its FFN width as n_inner: the architecture table maps intermediate_size to it
-    ctx = make_context("- {name: kd, uses: distill, with: {student: {config: {intermediate_size: 32}}}}", model,
-                       tokenizer, config=TINY_GPT2, family="decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: kd, uses: distill, with: {student: {config: {intermediate_size: 32}}}}",
+        model,
+        tokenizer,
+        config=TINY_GPT2,
+        family="decoder",
+    )
     student, _ = distill.build_student(ctx, model)
     assert student.config.n_inner == 32 and student.transformer.h[0].mlp.c_fc.weight.shape[1] == 32
 
@@ -565,26 +650,45 @@ def test_gpt2_student_from_teacher_distils_and_reloads(make_context, tiny_bpe_to
     "family, settings, message",
     [
         ("decoder", "{student: {config: {d_model: 16}}}", "d_model does not apply to decoder models.*use hidden_size"),
-        ("encoder-decoder", "{student: {config: {hidden_size: 16}}}",
-         "hidden_size does not apply to encoder-decoder models.*use d_model"),
-        ("encoder-decoder", "{student: {config: {num_hidden_layers: 1}}}",
-         r"use num_layers \(encoder\) and num_decoder_layers"),
+        (
+            "encoder-decoder",
+            "{student: {config: {hidden_size: 16}}}",
+            "hidden_size does not apply to encoder-decoder models.*use d_model",
+        ),
+        (
+            "encoder-decoder",
+            "{student: {config: {num_hidden_layers: 1}}}",
+            r"use num_layers \(encoder\) and num_decoder_layers",
+        ),
         ("encoder", "{student: {config: {num_key_value_heads: 2}}}", "num_key_value_heads does not apply to encoder"),
         ("decoder", "{student: {config: {num_key_value_heads: 3}}}", "not a multiple of its num_key_value_heads 3"),
         ("decoder", "{student: {from_teacher: {decoder_layers: [0]}}}", "applies only to encoder-decoder models"),
         ("encoder-decoder", "{loss: {hidden: {weight: 1}, layer_map: [0]}}", "an encoder-decoder has two stacks"),
-        ("decoder", "{loss: {hidden: {weight: 1}, layer_map: {encoder: null, decoder: null}}}",
-         "is for encoder-decoder models"),
-        ("encoder-decoder", "{student: {from_teacher: {layers: [0], decoder_layers: [0, 2]}}}",
-         r"teacher decoder layer\(s\) \[2\] do not exist"),
-        ("encoder-decoder", "{loss: {hidden: {weight: 1}, layer_map: {encoder: null, decoder: [0, 1, 1]}}}",
-         "layer_map.decoder has 3 entries but the student decoder has 1"),
-        ("encoder-decoder", "{student: {config: {num_heads: 2}}, loss: {attention: {weight: 1}}}",
-         "same number of heads.*keep num_heads at 4"),
+        (
+            "decoder",
+            "{loss: {hidden: {weight: 1}, layer_map: {encoder: null, decoder: null}}}",
+            "is for encoder-decoder models",
+        ),
+        (
+            "encoder-decoder",
+            "{student: {from_teacher: {layers: [0], decoder_layers: [0, 2]}}}",
+            r"teacher decoder layer\(s\) \[2\] do not exist",
+        ),
+        (
+            "encoder-decoder",
+            "{loss: {hidden: {weight: 1}, layer_map: {encoder: null, decoder: [0, 1, 1]}}}",
+            "layer_map.decoder has 3 entries but the student decoder has 1",
+        ),
+        (
+            "encoder-decoder",
+            "{student: {config: {num_heads: 2}}, loss: {attention: {weight: 1}}}",
+            "same number of heads.*keep num_heads at 4",
+        ),
     ],
-)  # fmt: skip
-def test_family_settings_are_checked_before_running(make_context, tiny_bert, tiny_llama, tiny_t5, family, settings,
-                                                    message):  # fmt: skip
+)
+def test_family_settings_are_checked_before_running(
+    make_context, tiny_bert, tiny_llama, tiny_t5, family, settings, message
+):
     model, tokenizer = {"encoder": tiny_bert, "decoder": tiny_llama, "encoder-decoder": tiny_t5}[family]
     with pytest.raises(RecipeError, match=message):
         make_context(f"- {{name: kd, uses: distill, with: {settings}}}", model, tokenizer, family=family)
@@ -676,8 +780,10 @@ def test_the_cached_teacher_keeps_a_language_models_logits_per_position(make_con
 def test_the_teacher_cache_is_used_only_where_it_is_exact():
     from compose.plugins.distill.teacher_cache import why_not_cached
 
-    base = {"loss": {"soft": {"weight": 1.0}, "hidden": {"weight": 0}, "attention": {"weight": 0}},
-            "teacher_cache": {"enabled": True}}  # fmt: skip
+    base = {
+        "loss": {"soft": {"weight": 1.0}, "hidden": {"weight": 0}, "attention": {"weight": 0}},
+        "teacher_cache": {"enabled": True},
+    }
     assert why_not_cached(base, "encoder") is None and why_not_cached(base, "decoder") is None
     assert "encoder-decoder" in why_not_cached(base, "encoder-decoder")
     matching = {**base, "loss": {**base["loss"], "hidden": {"weight": 1.0}}}

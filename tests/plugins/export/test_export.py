@@ -23,8 +23,15 @@ from compose.testing import HANG_S, recipe_command
 
 TRAIN = "- {name: ft, uses: train, with: {epochs: 2, learning_rate: 3.0e-3, batch_size: 16, eval_every_epoch: false}}\n"
 #: conftest's TINY_BERT, wider so that 4-bit blocks of 32 fit the layers.
-WIDE_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "intermediate_size": 128, "max_position_embeddings": 64, "vocab_size": 31}  # fmt: skip
+WIDE_BERT = {
+    "model_type": "bert",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 64,
+    "vocab_size": 31,
+}
 
 ONNX_ONLY = textwrap.dedent(
     """\
@@ -64,14 +71,17 @@ def _torch_logits(model, tokenizer, texts):
 
 
 def _onnx_alone(folder, texts) -> dict:
-    done = subprocess.run([sys.executable, "-c", ONNX_ONLY, str(folder), json.dumps(texts)],
-                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", ONNX_ONLY, str(folder), json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_train_then_export_fp32_matches_pytorch_and_loads_with_onnxruntime_alone(write_recipe, tmp_path,
-                                                                                  tiny_data_dir):  # fmt: skip
+def test_train_then_export_fp32_matches_pytorch_and_loads_with_onnxruntime_alone(write_recipe, tmp_path, tiny_data_dir):
     stages = TRAIN + "- {name: deploy, uses: export, with: {weights: fp32, embeddings: fp32}}\n"
     report = _apply(write_recipe, tmp_path, stages)
     assert report["status"] == "passed"
@@ -164,8 +174,12 @@ def test_llama_train_gptq_export_loads_with_plain_from_pretrained(write_recipe, 
     assert deploy["details"]["format"] == "gptq" and "from_pretrained" in deploy["details"]["loads_with"]
     assert deploy["metric"]["value"] == pytest.approx(q["metric"]["value"], rel=1e-3)
     ids = [[5, 9, 14, 30, 2, 7]]
-    done = subprocess.run([sys.executable, "-c", PLAIN_LOAD, deploy["artifact"], json.dumps(ids)],
-                          capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_LOAD, deploy["artifact"], json.dumps(ids)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     model, _ = load_artifact(q["artifact"])
     with torch.no_grad():
@@ -200,8 +214,15 @@ def test_onnx_runtime_quantizer_logs_stay_off_the_terminal_unless_verbose(write_
     """ONNX Runtime's MatMulNBits quantizer calls logging.basicConfig(level=INFO) on import and then logs
     per node; a fresh process (the import's first time) must show none of it, unless `recipe -v`."""
     stages = TRAIN + "- {name: deploy, uses: export, with: {weights: int4, embeddings: int4}}\n"
-    command = [*recipe_command(), *(["-v"] if verbose else []), "apply", str(write_recipe(stages, config=WIDE_BERT)),
-               "--output", str(tmp_path / "run"), "-q"]  # fmt: skip
+    command = [
+        *recipe_command(),
+        *(["-v"] if verbose else []),
+        "apply",
+        str(write_recipe(stages, config=WIDE_BERT)),
+        "--output",
+        str(tmp_path / "run"),
+        "-q",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [line for line in done.stderr.splitlines() if LOG_LINE.search(line)]

@@ -15,10 +15,7 @@ from compose.api import count_parameters, load_artifact, save_artifact
 from compose.cli.main import main
 from compose.plugins.gptq import embeddings as whole_model
 from compose.plugins.gptq.row_quant import QuantEmbedding, QuantLinear
-
-#: test_gptq's WIDE_BERT: conftest's tiny BERT, 4x wider (group size 128 fits its layers).
-WIDE_BERT = {"model_type": "bert", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "intermediate_size": 256, "max_position_embeddings": 64, "vocab_size": 31}  # fmt: skip
+from tests.conftest import WIDE_BERT
 
 KIND = {"encoder": "sequence-classification", "decoder": "causal-lm", "encoder-decoder": "seq2seq"}
 OFF = {"bits": None, "group_size": 64, "sym": False}
@@ -33,8 +30,9 @@ def _gpt2(tokenizer):
 
     torch.manual_seed(0)
     eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                        bos_token_id=eos, eos_token_id=eos)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=eos, eos_token_id=eos
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -56,18 +54,41 @@ def family_model(request, tiny_bert, tiny_llama, tiny_t5, tiny_bpe_tokenizer_dir
     bpe = AutoTokenizer.from_pretrained(tiny_bpe_tokenizer_dir)
     E, L = QuantEmbedding, QuantLinear
     cases = {
-        "bert": ("encoder", *tiny_bert, {
-            "bert.embeddings.word_embeddings": (E, None), "bert.embeddings.position_embeddings": (E, None),
-            "bert.embeddings.token_type_embeddings": (E, None), "bert.pooler.dense": (L, None),
-            "classifier": (L, None)}),
+        "bert": (
+            "encoder",
+            *tiny_bert,
+            {
+                "bert.embeddings.word_embeddings": (E, None),
+                "bert.embeddings.position_embeddings": (E, None),
+                "bert.embeddings.token_type_embeddings": (E, None),
+                "bert.pooler.dense": (L, None),
+                "classifier": (L, None),
+            },
+        ),
         "llama": ("decoder", *tiny_llama, {"model.embed_tokens": (E, None), "lm_head": (L, None)}),
-        "llama-tied": ("decoder", _tied(tiny_llama[0]), tiny_llama[1], {"model.embed_tokens": (E, None),
-                                                         "lm_head": (L, "model.embed_tokens")}),
-        "gpt2": ("decoder", _gpt2(bpe), bpe, {"transformer.wte": (E, None), "transformer.wpe": (E, None),
-                                              "lm_head": (L, "transformer.wte")}),
-        "t5": ("encoder-decoder", *tiny_t5, {"shared": (E, None), "encoder.embed_tokens": (E, "shared"),
-                                             "decoder.embed_tokens": (E, "shared"), "lm_head": (L, "shared")}),
-    }  # fmt: skip
+        "llama-tied": (
+            "decoder",
+            _tied(tiny_llama[0]),
+            tiny_llama[1],
+            {"model.embed_tokens": (E, None), "lm_head": (L, "model.embed_tokens")},
+        ),
+        "gpt2": (
+            "decoder",
+            _gpt2(bpe),
+            bpe,
+            {"transformer.wte": (E, None), "transformer.wpe": (E, None), "lm_head": (L, "transformer.wte")},
+        ),
+        "t5": (
+            "encoder-decoder",
+            *tiny_t5,
+            {
+                "shared": (E, None),
+                "encoder.embed_tokens": (E, "shared"),
+                "decoder.embed_tokens": (E, "shared"),
+                "lm_head": (L, "shared"),
+            },
+        ),
+    }
     return cases[request.param]
 
 
@@ -92,12 +113,17 @@ def test_quantized_embeddings_and_heads_save_small_and_reload_identical(make_con
     rows_before = {n: copy.deepcopy(model.get_submodule(n)) for n in expected}
     result = ctx.plugin_host.stage("gptq").run(ctx)
     quantized, details = result.model, result.details
-    found = {n: (type(m), m.tied_to and _name_of(quantized, m.tied_to)) for n, m in quantized.named_modules()
-             if isinstance(m, (QuantEmbedding, QuantLinear))}  # fmt: skip
+    found = {
+        n: (type(m), m.tied_to and _name_of(quantized, m.tied_to))
+        for n, m in quantized.named_modules()
+        if isinstance(m, (QuantEmbedding, QuantLinear))
+    }
     assert found == expected
     assert set(details["rows_quantized"]) == set(expected) and details["rows_skipped"] == []
     owner = next(n for n, (cls, tied) in expected.items() if cls is QuantEmbedding)
-    assert details["rows_quantized"][owner]["bits"] == 4 and 0 < details["rows_quantized"][owner]["relative_error"] < 0.2
+    assert (
+        details["rows_quantized"][owner]["bits"] == 4 and 0 < details["rows_quantized"][owner]["relative_error"] < 0.2
+    )
     assert count_parameters(quantized) == fp32_params  # packed tables count their logical parameters, ties once
 
     folder = save_artifact(quantized, tokenizer, tmp_path / "artifact", KIND[family])
@@ -107,20 +133,27 @@ def test_quantized_embeddings_and_heads_save_small_and_reload_identical(make_con
         keys = {k for k in state if k.rsplit(".", 1)[0] == name}
         names = {"qweight", "scales"} | ({"zeros"} if ".".join([name, "zeros"]) in state else set())
         has_bias = isinstance(rows_before[name], torch.nn.Linear) and rows_before[name].bias is not None
-        wanted = ({f"{name}.{k}" for k in names} if name in owners else set()) | ({f"{name}.bias"} if has_bias else set())
+        wanted = ({f"{name}.{k}" for k in names} if name in owners else set()) | (
+            {f"{name}.bias"} if has_bias else set()
+        )
         assert keys == wanted, name
     for name in owners:  # bytes: codes at 4 (or 8) bits + fp16 scales (+ uint8 zero points) per group of a row
         rows, cols = rows_before[name].weight.shape
         bits, group = (8, -1) if name in ("classifier", "bert.pooler.dense") else (4, 16)
         groups = 1 if group == -1 or group >= cols else -(-cols // group)
         zeros = 0 if name == "lm_head" else 1
-        packed = sum(state[f"{name}.{k}"].numel() * state[f"{name}.{k}"].element_size() for k in ("qweight", "scales", "zeros")
-                     if f"{name}.{k}" in state)  # fmt: skip
+        packed = sum(
+            state[f"{name}.{k}"].numel() * state[f"{name}.{k}"].element_size()
+            for k in ("qweight", "scales", "zeros")
+            if f"{name}.{k}" in state
+        )
         assert packed == rows * cols * bits // 8 + rows * groups * (2 + zeros), name
     assert details["rows_quantized_bytes"] < details["rows_fp32_bytes"] / 4
 
     reloaded, _ = load_artifact(folder, ctx.plugin_host)
-    assert {n: type(m) for n, m in reloaded.named_modules() if n in expected} == {n: c for n, (c, _) in expected.items()}
+    assert {n: type(m) for n, m in reloaded.named_modules() if n in expected} == {
+        n: c for n, (c, _) in expected.items()
+    }
     assert torch.equal(_outputs(reloaded, ctx), _outputs(quantized, ctx))
     assert count_parameters(reloaded) == fp32_params
 
@@ -156,14 +189,18 @@ def test_defaults_quantize_embeddings_and_lm_head_at_8_bits_and_null_keeps_fp32(
         "heads": {"bits": None, "group_size": 64, "sym": False},
     }
     plan, _ = whole_model.plan(model, ctx.settings)
-    assert [(g["members"], g["role"]) for g in plan] == [([("model.embed_tokens", "embeddings")], "embeddings"),
-                                                         ([("lm_head", "lm_head")], "lm_head")]  # fmt: skip
+    assert [(g["members"], g["role"]) for g in plan] == [
+        ([("model.embed_tokens", "embeddings")], "embeddings"),
+        ([("lm_head", "lm_head")], "lm_head"),
+    ]
     assert whole_model.plan(model, _settings()) == ([], [])
     # a tied pair is one table: quantized (once) when either setting asks, with the embeddings' first
     tied = _tied(model)
     for embeddings, lm_head, role in ((OFF, {**OFF, "bits": 4}, "lm_head"), ({**OFF, "bits": 8}, OFF, "embeddings")):
         [group], _ = whole_model.plan(tied, _settings(embeddings, lm_head))
-        assert group["members"] == [("model.embed_tokens", "embeddings"), ("lm_head", "lm_head")] and group["role"] == role
+        assert (
+            group["members"] == [("model.embed_tokens", "embeddings"), ("lm_head", "lm_head")] and group["role"] == role
+        )
 
 
 def test_apply_quantizes_the_whole_model_and_reports_it(write_recipe, tmp_path, capsys):
@@ -178,9 +215,14 @@ def test_apply_quantizes_the_whole_model_and_reports_it(write_recipe, tmp_path, 
     ft, q = report["stages"][1:]
     rows = q["details"]["rows_quantized"]
     assert set(rows) == {f"bert.embeddings.{n}_embeddings" for n in ("word", "position", "token_type")}
-    assert rows["bert.embeddings.word_embeddings"] == {"role": "embeddings", "shape": [31, 128], "bits": 4,
-                                                       "group_size": 32, "sym": False,
-                                                       "relative_error": rows["bert.embeddings.word_embeddings"]["relative_error"]}  # fmt: skip
+    assert rows["bert.embeddings.word_embeddings"] == {
+        "role": "embeddings",
+        "shape": [31, 128],
+        "bits": 4,
+        "group_size": 32,
+        "sym": False,
+        "relative_error": rows["bert.embeddings.word_embeddings"]["relative_error"],
+    }
     # fp32 tables of (31 + 64 + 2) rows x 128 -> 4-bit codes + a scale and a zero point per 32 values
     assert q["details"]["rows_fp32_bytes"] == 97 * 128 * 4
     assert q["details"]["rows_quantized_bytes"] == 97 * 128 // 2 + 97 * 4 * 3

@@ -22,17 +22,8 @@ from compose.errors import RecipeError
 from compose.plugins.gptq import layers
 from compose.plugins.gptq.row_quant import QuantEmbedding, QuantLinear
 from compose.recipe.load import load_recipe
+from tests.conftest import WIDE_BERT
 
-#: conftest's TINY_BERT (same vocabulary and depth), 4x wider.
-WIDE_BERT = {
-    "model_type": "bert",
-    "hidden_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 256,
-    "max_position_embeddings": 64,
-    "vocab_size": 31,
-}
 LINEARS_PER_BLOCK = 6  # query, key, value, attention output, intermediate, output
 
 
@@ -53,8 +44,12 @@ def _quantize(make_context, model, tokenizer, settings: str):
 
 def _logits(model, ctx, split="dev"):
     with torch.no_grad():
-        return torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits
-                          for b in ctx.task.batches(split, ctx.tokenizer, 32)])  # fmt: skip
+        return torch.cat(
+            [
+                model(**{k: v for k, v in b.items() if k != "labels"}).logits
+                for b in ctx.task.batches(split, ctx.tokenizer, 32)
+            ]
+        )
 
 
 def _packed(model):
@@ -72,7 +67,9 @@ def test_packs_the_blocks_and_reloads_to_identical_outputs(make_context, wide_be
     assert len(packed) == result.details["layers_quantized"] == 2 * LINEARS_PER_BLOCK
     assert all(n.startswith("bert.encoder.layer.") for n in packed)
     assert not any(isinstance(m, torch.nn.Linear) for m in quantized.bert.encoder.modules())
-    assert isinstance(quantized.classifier, torch.nn.Linear) and isinstance(quantized.bert.pooler.dense, torch.nn.Linear)
+    assert isinstance(quantized.classifier, torch.nn.Linear) and isinstance(
+        quantized.bert.pooler.dense, torch.nn.Linear
+    )
     query = packed["bert.encoder.layer.0.attention.self.query"]
     assert query.qweight.dtype == torch.int32 and tuple(query.qweight.shape) == (128 * 8 // 32, 128)
     assert tuple(query.scales.shape) == (1, 128) and query.g_idx.tolist() == [0] * 128
@@ -86,8 +83,13 @@ def test_packs_the_blocks_and_reloads_to_identical_outputs(make_context, wide_be
     assert (config["bits"], config["group_size"], config["sym"], config["desc_act"]) == (8, 128, True, False)
     state = load_file(folder / "model.safetensors")
     prefix = "bert.encoder.layer.0.attention.self.query."
-    assert {k for k in state if k.startswith(prefix)} == {prefix + s for s in ("qweight", "qzeros", "scales", "g_idx", "bias")}
-    assert state[prefix + "qweight"].dtype == torch.int32 and "bert.encoder.layer.0.attention.self.query.weight" not in state
+    assert {k for k in state if k.startswith(prefix)} == {
+        prefix + s for s in ("qweight", "qzeros", "scales", "g_idx", "bias")
+    }
+    assert (
+        state[prefix + "qweight"].dtype == torch.int32
+        and "bert.encoder.layer.0.attention.self.query.weight" not in state
+    )
     # checkpoint_format gptq (v1) stores every 8-bit zero point minus one; memory keeps v2
     assert torch.equal(state[prefix + "qzeros"], query.qzeros - 0x01010101)
 
@@ -102,7 +104,9 @@ def _dequantize_gptq_v1(qweight, qzeros, scales, g_idx, bits):
     shifts = torch.arange(0, 32, bits, dtype=torch.int32)
     mask = 2**bits - 1
     codes = ((qweight.unsqueeze(1) >> shifts.view(1, -1, 1)) & mask).reshape(-1, qweight.shape[1])
-    zeros = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & mask).reshape(qzeros.shape[0], -1) + 1  # v1: stored minus one
+    zeros = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & mask).reshape(
+        qzeros.shape[0], -1
+    ) + 1  # v1: stored minus one
     groups = g_idx.long()
     return scales.float()[groups] * (codes - zeros[groups]).float()
 
@@ -130,7 +134,9 @@ def test_4bit_group128_is_a_sixth_of_fp32_and_stays_close(make_context, wide_ber
 
 def _layer_inputs(model, ctx, layer="bert.encoder.layer.0.attention.self.query"):
     seen = []
-    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1]))
+    )
     _logits(model, ctx, "train")
     handle.remove()
     return torch.cat(seen)
@@ -140,7 +146,9 @@ def test_gptq_reconstructs_layer_outputs_better_than_round_to_nearest(make_conte
     model, tokenizer = wide_bert
     errors = {}
     for method in ("gptq", "rtn"):
-        ctx, result = _quantize(make_context, copy.deepcopy(model), tokenizer, f"method: {method}, bits: 3, group_size: 32, samples: 64")
+        ctx, result = _quantize(
+            make_context, copy.deepcopy(model), tokenizer, f"method: {method}, bits: 3, group_size: 32, samples: 64"
+        )
         x = _layer_inputs(model, ctx)  # the first block's inputs: not changed by quantization
         layer = "bert.encoder.layer.0.attention.self.query"
         with torch.no_grad():
@@ -166,16 +174,26 @@ def test_asymmetric_act_order_saves_gptq_v2_and_reloads(make_context, wide_bert,
 
 
 def test_plan_checks(write_recipe, host):
-    recipe = load_recipe(write_recipe("- {name: q, uses: gptq, with: {group_size: 256, method: rtn, act_order: true}}\n",
-                                      config=WIDE_BERT), ["model.fine_tuned=true"], host)  # fmt: skip
+    recipe = load_recipe(
+        write_recipe(
+            "- {name: q, uses: gptq, with: {group_size: 256, method: rtn, act_order: true}}\n", config=WIDE_BERT
+        ),
+        ["model.fine_tuned=true"],
+        host,
+    )
     warnings = " | ".join(w.message for w in recipe.warnings)
     assert "group_size 256 is larger than in_features 128" in warnings
     assert "act_order has no effect with method rtn" in warnings
     assert "does not divide" not in warnings
     clean = load_recipe(write_recipe("- {name: q, uses: gptq}\n", config=WIDE_BERT), ["model.fine_tuned=true"], host)
     assert not clean.warnings
-    odd = load_recipe(write_recipe("- {name: q, uses: gptq, with: {group_size: 64}}\n",
-                                   config={**WIDE_BERT, "intermediate_size": 96}), ["model.fine_tuned=true"], host)  # fmt: skip
+    odd = load_recipe(
+        write_recipe(
+            "- {name: q, uses: gptq, with: {group_size: 64}}\n", config={**WIDE_BERT, "intermediate_size": 96}
+        ),
+        ["model.fine_tuned=true"],
+        host,
+    )
     assert any("group_size 64 does not divide in_features 96" in w.message for w in odd.warnings)
 
 
@@ -183,8 +201,11 @@ def test_3bit_needs_widths_that_are_multiples_of_32(write_recipe, capsys):
     recipe = write_recipe("- {name: q, uses: gptq, with: {bits: 3}}\n", config={**WIDE_BERT, "hidden_size": 48})
     assert main(["validate", str(recipe), "model.fine_tuned=true", "--json"]) == 2
     problems = json.loads(capsys.readouterr().out)["recipes"][0]["problems"]
-    assert any("3-bit packing needs layer widths that are multiples of 32, and this model has 48" in p["message"]
-               and p["path"] == "$.stages[0].with.bits" for p in problems)  # fmt: skip
+    assert any(
+        "3-bit packing needs layer widths that are multiples of 32, and this model has 48" in p["message"]
+        and p["path"] == "$.stages[0].with.bits"
+        for p in problems
+    )
     recipe = write_recipe("- {name: q, uses: gptq, with: {bits: 3}}\n", config=WIDE_BERT)
     assert main(["validate", str(recipe), "model.fine_tuned=true"]) == 0
 
@@ -219,12 +240,22 @@ def test_apply_train_then_gptq_end_to_end(write_recipe, tmp_path, capsys):
 
 # -- decoder and encoder-decoder ------------------------------------------------------------
 
-LLAMA_LINEARS = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}  # fmt: skip
+LLAMA_LINEARS = {
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+}
 T5_SELF_ATTENTION = {"layer.0.SelfAttention." + x for x in "qkvo"}
 T5_ENCODER_LINEARS = T5_SELF_ATTENTION | {"layer.1.DenseReluDense.wi", "layer.1.DenseReluDense.wo"}
-T5_DECODER_LINEARS = (T5_SELF_ATTENTION | {"layer.1.EncDecAttention." + x for x in "qkvo"}
-                      | {"layer.2.DenseReluDense.wi", "layer.2.DenseReluDense.wo"})  # fmt: skip
+T5_DECODER_LINEARS = (
+    T5_SELF_ATTENTION
+    | {"layer.1.EncDecAttention." + x for x in "qkvo"}
+    | {"layer.2.DenseReluDense.wi", "layer.2.DenseReluDense.wo"}
+)
 
 
 def _outputs(model, ctx, split="dev"):
@@ -252,8 +283,13 @@ def test_decoder_goes_through_gptqmodels_llama_definition_and_reloads(make_conte
     fp32_logits = fp32_loss = None
     results = {}
     for method in ("rtn", "gptq"):
-        ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "decoder",
-                                  f"method: {method}, bits: 4, group_size: 32, samples: 64")  # fmt: skip
+        ctx, result = _run_family(
+            make_context,
+            copy.deepcopy(model),
+            tokenizer,
+            "decoder",
+            f"method: {method}, bits: 4, group_size: 32, samples: 64",
+        )
         if fp32_logits is None:
             fp32_logits, fp32_loss = _outputs(model, ctx)
         results[method] = (result, *_outputs(result.model, ctx))
@@ -291,16 +327,18 @@ def test_gpt2_goes_through_gptqmodels_definition_with_its_conv1d_layers(make_con
     tokenizer = AutoTokenizer.from_pretrained(tiny_bpe_tokenizer_dir)
     torch.manual_seed(0)
     eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                        bos_token_id=eos, eos_token_id=eos)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=eos, eos_token_id=eos
+    )
     model = GPT2LMHeadModel(config).eval()
     original = copy.deepcopy(model)
     settings = "bits: 8, group_size: 32, samples: 32, sym: false"
     ctx, result = _run_family(make_context, model, tokenizer, "decoder", settings)
     assert result.details["path"] == "model" and "GPT2QModel" in result.details["path_reason"]
     packed = _packed(result.model)
-    assert set(packed) == {f"transformer.h.{i}.{n}" for i in range(2)
-                           for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}  # fmt: skip
+    assert set(packed) == {
+        f"transformer.h.{i}.{n}" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
     c_fc = packed["transformer.h.0.mlp.c_fc"]  # a Conv1D of weight [32, 128] in GPT-2
     assert (c_fc.in_features, c_fc.out_features) == (32, 128)
     q8 = _outputs(result.model, ctx)[0]
@@ -315,16 +353,22 @@ def test_t5_quantizes_the_encoder_then_the_decoder_blocks_and_reloads(make_conte
     model, tokenizer = tiny_t5
     runs = {}
     for method in ("rtn", "gptq"):
-        ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "encoder-decoder",
-                                  f"method: {method}, bits: 4, group_size: 32, samples: 64")  # fmt: skip
+        ctx, result = _run_family(
+            make_context,
+            copy.deepcopy(model),
+            tokenizer,
+            "encoder-decoder",
+            f"method: {method}, bits: 4, group_size: 32, samples: 64",
+        )
         runs[method] = (result, *_outputs(result.model, ctx))
     fp32_logits, fp32_loss = _outputs(model, ctx)
     result, q_logits, q_loss = runs["gptq"]
     details = result.details
     assert details["path"] == "layers" and "no model definition for encoder-decoder" in details["path_reason"]
     packed = _packed(result.model)
-    expected = ({f"encoder.block.{i}.{n}" for i in range(2) for n in T5_ENCODER_LINEARS}
-                | {f"decoder.block.{i}.{n}" for i in range(2) for n in T5_DECODER_LINEARS})  # fmt: skip
+    expected = {f"encoder.block.{i}.{n}" for i in range(2) for n in T5_ENCODER_LINEARS} | {
+        f"decoder.block.{i}.{n}" for i in range(2) for n in T5_DECODER_LINEARS
+    }
     assert set(packed) == expected and details["layers_quantized"] == 32
     # the tied lm_head and both stacks' embed_tokens read the one packed `shared` table
     assert isinstance(result.model.lm_head, QuantLinear) and result.model.lm_head.tied_to is result.model.shared
@@ -344,18 +388,22 @@ def test_t5_quantizes_the_encoder_then_the_decoder_blocks_and_reloads(make_conte
 def test_block_walk_and_gptqmodels_llama_path_pack_identical_weights(make_context, tiny_llama):
     """The layer walk (T5, BERT, decoders GPTQModel does not know) against the engine's own
     Llama path on the same calibration data: the same GPTQ result, bit for bit."""
-    from compose.plugins.gptq import stage as gptq
     from compose.api import library_chatter_off
+    from compose.plugins.gptq import stage as gptq
 
     model, tokenizer = tiny_llama
-    ctx, result = _run_family(make_context, copy.deepcopy(model), tokenizer, "decoder", "bits: 4, group_size: 32, samples: 64")
+    ctx, result = _run_family(
+        make_context, copy.deepcopy(model), tokenizer, "decoder", "bits: 4, group_size: 32, samples: 64"
+    )
     eng = gptq.engine()
     with library_chatter_off(stdout=True):
         qcfg = gptq._quantize_config(eng, ctx.settings)
     walked = copy.deepcopy(model)
     spec = result.model.compose_transforms[0]["info"]["quantization"]
     with torch.no_grad(), library_chatter_off(stdout=True), ctx.progress.track("walk") as bar:
-        found = layers.quantize_by_blocks(eng, qcfg, spec, ctx.settings, walked, gptq._calibration(ctx), ctx.device, bar)
+        found = layers.quantize_by_blocks(
+            eng, qcfg, spec, ctx.settings, walked, gptq._calibration(ctx), ctx.device, bar
+        )
     assert found["layers"] == result.model.compose_transforms[0]["info"]["layers"]
     for name, module in _packed(result.model).items():
         assert torch.equal(module.dequantize_weight(), walked.get_submodule(name).dequantize_weight()), name
@@ -374,7 +422,7 @@ def test_block_walk_reproduces_the_models_own_stack_outputs(make_context, tiny_l
     assert [name for name, _ in stacks] == expected
     for number, (_, blocks) in enumerate(stacks):
         seen = []
-        handle = blocks[-1].register_forward_hook(lambda _m, _a, out: seen.append(layers._hidden(out)))
+        handle = blocks[-1].register_forward_hook(lambda _m, _a, out, seen=seen: seen.append(layers._hidden(out)))
         with torch.no_grad():
             for batch in batches:
                 model(**layers.model_inputs(model, batch, ctx.device))
@@ -395,8 +443,14 @@ def test_plan_checks_know_llama_and_t5_widths(write_recipe, host):
         recipe = load_recipe(write_recipe(stage, config=config, family=family), ["model.fine_tuned=true"], host)
         return " | ".join(w.message for w in recipe.warnings)
 
-    llama = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "intermediate_size": 96}  # fmt: skip
+    llama = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 96,
+    }
     found = warnings("- {name: q, uses: gptq, with: {group_size: 64}}\n", "decoder", llama)
     assert "group_size 64 does not divide in_features 96" in found and "in_features 64" not in found
     t5 = {"model_type": "t5", "d_model": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "d_ff": 128}
@@ -404,9 +458,14 @@ def test_plan_checks_know_llama_and_t5_widths(write_recipe, host):
     assert "group_size 64 is larger than in_features 32" in found  # the attention output: 4 heads x 8
     assert not warnings("- {name: q, uses: gptq, with: {group_size: 32}}\n", "encoder-decoder", t5)
     narrow_kv = {**llama, "num_key_value_heads": 1}  # k/v project to 1 head x 16
-    with pytest.raises(RecipeError, match="3-bit packing needs layer widths that are multiples of 32, and this model has 16"):
-        load_recipe(write_recipe("- {name: q, uses: gptq, with: {bits: 3}}\n", config=narrow_kv, family="decoder"),
-                    ["model.fine_tuned=true"], host)  # fmt: skip
+    with pytest.raises(
+        RecipeError, match="3-bit packing needs layer widths that are multiples of 32, and this model has 16"
+    ):
+        load_recipe(
+            write_recipe("- {name: q, uses: gptq, with: {bits: 3}}\n", config=narrow_kv, family="decoder"),
+            ["model.fine_tuned=true"],
+            host,
+        )
 
 
 @pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])

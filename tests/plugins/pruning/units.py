@@ -25,6 +25,30 @@ def batch_of(ctx):
     return next(iter(ctx.task.batches("dev", ctx.tokenizer, 8)))
 
 
+def unknown_architecture():
+    """A tiny OPT: a transformers model whose type the architecture table does not know."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        ffn_dim=64,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    )
+    return OPTForCausalLM(config)
+
+
+def prepared(make_context, stage_yaml, model, tokenizer, **context):
+    """(context, its first dev batch, a copy of the model before the stage): what every test of a stage starts from."""
+    import copy
+
+    ctx = make_context(stage_yaml, model, tokenizer, **context)
+    return ctx, batch_of(ctx), copy.deepcopy(model)
+
+
 def masked_logits(masks_of, sites, model, batch, removed):
     """Logits with the ``removed`` units' masks set to 0: what removing those units must reproduce.
 

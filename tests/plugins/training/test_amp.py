@@ -97,8 +97,9 @@ def test_the_trained_model_runs_in_fp32_again_after_bf16_training(make_context, 
 @pytest.mark.parametrize("family", ["decoder", "encoder-decoder"])
 def test_bf16_on_decoders_and_t5(make_context, tiny_llama, tiny_t5, family):
     model, tokenizer = tiny_llama if family == "decoder" else tiny_t5
-    ctx = make_context("- {name: ft, uses: train, with: {max_steps: 2, amp: bf16}}", model, tokenizer,
-                       overrides=(), family=family)  # fmt: skip
+    ctx = make_context(
+        "- {name: ft, uses: train, with: {max_steps: 2, amp: bf16}}", model, tokenizer, overrides=(), family=family
+    )
     dtypes = []
     linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     handle = linear.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
@@ -179,8 +180,13 @@ def test_explicit_bf16_on_a_cpu_with_bf16_instructions_is_not_a_warning(write_re
     assert load_recipe(write_recipe("- {name: ft, uses: train, with: {amp: bf16}}"), host=host).warnings == []
 
 
-@pytest.mark.parametrize("cpuinfo, shown", [(AVX2_CPUINFO, "amp auto -> fp32: this CPU (AVX2) has no native bf16"),
-                                            (AMX_CPUINFO, "amp auto -> bf16: this CPU (AVX512-BF16, AMX)")])  # fmt: skip
+@pytest.mark.parametrize(
+    "cpuinfo, shown",
+    [
+        (AVX2_CPUINFO, "amp auto -> fp32: this CPU (AVX2) has no native bf16"),
+        (AMX_CPUINFO, "amp auto -> bf16: this CPU (AVX512-BF16, AMX)"),
+    ],
+)
 def test_recipe_plan_says_what_auto_picks_here(write_recipe, cpu, capsys, cpuinfo, shown):
     cpu(cpuinfo)
     assert main(["plan", str(write_recipe("- {name: ft, uses: train, with: {amp: auto}}"))]) == 0

@@ -9,7 +9,9 @@ from compose.run.training import train_model
 
 
 def grads_after_one_step(make_context, model, tokenizer, checkpointing: bool):
-    settings = f"{{max_steps: 1, checkpointing: {str(checkpointing).lower()}, max_grad_norm: null, learning_rate: 1.0e-9}}"
+    settings = (
+        f"{{max_steps: 1, checkpointing: {str(checkpointing).lower()}, max_grad_norm: null, learning_rate: 1.0e-9}}"
+    )
     ctx = make_context(f"- {{name: ft, uses: train, with: {settings}}}", model, tokenizer, overrides=())
     grads = {}
     used = []
@@ -43,8 +45,9 @@ def test_checkpointing_gives_the_same_gradients(make_context, tiny_bert):
 
 def test_a_model_without_checkpointing_support_gets_a_clear_error(make_context, tiny_bert):
     model, tokenizer = tiny_bert
-    ctx = make_context("- {name: ft, uses: train, with: {max_steps: 1, checkpointing: true}}", model, tokenizer,
-                       overrides=())  # fmt: skip
+    ctx = make_context(
+        "- {name: ft, uses: train, with: {max_steps: 1, checkpointing: true}}", model, tokenizer, overrides=()
+    )
     type(model).supports_gradient_checkpointing = False
     try:
         with pytest.raises(ValueError, match="does not support gradient checkpointing"):
@@ -63,9 +66,13 @@ def test_checkpointing_gives_the_same_gradients_on_decoders_and_t5(make_context,
             module.dropout = 0.0
 
     def grads(checkpointing):
-        settings = f"{{max_steps: 1, checkpointing: {str(checkpointing).lower()}, max_grad_norm: null, learning_rate: 1.0e-9}}"
+        settings = (
+            f"{{max_steps: 1, checkpointing: {str(checkpointing).lower()}, max_grad_norm: null, learning_rate: 1.0e-9}}"
+        )
         copy_ = copy.deepcopy(model)
-        ctx = make_context(f"- {{name: ft, uses: train, with: {settings}}}", copy_, tokenizer, overrides=(), family=family)
+        ctx = make_context(
+            f"- {{name: ft, uses: train, with: {settings}}}", copy_, tokenizer, overrides=(), family=family
+        )
         found, used = {}, []
 
         def loss_fn(m, batch):

@@ -12,11 +12,20 @@ from compose.recipe.load import load_recipe
 from compose.testing import HANG_S
 
 RECIPE_BIN = str(Path(sys.executable).parent / "recipe")
-TRAIN = "- {{name: ft, uses: train, with: {{epochs: 4, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
+TRAIN = (
+    "- {{name: ft, uses: train, with: {{epochs: 4, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
+)
 
 
-def apply(write_recipe, tmp_path, parallel: str, nproc: int, family: str = "encoder", train: str = TRAIN,
-          config: dict | None = None) -> dict:  # fmt: skip
+def apply(
+    write_recipe,
+    tmp_path,
+    parallel: str,
+    nproc: int,
+    family: str = "encoder",
+    train: str = TRAIN,
+    config: dict | None = None,
+) -> dict:
     recipe = write_recipe(train.format(parallel=parallel), family=family, config=config)
     out = tmp_path / "run"
     done = subprocess.run(
@@ -63,7 +72,9 @@ def test_one_process_trains_as_usual(make_context, tiny_bert):
     assert summary.steps == 2 and summary.processes == 1
 
 
-SHORT = "- {{name: ft, uses: train, with: {{max_steps: 6, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
+SHORT = (
+    "- {{name: ft, uses: train, with: {{max_steps: 6, learning_rate: 3.0e-3, batch_size: 16, parallel: {parallel}}}}}\n"
+)
 
 
 def test_tensor_parallel_splits_a_llama_decoder_and_gathers_it_back(write_recipe, tmp_path):
@@ -81,7 +92,9 @@ def test_fsdp_trains_t5_and_tensor_parallel_is_refused_before_anything_runs(writ
     training = report["stages"][-1]["details"]["training"]
     assert training["setup"]["parallel"]["mesh"] == {"dp": 2, "tp": 1} and training["parameters_in_sync"] is True
     recipe = write_recipe(SHORT.format(parallel="tp"), name="tp.yaml", family="encoder-decoder")
-    with pytest.raises(RecipeError, match="parallel: tp is not available for model type 't5': T5 attention.*use ddp or fsdp"):
+    with pytest.raises(
+        RecipeError, match="parallel: tp is not available for model type 't5': T5 attention.*use ddp or fsdp"
+    ):
         load_recipe(recipe, host=host)
 
 
@@ -91,6 +104,7 @@ def test_fsdp_trains_gpt2_and_tensor_parallel_is_refused_before_anything_runs(wr
     training = report["stages"][-1]["details"]["training"]
     assert training["setup"]["parallel"]["mesh"] == {"dp": 2, "tp": 1} and training["parameters_in_sync"] is True
     recipe = write_recipe(SHORT.format(parallel="tp"), name="tp.yaml", family="decoder", config=gpt2)
-    with pytest.raises(RecipeError, match="parallel: tp is not available for model type 'gpt2': GPT-2's layers are "
-                                          "transformers Conv1D"):  # fmt: skip
+    with pytest.raises(
+        RecipeError, match="parallel: tp is not available for model type 'gpt2': GPT-2's layers are transformers Conv1D"
+    ):
         load_recipe(recipe, host=host)

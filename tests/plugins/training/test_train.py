@@ -22,8 +22,13 @@ def test_train_improves_accuracy_on_learnable_data(make_context, tiny_bert):
 
 def test_train_lowers_a_decoders_perplexity(make_context, tiny_llama):
     model, tokenizer = tiny_llama
-    ctx = make_context("- {name: ft, uses: train, with: {epochs: 2, learning_rate: 3.0e-3, batch_size: 16}}",
-                       model, tokenizer, overrides=(), family="decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: ft, uses: train, with: {epochs: 2, learning_rate: 3.0e-3, batch_size: 16}}",
+        model,
+        tokenizer,
+        overrides=(),
+        family="decoder",
+    )
     before = evaluate(model, tokenizer, ctx.task, ctx.recipe["evaluate"], ctx.device)
     result = ctx.plugin_host.stage("train").run(ctx)
     after = evaluate(result.model, tokenizer, ctx.task, ctx.recipe["evaluate"], ctx.device)
@@ -33,8 +38,13 @@ def test_train_lowers_a_decoders_perplexity(make_context, tiny_llama):
 
 def test_train_teaches_t5_to_answer_in_words(make_context, tiny_t5):
     model, tokenizer = tiny_t5
-    ctx = make_context("- {name: ft, uses: train, with: {epochs: 3, learning_rate: 3.0e-3, batch_size: 16, "
-                       "eval_every_epoch: false}}", model, tokenizer, overrides=(), family="encoder-decoder")  # fmt: skip
+    ctx = make_context(
+        "- {name: ft, uses: train, with: {epochs: 3, learning_rate: 3.0e-3, batch_size: 16, eval_every_epoch: false}}",
+        model,
+        tokenizer,
+        overrides=(),
+        family="encoder-decoder",
+    )
     result = ctx.plugin_host.stage("train").run(ctx)
     after = evaluate(result.model, tokenizer, ctx.task, ctx.recipe["evaluate"], ctx.device)
     assert after.metric == "exact_match" and after.value >= 0.9  # it answers "positive"/"negative" right
@@ -51,8 +61,9 @@ def test_each_training_run_starts_accelerate_afresh(make_context, tiny_bert):
     from compose.run.training import fresh_accelerator, train_model
 
     model, tokenizer = tiny_bert
-    ctx = make_context("- {name: ft, uses: train, with: {max_steps: 2, eval_every_epoch: false}}", model, tokenizer,
-                       overrides=())  # fmt: skip
+    ctx = make_context(
+        "- {name: ft, uses: train, with: {max_steps: 2, eval_every_epoch: false}}", model, tokenizer, overrides=()
+    )
     train_model(ctx)
     asked_cpu = ctx.device.type == "cpu"
     assert PartialState()._cpu is asked_cpu  # what decides accelerate's device

@@ -11,18 +11,20 @@ from compose.cli.main import main
 from compose.errors import RecipeError
 from compose.plugins.pruning.ffn import stage as prune_ffn
 from compose.recipe.load import load_recipe
+from tests.conftest import TINY_T5
 from tests.plugins.pruning.units import (
     TINY_GPT2,
     batch_of,
     built,
     lowest,
     masked_logits,
+    prepared,
     reloads_identically,
     run_stage,
+    unknown_architecture,
 )
 
-GATED_T5 = {"model_type": "t5", "d_model": 32, "d_kv": 8, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2,
-            "d_ff": 64, "feed_forward_proj": "gated-gelu"}  # fmt: skip
+GATED_T5 = {**TINY_T5, "feed_forward_proj": "gated-gelu"}
 
 
 def removed_logits(model, batch, removed):
@@ -45,10 +47,12 @@ def _removed(details, before):
 
 def test_bert_loses_exactly_the_lowest_magnitude_neurons_and_reloads(make_context, tiny_bert, host, tmp_path):
     model, tokenizer = tiny_bert
-    ctx = make_context("- {name: p, uses: prune-ffn, with: {ratio: 0.5, scope: per_layer, importance: magnitude}}",
-                       model, tokenizer)  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-ffn, with: {ratio: 0.5, scope: per_layer, importance: magnitude}}",
+        model,
+        tokenizer,
+    )
     expected = []  # by hand: per layer the 32 of 64 neurons with the smallest intermediate row + output column norm
     for layer in original.bert.encoder.layer:
         expected.append(lowest(norms_of([layer.intermediate.dense.weight], layer.output.dense.weight), 32))
@@ -78,10 +82,13 @@ def test_bert_loses_exactly_the_lowest_magnitude_neurons_and_reloads(make_contex
 
 def test_llama_gated_ffn_loses_gate_up_rows_and_down_columns(make_context, tiny_llama, host, tmp_path):
     model, tokenizer = tiny_llama
-    ctx = make_context("- {name: p, uses: prune-ffn, with: {layer_ratios: [0.25, 0.75], importance: magnitude}}",
-                       model, tokenizer, family="decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-ffn, with: {layer_ratios: [0.25, 0.75], importance: magnitude}}",
+        model,
+        tokenizer,
+        family="decoder",
+    )
     expected = []
     for layer, n in zip(original.model.layers, (16, 48)):
         mlp = layer.mlp
@@ -94,7 +101,10 @@ def test_llama_gated_ffn_loses_gate_up_rows_and_down_columns(make_context, tiny_
     for layer, width in zip(result.model.model.layers, (48, 16)):
         mlp = layer.mlp
         assert [tuple(p.weight.shape) for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)] == [
-            (width, 32), (width, 32), (32, width)]  # fmt: skip
+            (width, 32),
+            (width, 32),
+            (32, width),
+        ]
         assert mlp.intermediate_size == width
     with torch.no_grad():
         assert torch.allclose(result.model(**batch).logits, want, atol=1e-5)
@@ -103,10 +113,14 @@ def test_llama_gated_ffn_loses_gate_up_rows_and_down_columns(make_context, tiny_
 
 def test_gpt2_conv1d_weights_are_sliced_transposed(make_context, tiny_bpe_tokenizer_dir, host, tmp_path):
     model, tokenizer = built("GPT2LMHeadModel", TINY_GPT2, tiny_bpe_tokenizer_dir)
-    ctx = make_context("- {name: p, uses: prune-ffn, with: {ratio: 0.5, scope: per_layer, importance: magnitude}}",
-                       model, tokenizer, config=TINY_GPT2, family="decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-ffn, with: {ratio: 0.5, scope: per_layer, importance: magnitude}}",
+        model,
+        tokenizer,
+        config=TINY_GPT2,
+        family="decoder",
+    )
     # Conv1D stores (in, out): c_fc's neuron j is column j, c_proj's is row j
     expected = [lowest(norms_of([b.mlp.c_fc.weight.t()], b.mlp.c_proj.weight.t()), 64) for b in original.transformer.h]
     want = removed_logits(original, batch, expected)
@@ -126,14 +140,16 @@ def test_gpt2_conv1d_weights_are_sliced_transposed(make_context, tiny_bpe_tokeni
 
 @pytest.mark.parametrize("gated", [False, True], ids=["wi", "wi_0-wi_1"])
 def test_t5_prunes_encoder_and_decoder_blocks(make_context, tiny_bpe_tokenizer_dir, host, tmp_path, gated):
-    from tests.conftest import TINY_T5
-
     config = GATED_T5 if gated else TINY_T5
     model, tokenizer = built("T5ForConditionalGeneration", config, tiny_bpe_tokenizer_dir, "seq2seq")
-    ctx = make_context("- {name: p, uses: prune-ffn, with: {ratio: 0.5, calibration_batches: 2}}", model, tokenizer,
-                       config=config, family="encoder-decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-ffn, with: {ratio: 0.5, calibration_batches: 2}}",
+        model,
+        tokenizer,
+        config=config,
+        family="encoder-decoder",
+    )
     result = run_stage(ctx)
     details = result.details
     assert details["blocks"] == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
@@ -143,9 +159,11 @@ def test_t5_prunes_encoder_and_decoder_blocks(make_context, tiny_bpe_tokenizer_d
     blocks = [b.layer[-1].DenseReluDense for b in (*result.model.encoder.block, *result.model.decoder.block)]
     names = ("wi_0", "wi_1") if gated else ("wi",)
     removed = []
-    for dense, before, width in zip(blocks, (b.layer[-1].DenseReluDense for b in (*original.encoder.block,
-                                                                                   *original.decoder.block)),
-                                    details["neurons_after"]):  # fmt: skip
+    for dense, before, width in zip(
+        blocks,
+        (b.layer[-1].DenseReluDense for b in (*original.encoder.block, *original.decoder.block)),
+        details["neurons_after"],
+    ):
         assert [tuple(getattr(dense, n).weight.shape) for n in names] == [(width, 32)] * inputs
         assert tuple(dense.wo.weight.shape) == (32, width)
         rows = {tuple(r.tolist()) for r in dense.wo.weight.t()}
@@ -155,8 +173,10 @@ def test_t5_prunes_encoder_and_decoder_blocks(make_context, tiny_bpe_tokenizer_d
         assert torch.allclose(result.model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     reloaded = reloads_identically(result.model, tokenizer, "seq2seq", batch, host, tmp_path / "art")
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    assert torch.equal(reloaded.generate(**inputs, max_new_tokens=4, do_sample=False),
-                       result.model.generate(**inputs, max_new_tokens=4, do_sample=False))  # fmt: skip
+    assert torch.equal(
+        reloaded.generate(**inputs, max_new_tokens=4, do_sample=False),
+        result.model.generate(**inputs, max_new_tokens=4, do_sample=False),
+    )
 
 
 # -- what the scores pick ----------------------------------------------------------------------------------------------
@@ -174,7 +194,7 @@ def test_neurons_that_contribute_nothing_go_first_and_change_nothing(make_contex
         before = model(**batch).logits
     result = run_stage(ctx)
     assert result.details["neurons_after"] == [56, 56]
-    for layer, neurons in zip(result.model.bert.encoder.layer, dead):
+    for layer in result.model.bert.encoder.layer:
         assert tuple(layer.output.dense.weight.shape) == (32, 56)
         assert bool((layer.output.dense.weight != 0).any(0).all())  # every zero column went, nothing else
     with torch.no_grad():
@@ -196,15 +216,19 @@ def test_taylor_and_magnitude_pick_different_neurons_where_they_should(make_cont
     settings = "{layer_ratios: [0.02, 0.02], multiple_of: 1, calibration_batches: 2, importance: %s}"
     picked = {}
     for importance in ("taylor", "magnitude"):
-        ctx = make_context(f"- {{name: p, uses: prune-ffn, with: {settings % importance}}}", copy.deepcopy(model),
-                           tokenizer)  # fmt: skip
+        ctx = make_context(
+            f"- {{name: p, uses: prune-ffn, with: {settings % importance}}}", copy.deepcopy(model), tokenizer
+        )
         pruned = run_stage(ctx).model
         assert [layer.output.dense.in_features for layer in pruned.bert.encoder.layer] == [63, 63]
         picked[importance] = [
-            [j for j in range(64) if not any(torch.equal(col, ref.output.dense.weight[:, j])
-                                             for col in layer.output.dense.weight.t())]
+            [
+                j
+                for j in range(64)
+                if not any(torch.equal(col, ref.output.dense.weight[:, j]) for col in layer.output.dense.weight.t())
+            ]
             for layer, ref in zip(pruned.bert.encoder.layer, model.bert.encoder.layer)
-        ]  # fmt: skip
+        ]
     assert picked == {"taylor": [[3], [3]], "magnitude": [[7], [7]]}
 
 
@@ -272,14 +296,21 @@ def _problems(write_recipe, host, stages, family="encoder", config=None):
         ("{ratio: 0.5, scope: everywhere}", "encoder", "scope"),
         ("{ratio: 0.5, multiple_of: 0}", "encoder", "multiple_of"),
         ("{ratio: 0.5, importanse: taylor}", "encoder", "importance"),
-        ("{layer_ratios: [0.5, 0.5, 0.5]}", "encoder", "layer_ratios lists 3 fraction(s) but the model has 2 "
-                                                       "feed-forward blocks (0, 1)"),
-        ("{layer_ratios: {encoder.3: 0.5}}", "encoder-decoder", "names block(s) encoder.3 that the model does not "
-                                                               "have (its feed-forward blocks: encoder.0, encoder.1, "
-                                                               "decoder.0, decoder.1)"),
+        (
+            "{layer_ratios: [0.5, 0.5, 0.5]}",
+            "encoder",
+            "layer_ratios lists 3 fraction(s) but the model has 2 feed-forward blocks (0, 1)",
+        ),
+        (
+            "{layer_ratios: {encoder.3: 0.5}}",
+            "encoder-decoder",
+            "names block(s) encoder.3 that the model does not "
+            "have (its feed-forward blocks: encoder.0, encoder.1, "
+            "decoder.0, decoder.1)",
+        ),
         ("{ratio: 0.5, calibration_split: validation}", "encoder", "split 'validation' is not in task.data"),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_are_errors_naming_the_fix(write_recipe, host, settings, family, message):
     errors, _ = _problems(write_recipe, host, f"- {{name: p, uses: prune-ffn, with: {settings}}}\n", family)
     assert any(message in e for e in errors), errors
@@ -291,8 +322,10 @@ def test_warnings_for_settings_that_do_little(write_recipe, host):
         assert not errors
         return found
 
-    assert any("keeps every one of the 64 neurons per block: the stage has no effect" in w
-               for w in warnings("{ratio: 0.5, min_neurons_per_layer: 60}"))  # fmt: skip
+    assert any(
+        "keeps every one of the 64 neurons per block: the stage has no effect" in w
+        for w in warnings("{ratio: 0.5, min_neurons_per_layer: 60}")
+    )
     assert any("removes 0 of the model's 128 FFN neurons" in w for w in warnings("{ratio: 0.005}"))
     assert any("lets only 64 go (32 stay per block)" in w for w in warnings("{ratio: 0.75, min_neurons_per_layer: 32}"))
     assert warnings("{ratio: 0.5}") == []
@@ -300,14 +333,18 @@ def test_warnings_for_settings_that_do_little(write_recipe, host):
 
 def test_a_later_gptq_stage_constrains_the_kept_widths(write_recipe, host):
     def found(prune, quantize):
-        return _problems(write_recipe, host, f"- {{name: p, uses: prune-ffn, with: {prune}}}\n"
-                                             f"- {{name: q, uses: gptq, with: {quantize}}}\n")  # fmt: skip
+        return _problems(
+            write_recipe,
+            host,
+            f"- {{name: p, uses: prune-ffn, with: {prune}}}\n- {{name: q, uses: gptq, with: {quantize}}}\n",
+        )
 
     errors, _ = found("{ratio: 0.5}", "{bits: 3, group_size: 32}")
     assert any("stage 'q' quantizes to 3 bits" in e and "set multiple_of: 32" in e for e in errors)
     errors, warnings = found("{ratio: 0.5}", "{bits: 4, group_size: 32}")
-    assert not errors and any("group_size 32" in w and "set multiple_of: 32 to keep whole groups" in w
-                              for w in warnings)  # fmt: skip
+    assert not errors and any(
+        "group_size 32" in w and "set multiple_of: 32 to keep whole groups" in w for w in warnings
+    )
     assert found("{ratio: 0.5, multiple_of: 32}", "{bits: 4, group_size: 32}") == ([], [])
     assert found("{ratio: 0.5}", "{bits: 4, group_size: -1}") == ([], [])
 
@@ -339,8 +376,10 @@ def test_apply_train_heads_ffn_then_gptq_on_the_smaller_ffn(write_recipe, tmp_pa
     for layer, width in zip(model.bert.encoder.layer, (40, 24)):
         assert (layer.intermediate.dense.out_features, layer.output.dense.in_features) == (width, width)
         assert not isinstance(layer.output.dense, torch.nn.Linear)  # packed
-    assert [t["stage"] for t in json.loads((out / "stages" / "04-q" / "model" / "compose-artifact.json")
-                                           .read_text())["transforms"]] == ["prune-heads", "prune-ffn", "gptq"]
+    assert [
+        t["stage"]
+        for t in json.loads((out / "stages" / "04-q" / "model" / "compose-artifact.json").read_text())["transforms"]
+    ] == ["prune-heads", "prune-ffn", "gptq"]
     pruned, _ = load_artifact(ffn["artifact"], host)
     assert [layer.intermediate.dense.out_features for layer in pruned.bert.encoder.layer] == [40, 24]
 
@@ -352,7 +391,7 @@ def test_apply_prunes_a_decoder_ffn_then_quantizes_it(write_recipe, tmp_path, ho
         "                                      multiple_of: 32}}\n"
         "- {name: q, uses: gptq, with: {bits: 4, group_size: 32, samples: 32}}\n",
         family="decoder",
-    )  # fmt: skip
+    )
     out = tmp_path / "run"
     assert main(["apply", str(recipe), "--output", str(out), "-q"]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -367,17 +406,24 @@ def test_describe_and_registration(host):
     assert set(stage_type.families) == {"encoder", "decoder", "encoder-decoder"}
     assert stage_type.needs == {"quantized": False, "task_trained": True}
     assert stage_type.leaves == {"ffn_pruned": True, "structure_changed": True}
-    text = prune_ffn.PRUNING.describe({"ratio": 0.5, "scope": "global", "importance": "magnitude", "min_neurons_per_layer": 16,
-                               "multiple_of": 8, "recovery": None})  # fmt: skip
-    assert text == ("remove 50% of all FFN neurons (ranked across blocks) by weight magnitude, keeping at least 16 "
-                    "per block and a multiple of 8; no recovery training")  # fmt: skip
+    text = prune_ffn.PRUNING.describe(
+        {
+            "ratio": 0.5,
+            "scope": "global",
+            "importance": "magnitude",
+            "min_neurons_per_layer": 16,
+            "multiple_of": 8,
+            "recovery": None,
+        }
+    )
+    assert text == (
+        "remove 50% of all FFN neurons (ranked across blocks) by weight magnitude, keeping at least 16 "
+        "per block and a multiple of 8; no recovery training"
+    )
 
 
 def test_an_unknown_ffn_layout_is_refused_clearly():
-    from transformers import OPTConfig, OPTForCausalLM
-
-    model = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                     ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32))  # fmt: skip
+    model = unknown_architecture()
     with pytest.raises(ValueError, match=r"prune-ffn does not know model type 'opt' \(it knows: bert, roberta, "):
         prune_ffn.find_ffn(model)
 
@@ -390,13 +436,18 @@ def test_pruning_twice_composes_and_reloads(make_context, tiny_bert, host, tmp_p
     ctx = make_context(f"- {{name: p, uses: prune-ffn, with: {settings}}}", once, tokenizer)
     twice = run_stage(ctx)
     assert twice.details["neurons_before"] == [48, 48] and twice.details["neurons_after"] == [40, 40]  # 36 -> 40
-    reloaded = reloads_identically(twice.model, tokenizer, "sequence-classification", batch_of(ctx), host,
-                                   tmp_path / "art")  # fmt: skip
+    reloaded = reloads_identically(
+        twice.model, tokenizer, "sequence-classification", batch_of(ctx), host, tmp_path / "art"
+    )
     assert [layer.output.dense.in_features for layer in reloaded.bert.encoder.layer] == [40, 40]
 
 
 def test_distilling_layers_of_an_ffn_pruned_teacher_is_refused(write_recipe, host):
-    errors, _ = _problems(write_recipe, host, "- {name: p, uses: prune-ffn, with: {ratio: 0.5}}\n"
-                                              "- {name: d, uses: distill, with: {student: {from_teacher: "
-                                              "{layers: every_other}}}}\n")  # fmt: skip
+    errors, _ = _problems(
+        write_recipe,
+        host,
+        "- {name: p, uses: prune-ffn, with: {ratio: 0.5}}\n"
+        "- {name: d, uses: distill, with: {student: {from_teacher: "
+        "{layers: every_other}}}}\n",
+    )
     assert any("stage 'p' before it changes their structure; put distill before 'p'" in e for e in errors)

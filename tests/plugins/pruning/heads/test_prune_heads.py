@@ -12,20 +12,29 @@ from compose.errors import RecipeError
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.heads import stage as prune_heads
 from compose.recipe.load import load_recipe
+from compose.recipe.rules import check_order
 from tests.plugins.pruning.units import (
     TINY_GPT2,
     batch_of,
     built,
     lowest,
     masked_logits,
+    prepared,
     reloads_identically,
     run_stage,
+    unknown_architecture,
 )
-from compose.recipe.rules import check_order
 
 #: 3 layers of 8 heads (head size 4): room for a global ranking to spread unevenly.
-WIDE_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 8,
-             "intermediate_size": 64, "max_position_embeddings": 64, "vocab_size": 31}  # fmt: skip
+WIDE_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 8,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "vocab_size": 31,
+}
 
 
 def removed_logits(model, batch, removed):
@@ -43,17 +52,23 @@ def wide_bert():
 
 def test_heads_per_layer_removes_exactly_the_lowest_scoring_heads(make_context, tiny_bert):
     model, tokenizer = tiny_bert
-    ctx = make_context("- {name: p, uses: prune-heads, with: {heads_per_layer: 2, importance: magnitude}}",
-                       model, tokenizer)  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 2, importance: magnitude}}",
+        model,
+        tokenizer,
+    )
     expected = []  # the 2 heads per layer with the smallest q/k/v/output weight norm, computed here by hand
     for layer in original.bert.encoder.layer:
         attn, norms = layer.attention, []
         for h in range(4):
             rows = slice(h * 8, h * 8 + 8)
-            parts = [attn.self.query.weight[rows], attn.self.key.weight[rows], attn.self.value.weight[rows],
-                     attn.output.dense.weight[:, rows]]  # fmt: skip
+            parts = [
+                attn.self.query.weight[rows],
+                attn.self.key.weight[rows],
+                attn.self.value.weight[rows],
+                attn.output.dense.weight[:, rows],
+            ]
             norms.append(sum(p.detach().pow(2).sum().item() for p in parts) ** 0.5)
         expected.append(sorted(sorted(range(4), key=norms.__getitem__)[:2]))
     want = removed_logits(original, batch, expected)
@@ -83,12 +98,13 @@ def test_heads_per_layer_removes_exactly_the_lowest_scoring_heads(make_context, 
 def test_global_ratio_respects_the_minimum_per_layer(make_context, tiny_bert):
     _, tokenizer = tiny_bert
     model = wide_bert()
-    ctx = make_context(
+    ctx, batch, original = prepared(
+        make_context,
         "- {name: p, uses: prune-heads, with: {ratio: 0.5, min_heads_per_layer: 3, calibration_batches: 2}}",
-        model, tokenizer, config=WIDE_BERT,
-    )  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+        model,
+        tokenizer,
+        config=WIDE_BERT,
+    )
     details = run_stage(ctx).details
     assert details["heads_removed"] == 12 and sum(details["heads_after"]) == 12  # int(0.5 * 24)
     assert all(n >= 3 for n in details["heads_after"])
@@ -125,15 +141,18 @@ def test_artifact_reloads_to_identical_logits(make_context, tiny_bert, host, tmp
 
 def test_taylor_scores_are_nonzero_and_differ_from_magnitude(make_context, tiny_bert):
     model, tokenizer = tiny_bert
-    ctx = make_context("- {name: p, uses: prune-heads, with: {heads_per_layer: 1, calibration_batches: 2}}",
-                       model, tokenizer)  # fmt: skip
+    ctx = make_context(
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 1, calibration_batches: 2}}", model, tokenizer
+    )
     sites = prune_heads.find_attention(model)
     batches = [batch_of(ctx)]
     taylor = prune_heads.taylor_scores(model, sites, batches, torch.device("cpu"), _NoBar())
     magnitude = prune_heads.magnitude_scores(sites)
     assert all(bool((t > 0).all()) for t in taylor)
-    assert not any(torch.allclose(importance.normalise_per_layer([t])[0], importance.normalise_per_layer([m])[0])
-                   for t, m in zip(taylor, magnitude))  # fmt: skip
+    assert not any(
+        torch.allclose(importance.normalise_per_layer([t])[0], importance.normalise_per_layer([m])[0])
+        for t, m in zip(taylor, magnitude)
+    )
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     # The mask gradient is the real sensitivity: check it against a finite difference (in float64).
     double = copy.deepcopy(model).double()
@@ -147,8 +166,11 @@ def test_taylor_scores_are_nonzero_and_differ_from_magnitude(make_context, tiny_
             losses.append(double(**batches[0]).loss.item())
     assert abs(losses[0] - losses[1]) / (2 * eps) == pytest.approx(grad, rel=2e-3)  # float32 mask: 1 +- eps rounds
     details = run_stage(ctx).details
-    assert details["importance"] == "taylor" and details["calibration"] == {"split": "train", "batches": 2,
-                                                                           "examples": 64}  # fmt: skip
+    assert details["importance"] == "taylor" and details["calibration"] == {
+        "split": "train",
+        "batches": 2,
+        "examples": 64,
+    }
 
 
 class _NoBar:
@@ -176,14 +198,22 @@ def test_apply_train_then_prune_reports_fewer_params(write_recipe, tmp_path, hos
 
 
 def test_prune_heads_after_a_quantizing_stage_is_rejected(host, write_recipe):
-    quantize = StageType(name="fake-quantize", run=lambda ctx: None, schema={"type": "object"},
-                         description="leaves the model quantized", leaves={"quantized": True})  # fmt: skip
+    quantize = StageType(
+        name="fake-quantize",
+        run=lambda ctx: None,
+        schema={"type": "object"},
+        description="leaves the model quantized",
+        leaves={"quantized": True},
+    )
     prune = host.stage("prune-heads")
-    recipe = load_recipe(write_recipe("- {name: p, uses: prune-heads, with: {ratio: 0.5}}"), ["model.fine_tuned=true"],
-                         host).data  # fmt: skip
+    recipe = load_recipe(
+        write_recipe("- {name: p, uses: prune-heads, with: {ratio: 0.5}}"), ["model.fine_tuned=true"], host
+    ).data
     findings = check_order([("q", quantize), ("p", prune)], recipe, {"prune-heads": prune, "fake-quantize": quantize})
-    assert any("stage 'p' (prune-heads) needs a model that is not quantized ('q' left it quantized)" in f.message
-               for f in findings)  # fmt: skip
+    assert any(
+        "stage 'p' (prune-heads) needs a model that is not quantized ('q' left it quantized)" in f.message
+        for f in findings
+    )
     assert any("an order that works: p -> q" in f.message for f in findings)
     assert not check_order([("p", prune), ("q", quantize)], recipe, {})
 
@@ -191,15 +221,18 @@ def test_prune_heads_after_a_quantizing_stage_is_rejected(host, write_recipe):
 def test_recipe_checks_head_counts_and_exclusive_settings(write_recipe, host):
     def problems(settings, overrides=("model.fine_tuned=true",)):
         try:
-            recipe = load_recipe(write_recipe(f"- {{name: p, uses: prune-heads, with: {settings}}}"), list(overrides),
-                                 host)  # fmt: skip
+            recipe = load_recipe(
+                write_recipe(f"- {{name: p, uses: prune-heads, with: {settings}}}"), list(overrides), host
+            )
         except RecipeError as exc:
             return [p.message for p in exc.problems], [p.message for p in exc.warnings]
         return [], [p.message for p in recipe.warnings]
 
     errors, _ = problems("{heads_per_layer: 4}")
-    assert any("heads_per_layer 4 would remove every head of a layer (the model has 4 heads per attention block)" in e
-               for e in errors)  # fmt: skip
+    assert any(
+        "heads_per_layer 4 would remove every head of a layer (the model has 4 heads per attention block)" in e
+        for e in errors
+    )
     errors, _ = problems("{ratio: 0.5, heads_per_layer: 1}")
     assert any("exactly one of `ratio`" in e for e in errors)
     errors, _ = problems("{importance: taylor}")
@@ -214,8 +247,15 @@ def test_recipe_checks_head_counts_and_exclusive_settings(write_recipe, host):
 
 
 def test_describe_shows_the_plan(host):
-    settings = {"ratio": 0.3, "min_heads_per_layer": 1, "importance": "taylor", "calibration_split": "train",
-                "calibration_batches": 16, "calibration_batch_size": 32, "recovery": None}  # fmt: skip
+    settings = {
+        "ratio": 0.3,
+        "min_heads_per_layer": 1,
+        "importance": "taylor",
+        "calibration_split": "train",
+        "calibration_batches": 16,
+        "calibration_batch_size": 32,
+        "recovery": None,
+    }
     text = host.stage("prune-heads").describe(settings)
     assert text.startswith("remove 30% of all attention heads") and "no recovery training" in text
     assert "keeping at least 1 per attention block" in text
@@ -225,26 +265,37 @@ def test_describe_shows_the_plan(host):
 # -- decoders (Llama-style, grouped key/value heads, GPT-2) and T5 -------------------------------------------------
 
 #: Llama with 2 key/value heads shared by 4 query heads: heads go in groups of 2.
-GQA_LLAMA = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+GQA_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 def head_norms(parts, heads, size):
     """Per head: the L2 norm of its rows of each (out, in) matrix in `parts`."""
-    return [sum(p[h * size:(h + 1) * size].detach().pow(2).sum().item() for p in parts) ** 0.5 for h in range(heads)]
+    return [sum(p[h * size : (h + 1) * size].detach().pow(2).sum().item() for p in parts) ** 0.5 for h in range(heads)]
 
 
 def test_llama_removes_exactly_the_lowest_scoring_heads_and_reloads(make_context, tiny_llama, host, tmp_path):
     model, tokenizer = tiny_llama
-    ctx = make_context("- {name: p, uses: prune-heads, with: {heads_per_layer: 2, importance: magnitude}}",
-                       model, tokenizer, family="decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 2, importance: magnitude}}",
+        model,
+        tokenizer,
+        family="decoder",
+    )
     expected = []  # by hand: the 2 heads per layer with the smallest q/k/v rows + o_proj columns
     for layer in original.model.layers:
         a = layer.self_attn
-        expected.append(lowest(head_norms([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight.t()],
-                                          4, 8), 2))  # fmt: skip
+        expected.append(
+            lowest(head_norms([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight.t()], 4, 8), 2)
+        )
     want = removed_logits(original, batch, expected)
 
     result = run_stage(ctx)
@@ -256,8 +307,9 @@ def test_llama_removes_exactly_the_lowest_scoring_heads_and_reloads(make_context
         assert [tuple(p.weight.shape) for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj)] == [(16, 32)] * 3 + [(32, 16)]
     kept = [h for h in range(4) if h not in expected[0]]
     rows = [c for h in kept for c in range(h * 8, h * 8 + 8)]
-    assert torch.equal(result.model.model.layers[0].self_attn.k_proj.weight,
-                       original.model.layers[0].self_attn.k_proj.weight[rows])  # fmt: skip
+    assert torch.equal(
+        result.model.model.layers[0].self_attn.k_proj.weight, original.model.layers[0].self_attn.k_proj.weight[rows]
+    )
     with torch.no_grad():
         assert torch.allclose(result.model(**batch).logits, want, atol=1e-5)
     assert details["params_before"] - details["params_after"] == 2 * 2 * 4 * (8 * 32)  # q, k, v rows and o columns
@@ -268,10 +320,14 @@ def test_llama_removes_exactly_the_lowest_scoring_heads_and_reloads(make_context
 
 def test_grouped_query_attention_loses_whole_key_value_groups(make_context, tiny_bpe_tokenizer_dir, host, tmp_path):
     model, tokenizer = built("LlamaForCausalLM", GQA_LLAMA, tiny_bpe_tokenizer_dir)
-    ctx = make_context("- {name: p, uses: prune-heads, with: {heads_per_layer: 1, calibration_batches: 2}}",
-                       model, tokenizer, config=GQA_LLAMA, family="decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 1, calibration_batches: 2}}",
+        model,
+        tokenizer,
+        config=GQA_LLAMA,
+        family="decoder",
+    )
     result = run_stage(ctx)
     details = result.details
     assert details["unit"] == "key/value group (2 query heads each)"
@@ -279,15 +335,19 @@ def test_grouped_query_attention_loses_whole_key_value_groups(make_context, tiny
     scores = [torch.tensor(details["scores"][str(i)]) for i in range(2)]
     removed = [details["pruned_heads"][str(i)] for i in range(2)]
     assert removed == prune_heads.choose_heads(scores, {"heads_per_layer": 1, "min_heads_per_layer": 1})
-    for layer, gone in zip(result.model.model.layers, removed):
+    for layer in result.model.model.layers:
         a = layer.self_attn
         # one key/value head (8 rows) and its two query heads (16 rows) went; the grouping is unchanged
         assert [tuple(p.weight.shape) for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj)] == [
-            (16, 32), (8, 32), (8, 32), (32, 16)]  # fmt: skip
+            (16, 32),
+            (8, 32),
+            (8, 32),
+            (32, 16),
+        ]
         assert a.num_key_value_groups == 2
     group = 1 - removed[0][0]  # the group layer 0 kept
     q0 = original.model.layers[0].self_attn.q_proj.weight
-    assert torch.equal(result.model.model.layers[0].self_attn.q_proj.weight, q0[group * 16:(group + 1) * 16])
+    assert torch.equal(result.model.model.layers[0].self_attn.q_proj.weight, q0[group * 16 : (group + 1) * 16])
     with torch.no_grad():
         assert torch.allclose(result.model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     reloads_identically(result.model, tokenizer, "causal-lm", batch, host, tmp_path / "art")
@@ -295,10 +355,14 @@ def test_grouped_query_attention_loses_whole_key_value_groups(make_context, tiny
 
 def test_gpt2_fused_attention_is_pruned_and_reloads(make_context, tiny_bpe_tokenizer_dir, host, tmp_path):
     model, tokenizer = built("GPT2LMHeadModel", TINY_GPT2, tiny_bpe_tokenizer_dir)
-    ctx = make_context("- {name: p, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}",
-                       model, tokenizer, config=TINY_GPT2, family="decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}",
+        model,
+        tokenizer,
+        config=TINY_GPT2,
+        family="decoder",
+    )
     expected = []
     for block in original.transformer.h:
         fused = block.attn.c_attn.weight.t()  # Conv1D stores (in, out): query | key | value columns
@@ -319,17 +383,21 @@ def test_gpt2_fused_attention_is_pruned_and_reloads(make_context, tiny_bpe_token
 def t5_attention(model):
     """T5's attention modules in the stage's order: encoder.i, decoder.i.self, decoder.i.cross."""
     encoder = [block.layer[0].SelfAttention for block in model.encoder.block]
-    decoder = [m for block in model.decoder.block
-               for m in (block.layer[0].SelfAttention, block.layer[1].EncDecAttention)]  # fmt: skip
+    decoder = [
+        m for block in model.decoder.block for m in (block.layer[0].SelfAttention, block.layer[1].EncDecAttention)
+    ]
     return encoder + decoder
 
 
 def test_t5_prunes_encoder_decoder_and_cross_attention(make_context, tiny_t5, host, tmp_path):
     model, tokenizer = tiny_t5
-    ctx = make_context("- {name: p, uses: prune-heads, with: {ratio: 0.5, calibration_batches: 2}}",
-                       model, tokenizer, family="encoder-decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context,
+        "- {name: p, uses: prune-heads, with: {ratio: 0.5, calibration_batches: 2}}",
+        model,
+        tokenizer,
+        family="encoder-decoder",
+    )
     result = run_stage(ctx)
     details = result.details
     labels = ["encoder.0", "encoder.1", "decoder.0.self", "decoder.0.cross", "decoder.1.self", "decoder.1.cross"]
@@ -342,7 +410,8 @@ def test_t5_prunes_encoder_decoder_and_cross_attention(make_context, tiny_t5, ho
         width = 8 * (4 - len(gone))
         assert attention.n_heads == 4 - len(gone) and attention.inner_dim == width
         assert [tuple(p.weight.shape) for p in (attention.q, attention.k, attention.v, attention.o)] == [
-            (width, 32)] * 3 + [(32, width)]  # fmt: skip
+            (width, 32)
+        ] * 3 + [(32, width)]
     with torch.no_grad():
         assert torch.allclose(result.model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     # the stack's position-bias embedding keeps the columns of every head some encoder layer still has
@@ -360,10 +429,9 @@ def test_t5_prunes_encoder_decoder_and_cross_attention(make_context, tiny_t5, ho
 
 def test_t5_shared_position_bias_drops_only_columns_no_layer_keeps(make_context, tiny_t5, host, tmp_path):
     model, tokenizer = tiny_t5
-    ctx = make_context("- {name: p, uses: prune-heads, with: {ratio: 0.5}}", model, tokenizer,
-                       family="encoder-decoder")  # fmt: skip
-    batch = batch_of(ctx)
-    original = copy.deepcopy(model)
+    ctx, batch, original = prepared(
+        make_context, "- {name: p, uses: prune-heads, with: {ratio: 0.5}}", model, tokenizer, family="encoder-decoder"
+    )
     # both encoder layers lose head 0; no head goes from both decoder self-attentions
     removed = [[0, 2], [0], [1], [0, 1, 2], [0, 3], []]
     sites = prune_heads.find_attention(model)
@@ -374,8 +442,11 @@ def test_t5_shared_position_bias_drops_only_columns_no_layer_keeps(make_context,
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, removed_logits(original, batch, removed), atol=1e-5)
     # a second pruning of the pruned model composes with the first, and the artifact rebuilds both
-    first = {"kept_heads": {s.label: [h for h in range(4) if h not in r] for s, r in zip(sites, removed)},
-             "heads_before": [4] * 6, "head_size": 8}  # fmt: skip
+    first = {
+        "kept_heads": {s.label: [h for h in range(4) if h not in r] for s, r in zip(sites, removed)},
+        "heads_before": [4] * 6,
+        "head_size": 8,
+    }
     again = [[1], [1], [], [], [0], [2]]  # encoder: heads 1 and 3 are left, in different layers
     before = [s.num_units for s in sites]
     twice = copy.deepcopy(model)
@@ -385,8 +456,11 @@ def test_t5_shared_position_bias_drops_only_columns_no_layer_keeps(make_context,
     with torch.no_grad():
         assert torch.allclose(twice(**batch).logits, want, atol=1e-5)
     assert tuple(twice.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.shape) == (32, 2)
-    second = {"kept_heads": {s.label: [h for h in range(n) if h not in r] for s, n, r in zip(sites, before, again)},
-              "heads_before": before, "head_size": 8}  # fmt: skip
+    second = {
+        "kept_heads": {s.label: [h for h in range(n) if h not in r] for s, n, r in zip(sites, before, again)},
+        "heads_before": before,
+        "head_size": 8,
+    }
     fresh = type(model)(model.config).eval()
     for info in (first, second):
         prune_heads.rebuild(fresh, info)
@@ -398,8 +472,11 @@ def test_t5_shared_position_bias_drops_only_columns_no_layer_keeps(make_context,
 def test_checks_count_t5_blocks_and_key_value_groups(write_recipe, host):
     def problems(settings, family, config=None):
         try:
-            recipe = load_recipe(write_recipe(f"- {{name: p, uses: prune-heads, with: {settings}}}", config=config,
-                                              family=family), ["model.fine_tuned=true"], host)  # fmt: skip
+            recipe = load_recipe(
+                write_recipe(f"- {{name: p, uses: prune-heads, with: {settings}}}", config=config, family=family),
+                ["model.fine_tuned=true"],
+                host,
+            )
         except RecipeError as exc:
             return [p.message for p in exc.problems], [p.message for p in exc.warnings]
         return [], [p.message for p in recipe.warnings]
@@ -410,8 +487,11 @@ def test_checks_count_t5_blocks_and_key_value_groups(write_recipe, host):
     errors, _ = problems("{heads_per_layer: 4}", "encoder-decoder")
     assert any("heads_per_layer 4 would remove every head of a layer" in e for e in errors)
     errors, _ = problems("{heads_per_layer: 2}", "decoder", GQA_LLAMA)
-    assert any("would remove every head of a layer (the model has 2 key/value groups of 2 query heads per attention "
-               "block); use at most 1" in e for e in errors)  # fmt: skip
+    assert any(
+        "would remove every head of a layer (the model has 2 key/value groups of 2 query heads per attention "
+        "block); use at most 1" in e
+        for e in errors
+    )
     assert problems("{heads_per_layer: 1}", "decoder", GQA_LLAMA) == ([], [])
     assert problems("{ratio: 0.25}", "decoder") == ([], [])
 
@@ -423,8 +503,9 @@ def test_apply_prunes_a_decoder_and_a_t5_end_to_end(write_recipe, tmp_path, host
             "- {name: prune, uses: prune-heads,\n"
             "   with: {ratio: 0.25, calibration_batches: 2, calibration_batch_size: 8,\n"
             "          recovery: {max_steps: 2, batch_size: 8}}}\n",
-            name=f"{family}.yaml", family=family,
-        )  # fmt: skip
+            name=f"{family}.yaml",
+            family=family,
+        )
         out = tmp_path / family
         assert main(["apply", str(recipe), "--output", str(out), "-q"]) == 0
         report = json.loads((out / "report.json").read_text())
@@ -439,9 +520,6 @@ def test_apply_prunes_a_decoder_and_a_t5_end_to_end(write_recipe, tmp_path, host
 
 
 def test_an_unknown_attention_layout_is_refused_clearly():
-    from transformers import OPTConfig, OPTForCausalLM
-
-    model = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                     ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32))  # fmt: skip
+    model = unknown_architecture()
     with pytest.raises(ValueError, match=r"prune-heads does not know model type 'opt' \(it knows: bert, roberta, "):
         prune_heads.find_attention(model)
