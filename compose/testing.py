@@ -113,7 +113,8 @@ def recipe_command() -> list[str]:
 
 
 class PausedRun:
-    """``recipe apply ARGS`` in a child process that pauses at the first point matching each of ``at``.
+    """``recipe COMMAND ARGS`` (``apply`` by default) in a child process that pauses at the first point
+    matching each of ``at``.
 
     ``folder``: where the pause file and the child's stderr (``stderr.txt``) go.
     ``ranks``: the processes that pause (``--nproc N``: N).
@@ -129,6 +130,7 @@ class PausedRun:
         ranks: int = 1,
         env: dict | None = None,
         sigint_ignored: bool = False,
+        command: str = "apply",
     ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ class PausedRun:
         with open(self.stderr_path, "wb") as err:
             ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
             self.process = subprocess.Popen(
-                [*recipe_command(), "apply", *args],
+                [*recipe_command(), command, *args],
                 env=full_env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,

@@ -7,7 +7,7 @@ import os
 import sys
 
 from compose import __version__
-from compose.cli import apply, compare, plan, plugins, schema, validate, verify
+from compose.cli import apply, compare, plan, plugins, schema, tune, validate, verify
 from compose.cli._common import CommandError, stderr
 from compose.errors import file_fault_message
 from compose.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, help_text
@@ -31,6 +31,7 @@ start here:
   recipe validate recipes/minilm-sst2.yaml    check a recipe, run nothing
   recipe plan recipes/minilm-sst2.yaml        the recipe with every default, stage by stage
   recipe apply recipes/minilm-sst2.yaml       run it
+  recipe tune RECIPE                          search its search: space for the best pipeline that keeps the accuracy
   recipe compare runs/a runs/b                two finished runs side by side, and a plot
   recipe verify runs/minilm-sst2              check a run folder's files against their recorded hashes
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "which recipe-compose otherwise keeps off the terminal",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (apply, validate, plan, plugins, schema, compare, verify):
+    for module in (apply, tune, validate, plan, plugins, schema, compare, verify):
         module.add_parser(sub)
     return parser
 

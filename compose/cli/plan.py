@@ -81,6 +81,8 @@ def run(args) -> int:
         "baseline": baseline_stage(recipe),
         "steps": steps,
     }
+    if "search" in recipe.data:
+        plan["search"] = _search_plan(recipe)
     if args.json:
         dump_json(plan)
         return EXIT_OK
@@ -92,4 +94,33 @@ def run(args) -> int:
         tail = f" (leaves the model {step['leaves']})" if step["leaves"] else ""
         print(f"# {step['index']:2d}. {step['name']} [{step['uses']}]: {step['does']}{tail}")
     print(f"# retained is measured against: {plan['baseline']}")
+    if "search" in plan:
+        search = plan["search"]
+        print(f"\n# recipe tune searches {len(search['space'])} setting(s):")
+        for line in search["space"]:
+            print(f"#   {line}")
+        print(f"# each trial runs the stages above with its settings, evaluated on split '{search['selection_split']}'")
+        print(f"# {search['goal']}")
     return EXIT_OK
+
+
+def _search_plan(recipe) -> dict:
+    from compose.tune.space import dimensions
+
+    search = recipe.data["search"]
+    objectives = " and ".join(search["objectives"])
+    judged = "the lower end of its interval" if search["judged_on"] == "interval_low" else "its point estimate"
+    budget = " or ".join(
+        part
+        for part in (
+            f"{search['trials']} trials" if search["trials"] else "",
+            f"{search['minutes']} minutes" if search["minutes"] else "",
+        )
+        if part
+    )
+    return {
+        "space": [d.describe() for d in dimensions(search)],
+        "selection_split": search["selection_split"] or recipe.data["evaluate"]["split"],
+        "goal": f"optimizing {objectives} with retained >= {search['min_retained']:.1%} (judged on {judged}); "
+        f"budget {budget}, seed {search['seed']}",
+    }

@@ -39,14 +39,27 @@ class Recipe:
 
 
 def load_recipe(path, overrides=(), host=None, cwd: Path | None = None) -> Recipe:
+    """The recipe at ``path`` with ``overrides`` applied, validated whole (its search section too)."""
     path = Path(path)
     cwd = cwd or Path.cwd()
+    doc = load_document(path, overrides, cwd)
+    recipe = validate_document(doc, path, host)
+    if "search" in doc:
+        from compose.tune.space import check_search
+
+        problems = check_search(doc, cwd, lambda candidate: validate_document(candidate, path, host))
+        if problems:
+            raise RecipeError(_sorted(problems))
+    return recipe
+
+
+def load_document(path: Path, overrides=(), cwd: Path | None = None):
+    """The composed recipe document (``extends:`` merged, overrides applied), not validated yet."""
     try:
-        doc = load_composed(path)
-        doc = apply_overrides(doc, list(overrides), cwd)
+        doc = load_composed(Path(path))
+        return apply_overrides(doc, list(overrides), cwd or Path.cwd())
     except CompositionError as exc:
         raise RecipeError(exc.problems) from None
-    return validate_document(doc, path, host)
 
 
 def validate_document(doc, path: Path, host) -> Recipe:
@@ -301,6 +314,7 @@ def _resolve_paths(doc, data: dict, recipe_path: Path) -> None:
                 sub = located[i] if isinstance(located, list) and i < len(located) else None
                 walk(sub, item)
 
-    walk(doc, data)
+    # search.space entries name recipe paths (stages.x.with.y), not files
+    walk(doc, {key: value for key, value in data.items() if key != "search"})
     if data["output"]["dir"] is None:
         data["output"]["dir"] = str(Path("runs") / recipe_path.stem)

@@ -1,0 +1,99 @@
+"""Finished stages shared between the trials of a study, by content.
+
+A stage's fingerprint covers everything that determined its result (the recipe up to it,
+the model's and data's bytes, the plugins' versions, the seed), and the evaluation's
+fingerprint how it was measured; together they name the stage in the store. Before a
+trial runs, ``seed`` puts into its run folder every leading stage the store already
+holds, so the executor reuses them exactly as it reuses stages of an interrupted run
+(checking their hashes first); after it, ``publish`` adds the stages it ran. Files are
+hard links where the file system allows (artifacts are never modified in place: every
+write replaces a file whole), copies elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from compose import atomic
+from compose.run.integrity import STAGE_RECORD
+
+#: The folder of a study's store, inside the tune folder.
+STORE = "stages"
+
+
+def key(stage_fingerprint: str, evaluation_fingerprint: str) -> str:
+    return hashlib.sha256(f"{stage_fingerprint}|{evaluation_fingerprint}".encode()).hexdigest()[:32]
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """``target``: the files of ``source``, hard-linked (copied across file systems)."""
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:
+            shutil.copy2(path, destination)
+
+
+def _stage_folder(run_dir: Path, index: int, name: str) -> Path:
+    return Path(run_dir) / "stages" / f"{index:02d}-{name}"
+
+
+def _retarget(record: dict, folder: Path) -> dict:
+    """The record with its row's artifact pointing into ``folder`` (where this copy of the stage lives)."""
+    row = dict(record["row"])
+    if row.get("artifact"):
+        row["artifact"] = str(folder / "model")
+    return {**record, "row": row}
+
+
+def seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
+    """Put the leading stages the store holds into ``run_dir``; how many (the input row counts as one)."""
+    placed = 0
+    for index, (name, fingerprint) in enumerate(zip(names, fingerprints)):
+        stored = Path(store) / key(fingerprint, evaluation)
+        target = _stage_folder(run_dir, index, name)
+        if (target / STAGE_RECORD).is_file():  # the trial's own folder has it (a resumed trial)
+            placed += 1
+            continue
+        if not (stored / STAGE_RECORD).is_file():
+            break
+        with atomic.writing_folder(target) as tmp:
+            _link_tree(stored, tmp)
+            record = json.loads((stored / STAGE_RECORD).read_text(encoding="utf-8"))
+            (tmp / STAGE_RECORD).unlink()
+            atomic.write_json(tmp / STAGE_RECORD, _retarget(record, target))
+        placed += 1
+    return placed
+
+
+def publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
+    """Add the finished stages of ``run_dir`` the store does not hold yet; how many were added."""
+    added = 0
+    for index, (name, fingerprint) in enumerate(zip(names, fingerprints)):
+        source = _stage_folder(run_dir, index, name)
+        try:
+            record = json.loads((source / STAGE_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            break  # the trial stopped before this stage
+        if record.get("fingerprint") != fingerprint or record.get("evaluation") != evaluation:
+            break
+        stored = Path(store) / key(fingerprint, evaluation)
+        if (stored / STAGE_RECORD).is_file():
+            continue
+        with atomic.writing_folder(stored) as tmp:
+            _link_tree(source, tmp)
+            for leftover in ("work",):  # scratch files of the stage are not part of its result
+                shutil.rmtree(tmp / leftover, ignore_errors=True)
+            (tmp / STAGE_RECORD).unlink()
+            atomic.write_json(tmp / STAGE_RECORD, _retarget(record, stored))
+        added += 1
+    return added

@@ -1,0 +1,403 @@
+"""Run a recipe's search on Optuna: each trial an ordinary recipe through the same executor.
+
+A trial's parameters (``space``) become overrides of the recipe; the trial runs in its own
+run folder under ``TUNE_DIR/trials/`` (named by its parameters, so a trial that was cut
+short resumes where it stopped), seeded from the study's stage store so that stages an
+earlier trial already ran are reused, not recomputed. Its final row gives the objectives;
+its retained metric, judged as the search says, decides whether it is feasible (Optuna's
+constraints, so the samplers learn where the floor is). With ``stop_below_floor`` a trial
+stops at the first compressing stage below the floor (the executor's gates do it) and is
+recorded as pruned. A trial that fails is recorded with its error and the study goes on.
+
+The study lives in Optuna's storage (``TUNE_DIR/study.db``, SQLite, by default; any
+database URL, or ``journal:PATH`` for Optuna's journal file on a shared file system), so
+several ``recipe tune`` processes, on one machine or several, add trials to one study,
+and a killed ``recipe tune`` continues it when started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from compose import atomic
+from compose.recipe.composition import apply_overrides
+from compose.recipe.load import load_document, validate_document
+from compose.recipe.yaml_source import to_plain
+from compose.run import interrupts
+from compose.tune import store
+from compose.tune.space import dimensions, trial_overrides
+
+#: Files a study writes into its tune folder.
+TRIALS_FILE, REPORT_FILE, BEST_RECIPE, STUDY_DB = "trials.jsonl", "tune-report.json", "best.yaml", "study.db"
+
+DIRECTIONS = {"size": "minimize", "throughput": "maximize", "latency": "minimize"}
+UNITS = {"size": "bytes", "throughput": "examples/s", "latency": "ms"}
+
+
+class TrialFailed(Exception):
+    """A trial's recipe failed to run; its record says why (the study goes on)."""
+
+
+@dataclass
+class TuneOptions:
+    recipe: Path
+    overrides: list = field(default_factory=list)
+    output: Path | None = None  # the tune folder (default: the recipe's output.dir + "-tune")
+    storage: str | None = None
+    study_name: str | None = None
+    trials: int | None = None  # overrides search.trials
+    minutes: float | None = None  # overrides search.minutes
+    progress: object | None = None
+
+
+def objective_values(row, objectives: list[str]) -> list[float] | None:
+    """The final row's objectives, or None where the row lacks one (speed was not measured)."""
+    latency = row.latency or {}
+    found = {
+        "size": row.size_bytes,
+        "throughput": latency.get("throughput_per_s"),
+        "latency": latency.get("batch1_p50_ms"),
+    }
+    values = [found[name] for name in objectives]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+def judged_retained(row, judged_on: str) -> float | None:
+    if judged_on == "interval_low" and row.retained_ci:
+        return row.retained_ci[0]
+    return row.retained
+
+
+def storage_for(url: str | None, tune_dir: Path):
+    """Optuna's storage: SQLite in the tune folder by default, a database URL, or ``journal:PATH``."""
+    import optuna
+
+    if url and url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    url = url or f"sqlite:///{(tune_dir / STUDY_DB).resolve()}"
+    # SQLite serialises writers: wait for another worker's write instead of failing on a locked file
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine,
+        heartbeat_interval=60,
+        grace_period=300,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+    )
+
+
+@contextmanager
+def _creating(folder: Path):
+    """Hold the tune folder's creation lock (other workers on this machine or file system wait)."""
+    import fcntl
+
+    with open(folder / ".study.lock", "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _constraints(frozen) -> list[float]:
+    return list(frozen.user_attrs.get("constraint", [1.0]))
+
+
+def finished(study) -> int:
+    """The study's trials that count against its budget: complete, pruned or failed, not interrupted."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return sum(1 for trial in done if not trial.user_attrs.get("interrupted"))
+
+
+class _Budget:
+    """Stop this worker once the study (every worker together) has ``trials`` finished trials."""
+
+    def __init__(self, trials: int):
+        self.trials = trials
+
+    def __call__(self, study, trial) -> None:
+        if finished(study) >= self.trials:
+            study.stop()
+
+
+class Study:
+    """One ``recipe tune`` process working on a study."""
+
+    def __init__(self, options: TuneOptions, host):
+        self.options, self.host = options, host
+        self.path = Path(options.recipe)
+        self.doc = load_document(self.path, options.overrides)
+        self.recipe = validate_document(self.doc, self.path, host)
+        if "search" not in self.recipe.data:
+            raise ValueError(f"{self.path}: the recipe has no search section; `recipe tune` needs one")
+        self.search = self.recipe.data["search"]
+        self.space = dimensions(self.search)
+        self.objectives = list(self.search["objectives"])
+        default_dir = Path(str(self.recipe.data["output"]["dir"]) + "-tune")
+        self.dir = Path(options.output or default_dir)
+        self.progress = options.progress
+        self.evaluation_split = self.recipe.data["evaluate"]["split"]
+        self.selection_split = self.search["selection_split"] or self.evaluation_split
+
+    # -- the trial ---------------------------------------------------------
+
+    def trial_recipe(self, params: dict):
+        """(overrides, the validated recipe) of the trial with ``params``."""
+        overrides = trial_overrides(self.space, params)
+        doc = apply_overrides(self.doc, overrides, Path.cwd())
+        doc.pop("search", None)
+        doc.setdefault("evaluate", {})
+        doc["evaluate"]["split"] = self.selection_split
+        recipe = validate_document(doc, self.path, self.host)
+        if self.search["stop_below_floor"]:
+            compressing = False
+            for stage, stage_type in zip(recipe.stages, recipe.stage_types):
+                compressing = compressing or stage_type.compresses
+                if compressing:
+                    recipe.data["gates"].append(
+                        {"stage": stage["name"], "min_retained": self.search["min_retained"], "min_metric": None}
+                    )
+        return overrides, recipe
+
+    def trial_dir(self, params: dict) -> Path:
+        text = json.dumps(params, sort_keys=True, default=str)
+        return self.dir / "trials" / hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def run_trial(self, number: int, params: dict) -> dict:
+        """Run one trial's recipe; its record (what trials.jsonl keeps)."""
+        from compose.evaluation.latency import resolve_threads
+        from compose.run.executor import INPUT_ROW, Executor, RunOptions
+        from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
+        from compose.run.run_folder import RunFolderError, claim, locked
+
+        started = time.perf_counter()
+        overrides, recipe = self.trial_recipe(params)
+        run_dir = self.trial_dir(params)
+        names = [INPUT_ROW] + [s["name"] for s in recipe.stages]
+        fingerprints = stage_fingerprints(recipe, self.host)
+        evaluation = evaluation_fingerprint(recipe, resolve_threads(recipe.data["evaluate"]["latency"]))
+        shared = self.dir / store.STORE
+        with ExitStack() as stack:
+            try:
+                claim(run_dir)
+                stack.enter_context(locked(run_dir))
+            except RunFolderError:  # another worker runs the same settings now: this one runs them apart
+                run_dir = run_dir.with_name(f"{run_dir.name}-{number}")
+                claim(run_dir)
+                stack.enter_context(locked(run_dir))
+            store.seed(shared, run_dir, names, fingerprints, evaluation)
+            report = Executor(recipe, self.host, RunOptions(output_dir=run_dir, progress=self.progress)).run()
+            store.publish(shared, run_dir, names, fingerprints, evaluation)
+        reused = [row for row in report.rows if row.reused]
+        record = {
+            "number": number,
+            "params": params,
+            "overrides": overrides,
+            "run_dir": str(run_dir),
+            "status": report.status,
+            "stages": [row.name for row in report.rows],
+            "reused_stages": [row.name for row in reused],
+            "stage_runs": [row.name for row in report.rows if not row.reused],
+            "seconds": round(time.perf_counter() - started, 3),
+            "seconds_saved": round(sum(row.seconds or 0.0 for row in reused), 3),
+            "selection_split": self.selection_split,
+            "error": report.error,
+        }
+        if report.rows:
+            final = report.rows[-1]
+            record.update(
+                final_stage=final.name,
+                metric=final.value,
+                retained=final.retained,
+                retained_ci=final.retained_ci,
+                size_bytes=final.size_bytes,
+                throughput_per_s=(final.latency or {}).get("throughput_per_s"),
+                batch1_p50_ms=(final.latency or {}).get("batch1_p50_ms"),
+            )
+            record["objectives"] = objective_values(final, self.objectives)
+            judged = judged_retained(final, self.search["judged_on"])
+            record["judged_retained"] = judged
+            record["feasible"] = (
+                report.status == "passed" and judged is not None and judged >= self.search["min_retained"]
+            )
+        return record
+
+    # -- the study ---------------------------------------------------------
+
+    def optuna_study(self):
+        import optuna
+
+        from compose.quiet import verbose
+
+        # trials are recorded (and failures explained) by trials.jsonl and the report, not by Optuna's log
+        optuna.logging.set_verbosity(optuna.logging.INFO if verbose() else optuna.logging.ERROR)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        seed = self.search["seed"]
+        if len(self.objectives) == 1:
+            sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
+        else:
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _creating(self.dir):  # two workers starting together must not both create the database's tables
+            return optuna.create_study(
+                study_name=self.options.study_name or self.path.stem,
+                storage=storage_for(self.options.storage, self.dir),
+                sampler=sampler,
+                directions=[DIRECTIONS[name] for name in self.objectives],
+                load_if_exists=True,
+            )
+
+    def objective(self, trial):
+        import optuna
+
+        params = {d.path: d.suggest(trial) for d in self.space}
+        try:
+            record = self.run_trial(trial.number, params)
+        except KeyboardInterrupt:
+            self._interrupted(trial, params)
+            raise
+        self._append(record)
+        if record["status"] == "interrupted":
+            self._interrupted(trial, params)
+            raise KeyboardInterrupt
+        for key in ("status", "run_dir", "judged_retained", "retained_ci", "size_bytes", "throughput_per_s"):
+            trial.set_user_attr(key, record.get(key))
+        if record["status"] == "stage_failed" or record.get("objectives") is None and record["status"] == "passed":
+            trial.set_user_attr("error", record["error"])
+            raise TrialFailed(json.dumps(record["error"]))
+        if record["status"] == "gate_failed":  # stopped below the floor (or a gate of the recipe failed)
+            trial.set_user_attr("constraint", [1.0])
+            raise optuna.TrialPruned(f"stopped after stage '{record['final_stage']}': below the floor")
+        judged = record["judged_retained"]
+        floor = self.search["min_retained"]
+        trial.set_user_attr("constraint", [floor - judged if judged is not None else 1.0])
+        return record["objectives"]
+
+    def _interrupted(self, trial, params: dict) -> None:
+        """An interrupted trial runs again first when the study continues (its run folder keeps the stages
+        it finished) and does not count against the budget."""
+        trial.set_user_attr("interrupted", True)
+        trial.study.enqueue_trial(params, user_attrs={"resumes": trial.number})
+
+    def _append(self, record: dict) -> None:
+        path = self.dir / TRIALS_FILE
+        with open(path, "a", encoding="utf-8") as handle:  # one line per trial; several workers append
+            handle.write(json.dumps(record, default=str) + "\n")
+
+    def run(self) -> dict:
+        """Run trials until the study has ``trials`` finished ones or ``minutes`` pass; the tune report."""
+
+        study = self.optuna_study()
+        trials = self.options.trials or self.search["trials"]
+        minutes = self.options.minutes or self.search["minutes"]
+        if not trials or finished(study) < trials:
+            with interrupts.handling_signals():
+                study.optimize(
+                    self.objective,
+                    timeout=minutes * 60 if minutes else None,
+                    callbacks=[_Budget(trials)] if trials else [],
+                    catch=(TrialFailed,),
+                    gc_after_trial=True,
+                )
+        return self.write_report(study)
+
+    # -- what the study found -------------------------------------------------
+
+    def records(self) -> list[dict]:
+        path = self.dir / TRIALS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def front(self, study) -> list:
+        """The feasible finished trials that no other feasible one beats on every objective, best first."""
+        from optuna.trial import TrialState
+
+        feasible = [
+            t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _constraints(t)[0] <= 0
+        ]
+        signs = [1 if DIRECTIONS[name] == "minimize" else -1 for name in self.objectives]
+
+        def cost(trial):
+            return [sign * value for sign, value in zip(signs, trial.values)]
+
+        def dominated(trial):
+            mine = cost(trial)
+            return any(all(o <= m for o, m in zip(cost(other), mine)) and cost(other) != mine for other in feasible)
+
+        return sorted((t for t in feasible if not dominated(t)), key=cost)
+
+    def write_report(self, study) -> dict:
+        from optuna.trial import TrialState
+
+        records = self.records()
+        front = self.front(study)
+        by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+        winner = front[0] if front else None
+        stage_runs = sum(len(r["stage_runs"]) for r in records)
+        reused = sum(len(r["reused_stages"]) for r in records)
+        report = {
+            "recipe": str(self.path),
+            "study": study.study_name,
+            "objectives": [{"name": n, "direction": DIRECTIONS[n], "unit": UNITS[n]} for n in self.objectives],
+            "constraint": {"min_retained": self.search["min_retained"], "judged_on": self.search["judged_on"]},
+            "selection_split": self.selection_split,
+            "evaluation_split": self.evaluation_split,
+            "selected_on_evaluation_split": self.selection_split == self.evaluation_split,
+            "trials": by_state,
+            "stage_runs": stage_runs,
+            "reused_stage_runs": reused,
+            "seconds_saved_by_reuse": round(sum(r["seconds_saved"] for r in records), 3),
+            "front": [self._member(t) for t in front],
+            "winner": self._member(winner) if winner else None,
+            "best_recipe": str(self.dir / BEST_RECIPE) if winner else None,
+        }
+        atomic.write_json(self.dir / REPORT_FILE, report)
+        if winner:
+            self.write_best(winner)
+        return report
+
+    def _member(self, trial) -> dict:
+        return {
+            "number": trial.number,
+            "params": trial.params,
+            "values": dict(zip(self.objectives, trial.values)),
+            "judged_retained": trial.user_attrs.get("judged_retained"),
+            "retained_ci": trial.user_attrs.get("retained_ci"),
+            "run_dir": trial.user_attrs.get("run_dir"),
+        }
+
+    def write_best(self, trial) -> Path:
+        """A plain recipe (no search section) that reproduces ``trial`` with ``recipe apply``, in its run folder."""
+        overrides, recipe = self.trial_recipe(trial.params)
+        data = to_plain(recipe.data)
+        data.pop("search", None)
+        data["gates"] = [g for g in data["gates"] if g not in self._stop_gates(recipe)]
+        data["output"]["dir"] = trial.user_attrs.get("run_dir") or str(self.trial_dir(trial.params))
+        header = (
+            f"# Trial {trial.number} of study '{self.options.study_name or self.path.stem}' "
+            f"({self.path}): {', '.join(overrides) or 'the recipe as written'}.\n"
+            f"# Reproduce it (every stage is reused from the trial's run folder):\n"
+            f"#   recipe apply {self.dir / BEST_RECIPE}\n"
+        )
+        target = self.dir / BEST_RECIPE
+        atomic.write_text(target, header + yaml.safe_dump(data, sort_keys=False))
+        return target
+
+    def _stop_gates(self, recipe) -> list[dict]:
+        if not self.search["stop_below_floor"]:
+            return []
+        floor = self.search["min_retained"]
+        return [g for g in recipe.data["gates"] if g.get("min_retained") == floor and g.get("min_metric") is None]

@@ -1,0 +1,75 @@
+"""compose.tune.study on a tiny BERT: trials share their stages, infeasible and failed trials are recorded,
+and best.yaml reproduces the winner from its run folder."""
+
+import json
+
+import pytest
+import yaml
+
+from compose.testing import run_recipe
+from compose.tune.study import BEST_RECIPE, REPORT_FILE, TRIALS_FILE, Study, TuneOptions
+
+STAGES = """\
+- {name: ft, uses: train, with: {max_steps: 4, batch_size: 16, eval_every_epoch: false}}
+- {name: prune, uses: prune-ffn, with: {ratio: 0.25, importance: magnitude}}
+- {name: heads, uses: prune-heads, with: {heads_per_layer: 1, importance: magnitude}}
+"""
+
+
+def tune(write_recipe, host, tmp_path, space: str, more: str = "", trials: int = 3) -> tuple[Study, dict]:
+    recipe = write_recipe(STAGES, f"search:\n  space:\n{space}{more}")
+    study = Study(TuneOptions(recipe=recipe, output=tmp_path / "tune", trials=trials), host)
+    return study, study.run()
+
+
+def records(study) -> list[dict]:
+    return [json.loads(line) for line in (study.dir / TRIALS_FILE).read_text().splitlines()]
+
+
+def test_trials_share_the_fine_tune_and_the_winner_reapplies_from_its_folder(write_recipe, host, tmp_path, capsys):
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n    - {path: stages.heads, optional: true}\n"
+    study, report = tune(write_recipe, host, tmp_path, space, "  min_retained: 0.05\n  judged_on: point\n", trials=3)
+    found = records(study)
+    assert len(found) == 3 and report["trials"]["complete"] == 3
+    runs = [name for record in found for name in record["stage_runs"]]
+    assert runs.count("input") == 1 and runs.count("ft") == 1  # the shared prefix ran once in the whole study
+    assert report["reused_stage_runs"] == sum(len(r["reused_stages"]) for r in found) >= 4
+    assert report["seconds_saved_by_reuse"] > 0
+    assert all(r["feasible"] and r["objectives"] for r in found)
+    assert report["front"] and report["winner"]["number"] in [r["number"] for r in found]
+    assert report["selected_on_evaluation_split"] is True
+    saved = json.loads((study.dir / REPORT_FILE).read_text())
+    assert saved["winner"] == report["winner"]
+
+    best = study.dir / BEST_RECIPE
+    plain = yaml.safe_load(best.read_text())
+    assert "search" not in plain and all(g.get("min_metric") is not None or g.get("stage") == "final"
+                                         for g in plain["gates"])  # fmt: skip
+    assert run_recipe("apply", str(best), "--json", "-q") == 0
+    again = json.loads(capsys.readouterr().out)
+    winner = next(r for r in found if r["number"] == report["winner"]["number"])
+    assert again["reused_stages"] == winner["stages"]  # every stage of the trial, none run again
+    assert again["stages"][-1]["metric"]["value"] == pytest.approx(winner["metric"])
+    assert again["stages"][-1]["size_bytes"] == winner["size_bytes"]
+
+
+def test_trials_below_the_floor_stop_early_and_the_study_says_none_was_feasible(write_recipe, host, tmp_path):
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    study, report = tune(write_recipe, host, tmp_path, space, "  min_retained: 5.0\n", trials=2)
+    found = records(study)
+    assert [r["status"] for r in found] == ["gate_failed", "gate_failed"]
+    assert all(r["final_stage"] == "prune" and not r["feasible"] for r in found)  # stopped before 'heads'
+    assert report["trials"]["pruned"] == 2 and report["front"] == [] and report["winner"] is None
+    assert not (study.dir / BEST_RECIPE).exists()
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(write_recipe, host, tmp_path):
+    # hidden size 30 is not a multiple of the 4 attention heads: the model cannot be built
+    space = "    - {path: model.config.hidden_size, choices: [32, 30]}\n"
+    study, report = tune(
+        write_recipe, host, tmp_path, space, "  min_retained: 0.05\n  judged_on: point\n  seed: 0\n", trials=3
+    )
+    found = records(study)
+    failed = [r for r in found if r["status"] == "stage_failed"]
+    assert failed and all(r["params"]["model.config.hidden_size"] == 30 and r["error"]["message"] for r in failed)
+    assert report["trials"]["fail"] == len(failed) and report["trials"]["complete"] == len(found) - len(failed) >= 1
