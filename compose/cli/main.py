@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         return 2
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # inherited by every process of the run
-    if args.command in ("apply",):
+    if args.command in ("apply", "tune"):
         quiet_libraries()
     try:
         return args.handler(args)

@@ -32,6 +32,8 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
     if not rows:
         where = spec.get("path") or spec.get("dataset")
         raise DataError(f"split '{name}' ({where}) has no rows")
+    if spec.get("holdout"):
+        rows = held_out(rows, spec["holdout"])
     limit = spec.get("limit")
     if spec.get("shuffle"):
         rows = rows[:]
@@ -39,6 +41,16 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
     if limit is not None:
         rows = rows[:limit]
     return rows
+
+
+def held_out(rows: list[dict], holdout: Mapping) -> list[dict]:
+    """The rows of one part of a file split in two by ``holdout`` (share, seed, part): ``held`` is a
+    share of the rows drawn by the seed, ``rest`` every other row. Two splits of one file, one
+    ``held`` and one ``rest`` with the same share and seed, never share a row."""
+    rng = random.Random(f"holdout:{holdout['seed']}")
+    held = [rng.random() < holdout["share"] for _ in rows]
+    keep = holdout["part"] == "held"
+    return [row for row, is_held in zip(rows, held) if is_held == keep]
 
 
 def file_format(path: Path, fmt: str, split: str) -> str:

@@ -180,6 +180,19 @@ def check_search(doc, cwd: Path, validate) -> list[Problem]:
                     checker.problem(where + ("path",), f"trying {override}: {why}; change this search.space entry")
                 )
                 break
+    if search.get("selection_share") is not None and search.get("selection_split") is not None:
+        problems.append(
+            checker.problem(
+                ("search", "selection_share"),
+                "give selection_split (a split of task.data) or selection_share (carved from train), not both",
+            )
+        )
+    if search.get("selection_share") is not None and "train" not in ((doc.get("task") or {}).get("data") or {}):
+        problems.append(
+            checker.problem(
+                ("search", "selection_share"), "selection_share carves from task.data.train, which is missing"
+            )
+        )
     if search.get("trials", 20) is None and search.get("minutes") is None:
         problems.append(
             checker.problem(

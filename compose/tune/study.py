@@ -38,6 +38,9 @@ from compose.tune.space import dimensions, trial_overrides
 #: Files a study writes into its tune folder.
 TRIALS_FILE, REPORT_FILE, BEST_RECIPE, STUDY_DB = "trials.jsonl", "tune-report.json", "best.yaml", "study.db"
 
+#: The split carved from train when search.selection_share is set.
+SELECTION = "selection"
+
 DIRECTIONS = {"size": "minimize", "throughput": "maximize", "latency": "minimize"}
 UNITS = {"size": "bytes", "throughput": "examples/s", "latency": "ms"}
 
@@ -149,14 +152,17 @@ class Study:
         self.dir = Path(options.output or default_dir)
         self.progress = options.progress
         self.evaluation_split = self.recipe.data["evaluate"]["split"]
-        self.selection_split = self.search["selection_split"] or self.evaluation_split
+        self.carved = self.search["selection_share"] is not None and not self.search["selection_split"]
+        self.selection_split = (
+            self.search["selection_split"] or (SELECTION if self.carved else None) or self.evaluation_split
+        )
 
     # -- the trial ---------------------------------------------------------
 
     def trial_recipe(self, params: dict):
         """(overrides, the validated recipe) of the trial with ``params``."""
         overrides = trial_overrides(self.space, params)
-        doc = apply_overrides(self.doc, overrides, Path.cwd())
+        doc = apply_overrides(self.doc, overrides + self._carving(), Path.cwd())
         doc.pop("search", None)
         doc.setdefault("evaluate", {})
         doc["evaluate"]["split"] = self.selection_split
@@ -170,6 +176,18 @@ class Study:
                         {"stage": stage["name"], "min_retained": self.search["min_retained"], "min_metric": None}
                     )
         return overrides, recipe
+
+    def _carving(self) -> list[str]:
+        """Overrides that hold the selection split out of the training split (selection_share)."""
+        if not self.carved:
+            return []
+        train = dict(self.recipe.data["task"]["data"]["train"])
+        holdout = {"share": self.search["selection_share"], "seed": self.search["selection_seed"]}
+        selection = {k: v for k, v in train.items() if k not in ("limit", "shuffle", "holdout")}
+        return [
+            f"task.data.train.holdout={json.dumps({**holdout, 'part': 'rest'})}",
+            f"task.data.{SELECTION}={json.dumps({**selection, 'holdout': {**holdout, 'part': 'held'}})}",
+        ]
 
     def trial_dir(self, params: dict) -> Path:
         text = json.dumps(params, sort_keys=True, default=str)

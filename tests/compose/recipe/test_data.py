@@ -91,3 +91,21 @@ def test_hugging_face_datasets_path_with_a_local_file(tmp_path):
     spec = {"dataset": "csv", "config": None, "split": "train", "data_files": str(path)}
     rows = read_split("train", spec, ["sentence", "label"], 0)
     assert [r["sentence"] for r in rows] == ["good", "bad"]
+
+
+def test_a_holdout_splits_one_file_in_two_parts_that_never_share_a_row(tmp_path):
+    from compose.recipe.data import read_split
+
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(400)), encoding="utf-8")
+    held = {"path": str(path), "holdout": {"share": 0.25, "seed": 3, "part": "held"}}
+    rest = {"path": str(path), "holdout": {"share": 0.25, "seed": 3, "part": "rest"}, "shuffle": True, "limit": 200}
+    held_rows = read_split("selection", held, ["sentence", "label"], seed=0)
+    rest_rows = read_split("train", {**rest, "limit": None}, ["sentence", "label"], seed=0)
+    assert 70 <= len(held_rows) <= 130 and len(held_rows) + len(rest_rows) == 400
+    assert not {r["sentence"] for r in held_rows} & {r["sentence"] for r in rest_rows}
+    assert len(read_split("train", rest, ["sentence", "label"], seed=0)) == 200  # limit and shuffle apply after
+    again = read_split("selection", held, ["sentence", "label"], seed=9)  # the recipe's seed does not move it
+    assert again == held_rows
+    other = read_split("selection", {**held, "holdout": {**held["holdout"], "seed": 4}}, ["sentence", "label"], seed=0)
+    assert other != held_rows

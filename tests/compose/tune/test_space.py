@@ -124,3 +124,12 @@ def test_plan_shows_the_space_and_what_a_trial_runs(write_recipe, capsys):
     assert "# recipe tune searches 2 setting(s):" in out
     assert "#   stages.prune.with.ratio: 0.3 to 0.7, step 0.05" in out and "stages.prune-heads: kept or left out" in out
     assert "optimizing size with retained >= 97.0% (judged on its point estimate); budget 20 trials, seed 0" in out
+
+
+def test_a_selection_is_either_a_split_or_a_share(write_recipe, host):
+    text = search(
+        "    - {path: stages.prune.with.ratio, low: 0.1, high: 0.5}\n",
+        "  selection_split: dev\n  selection_share: 0.1\n",
+    )
+    found = problems(write_recipe, host, text)
+    assert len(found) == 1 and "not both" in found[0]

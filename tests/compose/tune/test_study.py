@@ -73,3 +73,24 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(write_recipe, host, t
     failed = [r for r in found if r["status"] == "stage_failed"]
     assert failed and all(r["params"]["model.config.hidden_size"] == 30 and r["error"]["message"] for r in failed)
     assert report["trials"]["fail"] == len(failed) and report["trials"]["complete"] == len(found) - len(failed) >= 1
+
+
+def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(write_recipe, host, tmp_path):
+    from compose.recipe.data import read_split
+
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    more = "  min_retained: 0.05\n  judged_on: point\n  selection_share: 0.25\n  selection_seed: 1\n"
+    study, report = tune(write_recipe, host, tmp_path, space, more, trials=1)
+    assert report["selection_split"] == "selection" and report["selected_on_evaluation_split"] is False
+    (record,) = records(study)
+    assert record["selection_split"] == "selection" and record["status"] == "passed"
+    _, recipe = study.trial_recipe(record["params"])
+    data = recipe.data["task"]["data"]
+    assert data["train"]["holdout"] == {"share": 0.25, "seed": 1, "part": "rest"}
+    assert data["selection"]["holdout"]["part"] == "held" and recipe.data["evaluate"]["split"] == "selection"
+    columns = ["sentence", "label"]
+    trained = read_split("train", data["train"], columns, 0)
+    selected = read_split("selection", data["selection"], columns, 0)
+    assert selected and len(trained) + len(selected) == 256  # the tiny train file, split in two
+    best = (study.dir / "best.yaml").read_text()
+    assert "holdout" in best  # the winner's recipe trains on the same rows
