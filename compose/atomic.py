@@ -81,7 +81,7 @@ def existing(path: Path) -> Path | None:
 def writing_file(path: Path, mode: str = "wb", encoding: str | None = None) -> Iterator:
     """An open temporary file that replaces ``path`` when the block ends without an error."""
     path = Path(path)
-    tmp = path.with_name(path.name + PARTIAL)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")  # two processes writing one file never share it
     try:
         with open(tmp, mode, encoding=encoding) as handle:
             yield handle

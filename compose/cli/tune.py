@@ -40,6 +40,8 @@ Writes into the tune folder (--output, default: the recipe's output.dir + "-tune
                     status, seconds, reused stages
   tune-report.json  the front, the winner, trial counts, reuse and the time it saved
   best.yaml         a plain recipe that reproduces the winner: `recipe apply best.yaml`
+  tune.png          retained against size and against throughput, the front marked
+                    (and --compare-with's run as a star)
 
 exit codes: 0 a feasible pipeline was found, 1 none met the floor, 2 the recipe or its
 search is invalid, 130 interrupted (run again to continue the study).
@@ -60,6 +62,12 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--minutes", type=float, metavar="M", help="stop this process after M minutes (default: search.minutes)"
+    )
+    p.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="RUN",
+        help="a hand-written recipe's run folder (or report.json): its final model is drawn beside the trials",
     )
     p.add_argument("--json", action="store_true", help="print the tune report on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress view")
@@ -89,6 +97,7 @@ def run(args) -> int:
         trials=args.trials,
         minutes=args.minutes,
         progress=progress,
+        reference=args.compare_with,
     )
     study = Study(options, host)
     try:
@@ -107,9 +116,9 @@ def render(report: dict, console: Console) -> None:
     names = [o["name"] for o in report["objectives"]]
     table = Table(title=f"the front of study '{report['study']}' (feasible trials no other beats on every objective)")
     for column in ("trial", "settings", "retained (judged)", *names):
-        table.add_column(column, justify="left" if column == "settings" else "right")
+        table.add_column(column, justify="left" if column == "settings" else "right", overflow="fold")
     for member in report["front"]:
-        settings = ", ".join(f"{k}={v}" for k, v in member["params"].items())
+        settings = "\n".join(f"{k}={v}" for k, v in member["params"].items())
         judged = member["judged_retained"]
         cells = [_format(name, member["values"][name]) for name in names]
         table.add_row(str(member["number"]), settings, f"{judged:.1%}" if judged is not None else "-", *cells)
@@ -122,7 +131,7 @@ def render(report: dict, console: Console) -> None:
     if report["selected_on_evaluation_split"]:
         console.print(
             f"[yellow]note:[/] trials were compared on '{report['selection_split']}', the split they are reported "
-            "on; set search.selection_split to keep the final evaluation unseen"
+            "on; set search.selection_share (or selection_split) to keep the final evaluation unseen"
         )
     if report["winner"]:
         console.print(

@@ -53,7 +53,8 @@ class Dimension:
             return _from_choice(picked)
         if self.integer:
             return trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.path, float(self.low), float(self.high), step=self.step, log=self.log)
+        value = trial.suggest_float(self.path, float(self.low), float(self.high), step=self.step, log=self.log)
+        return round(value, 10)  # 0.6000000000000001 (low + k * step in floating point) as written: 0.6
 
     def edges(self) -> list:
         """The values validation tries: both ends of a range, every choice, leaving an optional stage out."""

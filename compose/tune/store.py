@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from compose import atomic
@@ -55,8 +56,27 @@ def _retarget(record: dict, folder: Path) -> dict:
     return {**record, "row": row}
 
 
+@contextmanager
+def _locked(store: Path):
+    """The store's lock: workers of one study read and add stages one at a time."""
+    import fcntl
+
+    Path(store).mkdir(parents=True, exist_ok=True)
+    with open(Path(store) / ".lock", "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     """Put the leading stages the store holds into ``run_dir``; how many (the input row counts as one)."""
+    with _locked(store):
+        return _seed(store, run_dir, names, fingerprints, evaluation)
+
+
+def _seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     placed = 0
     for index, (name, fingerprint) in enumerate(zip(names, fingerprints)):
         stored = Path(store) / key(fingerprint, evaluation)
@@ -77,6 +97,11 @@ def seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], 
 
 def publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     """Add the finished stages of ``run_dir`` the store does not hold yet; how many were added."""
+    with _locked(store):
+        return _publish(store, run_dir, names, fingerprints, evaluation)
+
+
+def _publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     added = 0
     for index, (name, fingerprint) in enumerate(zip(names, fingerprints)):
         source = _stage_folder(run_dir, index, name)

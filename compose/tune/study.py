@@ -33,6 +33,7 @@ from compose.recipe.load import load_document, validate_document
 from compose.recipe.yaml_source import to_plain
 from compose.run import interrupts
 from compose.tune import store
+from compose.tune.plot import PLOT_FILE, plot_study
 from compose.tune.space import dimensions, trial_overrides
 
 #: Files a study writes into its tune folder.
@@ -59,6 +60,7 @@ class TuneOptions:
     trials: int | None = None  # overrides search.trials
     minutes: float | None = None  # overrides search.minutes
     progress: object | None = None
+    reference: Path | None = None  # a hand-written recipe's run (folder or report.json) to draw beside the trials
 
 
 def objective_values(row, objectives: list[str]) -> list[float] | None:
@@ -382,10 +384,37 @@ class Study:
             "winner": self._member(winner) if winner else None,
             "best_recipe": str(self.dir / BEST_RECIPE) if winner else None,
         }
+        report["reference"] = self._reference()
+        drawn = plot_study(
+            records,
+            [t.number for t in front],
+            self.search["min_retained"],
+            self.dir / PLOT_FILE,
+            report["reference"],
+        )
+        report["plot"] = str(drawn) if drawn else None
         atomic.write_json(self.dir / REPORT_FILE, report)
         if winner:
             self.write_best(winner)
         return report
+
+    def _reference(self) -> dict | None:
+        """The hand-written recipe's final row, to compare the trials with (``--compare-with``)."""
+        if self.options.reference is None:
+            return None
+        from compose.evaluation.run_comparison import load_run
+
+        run = load_run(self.options.reference)
+        final = run.final
+        return {
+            "label": f"hand-written: {run.label}",
+            "report": str(run.path),
+            "retained": final.retained,
+            "retained_ci": final.retained_ci,
+            "size_bytes": final.size_bytes,
+            "throughput_per_s": (final.latency or {}).get("throughput_per_s"),
+            "batch1_p50_ms": (final.latency or {}).get("batch1_p50_ms"),
+        }
 
     def _member(self, trial) -> dict:
         return {

@@ -40,6 +40,7 @@ def test_trials_share_the_fine_tune_and_the_winner_reapplies_from_its_folder(wri
     assert report["selected_on_evaluation_split"] is True
     saved = json.loads((study.dir / REPORT_FILE).read_text())
     assert saved["winner"] == report["winner"]
+    assert report["plot"] == str(study.dir / "tune.png") and (study.dir / "tune.png").stat().st_size > 10_000
 
     best = study.dir / BEST_RECIPE
     plain = yaml.safe_load(best.read_text())
@@ -94,3 +95,17 @@ def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(writ
     assert selected and len(trained) + len(selected) == 256  # the tiny train file, split in two
     best = (study.dir / "best.yaml").read_text()
     assert "holdout" in best  # the winner's recipe trains on the same rows
+
+
+def test_a_hand_written_run_is_drawn_and_reported_beside_the_trials(write_recipe, host, tmp_path):
+    recipe = write_recipe(STAGES)
+    assert run_recipe("apply", str(recipe), "--output", str(tmp_path / "hand"), "-q") == 0
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    searched = write_recipe(
+        STAGES, f"search:\n  space:\n{space}  min_retained: 0.05\n  judged_on: point\n", name="t.yaml"
+    )
+    options = TuneOptions(recipe=searched, output=tmp_path / "tune", trials=1, reference=tmp_path / "hand")
+    report = Study(options, host).run()
+    reference = report["reference"]
+    assert reference["label"] == "hand-written: recipe" and reference["size_bytes"] > 0
+    assert reference["retained"] is not None and (tmp_path / "tune" / "tune.png").is_file()
