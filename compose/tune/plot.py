@@ -28,11 +28,8 @@ def plot_study(records: list[dict], front: list[int], floor: float, target: Path
         return None
     finished = [r for r in records if r.get("retained") is not None and r.get("size_bytes")]
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    panels = (
-        ("size_bytes", "whole artifact (MB)", 1e-6, True),
-        ("throughput_per_s", "throughput (examples/s)", 1, False),
-    )
-    for axis, (field, label, scale, log) in zip(axes, panels):
+    panels = (("size_bytes", "whole artifact (MB)", 1e-6), ("throughput_per_s", "throughput (examples/s)", 1))
+    for axis, (field, label, scale) in zip(axes, panels):
         groups = (
             ("front", [r for r in finished if r["number"] in front], {"color": "tab:red", "fillstyle": "full"}),
             (
@@ -58,14 +55,17 @@ def plot_study(records: list[dict], front: list[int], floor: float, target: Path
         if reference is not None and reference.get(field):
             axis.plot(reference[field] * scale, reference["retained"], "k*", markersize=12, label=reference["label"])
         axis.axhline(floor, color="0.3", linestyle="--", linewidth=1, label=f"floor {floor:.1%}")
-        axis.set(xlabel=label, xscale="log" if log else "linear")
+        xs = [r[field] * scale for r in finished if r.get(field)]
+        wide = xs and min(xs) > 0 and max(xs) / min(xs) > 10  # a log axis only where values span decades
+        axis.set(xlabel=label, xscale="log" if wide else "linear")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
+        axis.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("retained (final stage, 95% interval)")
     retained = [r["retained"] for r in finished] + [floor]
+    retained += [end for r in finished for end in (r.get("retained_ci") or [])]
     low, high = min(retained), max(retained)
     pad = max(0.005, (high - low) * 0.15)
-    axes[0].set_ylim(low - pad, high + pad)  # the trials' range, not the untrained model's
+    axes[0].set_ylim(low - pad, high + pad)  # the trials' range and intervals, not the untrained model's
     figure.suptitle(f"recipe tune: {len(finished)} trial(s) that reached their final stage; front in red")
     figure.tight_layout()
     with atomic.writing_file(target) as handle:
