@@ -42,7 +42,8 @@ Only rank 0 writes artifacts and the report; every rank evaluates its share.
 Resuming: a run folder remembers each finished stage with a fingerprint of all that
 determined it (recipe up to that stage, model and data bytes, plugin versions,
 seed). Applying again into the same folder reuses the stages whose fingerprints
-match and reruns from the first that differs; --fresh reruns everything.
+match and reruns from the first that differs; --fresh reruns everything. A change to
+evaluate: measures the reused stages again from their saved models, training nothing.
 
 Progress goes to stderr: live bars on a terminal; elsewhere (CI, a pipe, nohup, a file)
 a plain line at most every 30 s with the work, step/total, rate and ETA. Set

@@ -99,7 +99,7 @@ def run(args) -> int:
         print(f"\n# recipe tune searches {len(search['space'])} setting(s):")
         for line in search["space"]:
             print(f"#   {line}")
-        print(f"# each trial runs the stages above with its settings, evaluated on split '{search['selection_split']}'")
+        print(f"# each trial runs the stages above with its settings, evaluated on split {search['selection_split']}")
         print(f"# {search['goal']}")
     return EXIT_OK
 
@@ -120,7 +120,12 @@ def _search_plan(recipe) -> dict:
     )
     return {
         "space": [d.describe() for d in dimensions(search)],
-        "selection_split": search["selection_split"] or recipe.data["evaluate"]["split"],
+        "selection_split": (f"'{search['selection_split']}'" if search["selection_split"] else None)
+        or (
+            f"'selection' ({search['selection_share']:.0%} of train's rows, held out of training)"
+            if search["selection_share"]
+            else f"'{recipe.data['evaluate']['split']}'"
+        ),
         "goal": f"optimizing {objectives} with retained >= {search['min_retained']:.1%} (judged on {judged}); "
         f"budget {budget}, seed {search['seed']}",
     }

@@ -137,6 +137,15 @@ def render(report: dict, console: Console) -> None:
         console.print(
             f"winner: trial {report['winner']['number']}; reproduce it with `recipe apply {report['best_recipe']}`"
         )
+        final = report["winner"].get("final") or {}
+        if final.get("retained") is not None:
+            ci = final.get("retained_ci")
+            interval = f" ({ci[0]:.1%}-{ci[1]:.1%})" if ci else ""
+            console.print(
+                f"on the evaluation split '{final['split']}', which no trial was compared on: retained "
+                f"{final['retained']:.1%}{interval}, {_format('size', final['size_bytes'])}, "
+                f"{_format('throughput', final['throughput_per_s'])}"
+            )
     else:
         console.print("[red]no trial met the floor[/] (min_retained); widen the space or lower the floor")
 

@@ -44,6 +44,8 @@ class StageRow:
     metrics: dict = field(default_factory=dict)  # every metric the task computes (perplexity, next_token_accuracy...)
     details: dict = field(default_factory=dict)
     reused: bool = False  # taken from an earlier run in the same folder (same fingerprint)
+    #: Reused, but measured again from its saved artifact (the evaluation settings changed).
+    remeasured: bool = False
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -146,6 +148,7 @@ class Report:
             "comparison": self.comparison,
             "stages": [row.to_json() for row in self.rows],
             "reused_stages": [row.name for row in self.rows if row.reused],
+            "remeasured_stages": [row.name for row in self.rows if row.remeasured],
             "reuse_refused": self.reuse_refused,
             "gates": [asdict(g) for g in self.gates],
             "error": self.error,

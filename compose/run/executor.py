@@ -19,7 +19,7 @@ from compose.progress import Progress
 from compose.recipe.load import Recipe
 from compose.recipe.task_kinds import METRICS
 from compose.run import integrity, interrupts
-from compose.run.artifacts import load_artifact, save_artifact, size_on_disk
+from compose.run.artifacts import MANIFEST, load_artifact, save_artifact, size_on_disk
 from compose.run.distributed import Ranks, init_ranks
 from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.run.gates import check_gates, gates_of
@@ -242,6 +242,10 @@ class Executor:
         self.eval_fingerprint = evaluation_fingerprint(self.recipe, self.threads)
         cached = [] if self.options.fresh else self._cached_rows(names)
         report.reuse_refused = self.reuse_refused
+        if cached and cached[0].remeasured:  # the evaluation changed: every reused stage is measured again
+            model, tokenizer = self._remeasure(cached, report, task)
+            self._write(report, task)
+            return model, tokenizer, len(cached)
         for index, row in enumerate(cached):
             self._load_records(index, row)
         report.rows.extend(cached)
@@ -267,6 +271,25 @@ class Executor:
             self.stages_bar.advance()
         self._write(report, task)
         return model, tokenizer, len(cached)
+
+    def _remeasure(self, cached: list[StageRow], report: Report, task) -> tuple:
+        """Measure finished stages again from their artifacts (nothing retrains); the last one's (model, tokenizer)."""
+        model = tokenizer = None
+        for index, old in enumerate(cached):
+            interrupts.point(f"{old.name}/start")
+            self.stages_bar.update(description=f"measuring '{old.name}' again (the evaluation changed)")
+            self.progress.log(f"stage '{old.name}' is reused and measured again: the evaluation settings changed")
+            model, tokenizer = load_artifact(old.artifact, self.host)
+            model.to(self.device)
+            row = self._measure(
+                old.name, old.plugin, model, tokenizer, task, index, old.seconds, old.details, written=old.artifact
+            )
+            row.reused = row.remeasured = True
+            report.rows.append(row)
+            self._compare_rows(report, task)
+            self._record(index, row)
+            self.stages_bar.advance()
+        return model, tokenizer
 
     def _run_and_report(self, index, stage, stage_type, model, tokenizer, task, report: Report) -> tuple:
         """Run one stage, add its row, record it for reuse and rewrite the report; (model, tokenizer)."""
@@ -345,19 +368,24 @@ class Executor:
                 break
             if record.get("fingerprint") != self.fingerprints[index]:
                 break
-            if record.get("evaluation") != self.eval_fingerprint:
-                break
             row = row_from_json(record["row"])
             artifact = atomic.recover(Path(row.artifact)) if row.artifact else None
             if artifact is None or not (artifact / "config.json").is_file():
                 break
-            changed = integrity.stage_changes(self._artifact_dir(index, name), record, artifact)
+            # Measured differently before (evaluate: changed): measure it again from its artifact, which
+            # the core can load only where it saved it (a stage's own format, such as an export, runs again).
+            remeasure = record.get("evaluation") != self.eval_fingerprint
+            if remeasure and not (artifact / MANIFEST).is_file():  # not saved by save_artifact
+                break
+            changed = integrity.stage_changes(
+                self._artifact_dir(index, name), record, artifact, evaluation=not remeasure
+            )
             if changed:
                 why = "; ".join(changed[:3])
                 self.reuse_refused.append({"stage": name, "reason": why})
                 self.progress.log(f"not reusing stage '{name}' (and those after it): {why}")
                 break
-            row.reused = True
+            row.reused, row.remeasured = True, remeasure
             rows.append(row)
         return rows
 

@@ -9,9 +9,10 @@ and the seed. Comments, key order and defaults written out change nothing.
 The evaluation settings (with the evaluation split's data and the thread count
 latency is measured at) have a fingerprint of their own, kept in each finished
 stage's record beside its stage fingerprint. The executor reuses a finished stage
-only when both match, so changing an evaluation setting reruns every stage: the
-rows of one report are always measured the same way, and a stage's saved artifact
-is not always a model the core can reload to evaluate again (``export`` writes ONNX).
+whose stage fingerprint matches; where the evaluation's differs, it measures the
+stage again from its saved artifact (nothing retrains), so the rows of one report are
+always measured the same way. A stage whose artifact the core cannot load (``export``
+writes ONNX, not a ``save_artifact`` folder) runs again instead.
 """
 
 from __future__ import annotations

@@ -56,11 +56,16 @@ def kept_files(folder: Path, artifact: Path) -> list[Path]:
     return [Path(artifact), Path(folder) / EVALUATION_RECORDS]
 
 
-def stage_changes(folder: Path, record: dict, artifact: Path) -> list[str]:
-    """How a finished stage's kept files differ from its ``record`` (empty: intact)."""
+def stage_changes(folder: Path, record: dict, artifact: Path, *, evaluation: bool = True) -> list[str]:
+    """How a finished stage's kept files differ from its ``record`` (empty: intact).
+
+    ``evaluation=False``: the artifact only (its evaluation records are about to be replaced)."""
     if "files" not in record:
         return [_NO_HASHES]
-    return changes(folder, record["files"], kept_files(folder, artifact))
+    if evaluation:
+        return changes(folder, record["files"], kept_files(folder, artifact))
+    recorded = {name: digest for name, digest in record["files"].items() if name != EVALUATION_RECORDS}
+    return changes(folder, recorded, [Path(artifact)])
 
 
 def changes(root: Path, recorded: dict[str, str], paths: list[Path]) -> list[str]:

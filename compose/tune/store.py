@@ -122,3 +122,22 @@ def _publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[st
             atomic.write_json(tmp / STAGE_RECORD, _retarget(record, stored))
         added += 1
     return added
+
+
+def link_stages(source_run: Path, target_run: Path) -> int:
+    """Put every finished stage of the run folder ``source_run`` into ``target_run`` (hard links, records
+    pointing at the new place), so that a run there reuses them; how many."""
+    placed = 0
+    for folder in sorted((Path(source_run) / "stages").iterdir()):
+        record_path = folder / STAGE_RECORD
+        if not record_path.is_file():
+            continue
+        target = Path(target_run) / "stages" / folder.name
+        with atomic.writing_folder(target) as tmp:
+            _link_tree(folder, tmp)
+            shutil.rmtree(tmp / "work", ignore_errors=True)
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            (tmp / STAGE_RECORD).unlink()
+            atomic.write_json(tmp / STAGE_RECORD, _retarget(record, target))
+        placed += 1
+    return placed

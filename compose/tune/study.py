@@ -161,15 +161,16 @@ class Study:
 
     # -- the trial ---------------------------------------------------------
 
-    def trial_recipe(self, params: dict):
-        """(overrides, the validated recipe) of the trial with ``params``."""
+    def trial_recipe(self, params: dict, *, final: bool = False):
+        """(overrides, the validated recipe) of the trial with ``params``: evaluated on the selection split
+        and stopped below the floor, or (``final``) as the winner is reported, on the evaluation split."""
         overrides = trial_overrides(self.space, params)
         doc = apply_overrides(self.doc, overrides + self._carving(), Path.cwd())
         doc.pop("search", None)
         doc.setdefault("evaluate", {})
-        doc["evaluate"]["split"] = self.selection_split
+        doc["evaluate"]["split"] = self.evaluation_split if final else self.selection_split
         recipe = validate_document(doc, self.path, self.host)
-        if self.search["stop_below_floor"]:
+        if self.search["stop_below_floor"] and not final:
             compressing = False
             for stage, stage_type in zip(recipe.stages, recipe.stage_types):
                 compressing = compressing or stage_type.compresses
@@ -393,10 +394,47 @@ class Study:
             report["reference"],
         )
         report["plot"] = str(drawn) if drawn else None
-        atomic.write_json(self.dir / REPORT_FILE, report)
         if winner:
-            self.write_best(winner)
+            report["winner"]["final"] = self.evaluate_winner(winner)
+            report["best_recipe"] = str(self.write_best(winner, report["winner"]["final"]))
+        atomic.write_json(self.dir / REPORT_FILE, report)
         return report
+
+    def final_dir(self, trial) -> Path:
+        return self.dir / "final" / f"trial-{trial.number}"
+
+    def evaluate_winner(self, trial) -> dict | None:
+        """The winner on the recipe's evaluation split, which no trial was compared on: its stages are reused
+        from its trial folder and measured again (nothing retrains). None where trials were compared on it."""
+        from compose.run.executor import Executor, RunOptions
+        from compose.run.run_folder import RunFolderError, claim, locked
+
+        if self.selection_split == self.evaluation_split:
+            return None
+        _, recipe = self.trial_recipe(trial.params, final=True)
+        target = self.final_dir(trial)
+        try:
+            claim(target)
+            with locked(target):
+                if not (target / "stages").exists():
+                    store.link_stages(Path(trial.user_attrs["run_dir"]), target)
+                report = Executor(recipe, self.host, RunOptions(output_dir=target, progress=self.progress)).run()
+        except RunFolderError:  # another worker evaluates it now
+            return {"status": "being evaluated by another worker", "run_dir": str(target)}
+        final = report.rows[-1] if report.rows else None
+        return {
+            "status": report.status,
+            "split": self.evaluation_split,
+            "run_dir": str(target),
+            "metric": final.value if final else None,
+            "retained": final.retained if final else None,
+            "retained_ci": final.retained_ci if final else None,
+            "size_bytes": final.size_bytes if final else None,
+            "throughput_per_s": ((final.latency or {}).get("throughput_per_s") if final else None),
+            "batch1_p50_ms": ((final.latency or {}).get("batch1_p50_ms") if final else None),
+            "remeasured_stages": [row.name for row in report.rows if row.remeasured],
+            "error": report.error,
+        }
 
     def _reference(self) -> dict | None:
         """The hand-written recipe's final row, to compare the trials with (``--compare-with``)."""
@@ -426,17 +464,19 @@ class Study:
             "run_dir": trial.user_attrs.get("run_dir"),
         }
 
-    def write_best(self, trial) -> Path:
-        """A plain recipe (no search section) that reproduces ``trial`` with ``recipe apply``, in its run folder."""
-        overrides, recipe = self.trial_recipe(trial.params)
+    def write_best(self, trial, final: dict | None) -> Path:
+        """A plain recipe (no search section) that reproduces ``trial`` with ``recipe apply``: in its final
+        evaluation's folder, on the evaluation split (or, when trials were compared on that split, its own)."""
+        overrides, recipe = self.trial_recipe(trial.params, final=final is not None)
         data = to_plain(recipe.data)
         data.pop("search", None)
         data["gates"] = [g for g in data["gates"] if g not in self._stop_gates(recipe)]
-        data["output"]["dir"] = trial.user_attrs.get("run_dir") or str(self.trial_dir(trial.params))
+        folder = final["run_dir"] if final else trial.user_attrs.get("run_dir") or str(self.trial_dir(trial.params))
+        data["output"]["dir"] = folder
         header = (
             f"# Trial {trial.number} of study '{self.options.study_name or self.path.stem}' "
             f"({self.path}): {', '.join(overrides) or 'the recipe as written'}.\n"
-            f"# Reproduce it (every stage is reused from the trial's run folder):\n"
+            f"# Reproduce it (every stage is reused from {folder}):\n"
             f"#   recipe apply {self.dir / BEST_RECIPE}\n"
         )
         target = self.dir / BEST_RECIPE

@@ -95,10 +95,11 @@ def test_a_run_reports_speed_per_stage_and_a_resumed_run_keeps_it(write_recipe, 
     again = json.loads((out / "report.json").read_text())
     assert again["reused_stages"] == ["input", "ft"]
     assert [s["latency"] for s in again["stages"]] == [s["latency"] for s in report["stages"]]
-    # other latency settings are another evaluation: nothing is reused
+    # other latency settings are another evaluation: every stage is measured again, none retrained
     assert main(["apply", str(recipe), "evaluate.latency.threads=2", *overrides[1:], "--output", str(out), "-q"]) == 0
     third = json.loads((out / "report.json").read_text())
-    assert third["reused_stages"] == [] and {s["latency"]["threads"] for s in third["stages"]} == {2}
+    assert third["remeasured_stages"] == ["input", "ft"] and {s["latency"]["threads"] for s in third["stages"]} == {2}
+    assert third["stages"][1]["details"] == report["stages"][1]["details"]  # the training that ran the first time
 
 
 def test_latency_can_be_switched_off(write_recipe, tmp_path):

@@ -50,19 +50,48 @@ def test_a_hub_model_while_offline_exits_3_naming_the_cause(write_recipe, tmp_pa
     assert report["error"]["stage"] == "input"
 
 
-def test_an_evaluation_change_reruns_every_stage_as_compose_fingerprint_says(write_recipe, tmp_path):
-    """The stage fingerprints are unchanged, but no row of an earlier evaluation is reused."""
+def test_an_evaluation_change_measures_every_stage_again_without_running_it(write_recipe, tmp_path):
+    """The stage fingerprints are unchanged: the artifacts are reused and measured again, nothing retrains."""
+    from compose.run.integrity import digest
+
     host = create_host()
     recipe = write_recipe("- {name: ft, uses: train, with: {max_steps: 2, eval_every_epoch: false}}\n")
     fast = ["evaluate.latency.enabled=false"]
 
-    def run(overrides):
-        options = RunOptions(output_dir=tmp_path / "run")
+    def run(overrides, folder="run", fresh=False):
+        options = RunOptions(output_dir=tmp_path / folder, fresh=fresh)
         return Executor(load_recipe(recipe, fast + overrides, host), host, options).run()
 
     first = run([])
     assert first.status == "passed" and not any(row.reused for row in first.rows)
     assert [row.reused for row in run([]).rows] == [True, True]
+    weights = digest(tmp_path / "run", [tmp_path / "run" / "stages" / "01-ft" / "model"])
     changed = run(["evaluate.limit=16"])
-    assert [row.reused for row in changed.rows] == [False, False]
-    assert [row.reused for row in run(["evaluate.limit=16"]).rows] == [True, True]
+    assert [(row.reused, row.remeasured) for row in changed.rows] == [(True, True), (True, True)]
+    assert changed.rows[1].details == first.rows[1].details  # the training summary of the run that trained
+    assert digest(tmp_path / "run", [tmp_path / "run" / "stages" / "01-ft" / "model"]) == weights
+    fresh = run(["evaluate.limit=16"], folder="fresh", fresh=True)  # the same evaluation on a fresh run
+    assert [row.value for row in changed.rows] == [row.value for row in fresh.rows]
+    assert [(row.reused, row.remeasured) for row in run(["evaluate.limit=16"]).rows] == [(True, False)] * 2
+
+
+def test_a_stage_whose_artifact_only_its_plugin_loads_runs_again_when_the_evaluation_changes(write_recipe, tmp_path):
+    host = create_host()
+    stages = (
+        "- {name: ft, uses: train, with: {max_steps: 2, eval_every_epoch: false}}\n"
+        "- {name: deploy, uses: export, with: {weights: fp32, embeddings: fp32}}\n"
+    )
+    recipe = write_recipe(stages)
+
+    def run(overrides):
+        options = RunOptions(output_dir=tmp_path / "run")
+        return Executor(load_recipe(recipe, ["evaluate.latency.enabled=false", *overrides], host), host, options).run()
+
+    assert run([]).status == "passed"
+    changed = run(["evaluate.limit=16"])
+    assert changed.status == "passed"
+    assert [(row.name, row.reused, row.remeasured) for row in changed.rows] == [
+        ("input", True, True),
+        ("ft", True, True),
+        ("deploy", False, False),  # an ONNX folder: the export runs again from the re-measured model
+    ]

@@ -2,6 +2,7 @@
 and best.yaml reproduces the winner from its run folder."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,8 +94,17 @@ def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(writ
     trained = read_split("train", data["train"], columns, 0)
     selected = read_split("selection", data["selection"], columns, 0)
     assert selected and len(trained) + len(selected) == 256  # the tiny train file, split in two
-    best = (study.dir / "best.yaml").read_text()
-    assert "holdout" in best  # the winner's recipe trains on the same rows
+    final = report["winner"]["final"]  # the winner on dev, which no trial was compared on: measured, not retrained
+    assert final["status"] == "passed" and final["split"] == "dev"
+    assert final["remeasured_stages"] == ["input", "ft", "prune", "heads"]
+    assert final["size_bytes"] == record["size_bytes"] and final["retained"] is not None
+    best = yaml.safe_load((study.dir / "best.yaml").read_text())
+    assert best["task"]["data"]["train"]["holdout"]["part"] == "rest"  # the winner trains on the same rows
+    assert best["evaluate"]["split"] == "dev" and best["output"]["dir"] == final["run_dir"]
+    assert run_recipe("apply", str(study.dir / "best.yaml"), "-q") == 0
+    again = json.loads((Path(final["run_dir"]) / "report.json").read_text())
+    assert again["reused_stages"] == ["input", "ft", "prune", "heads"] and again["remeasured_stages"] == []
+    assert again["stages"][-1]["metric"]["value"] == pytest.approx(final["metric"])
 
 
 def test_a_hand_written_run_is_drawn_and_reported_beside_the_trials(write_recipe, host, tmp_path):
