@@ -20,7 +20,7 @@ from compose.evaluation.report import (
 from compose.evaluation.run_comparison import CompareError, best_final, compare_runs, load_runs, plot
 from compose.exit_codes import EXIT_OK
 
-HELP = "compare finished runs side by side and plot metric against size on disk"
+HELP = "compare finished runs side by side and plot retained against size and throughput"
 EXAMPLE = """\
 example:
   recipe compare runs/llama-small runs/llama-large-then-compress
@@ -32,8 +32,8 @@ models are printed side by side (metric, retained, parameters, size on disk,
 batch-1 latency, throughput, x faster and x smaller than each run's own
 baseline, the thread count they were measured at, training steps, time), then
 every stage of every run. Speeds measured at different thread counts or on
-other machines do not compare. The plot has one point per stage per run:
-retained metric vs size on disk, and the metric itself vs size on disk. It is written to the first run's folder as compare.png unless
+other machines do not compare. The plot draws each run from its baseline on: retained
+(with its interval) vs size on disk and vs throughput. It is written to the first run's folder as compare.png unless
 --plot says where; it needs matplotlib (pip install 'recipe-compose[plot]').
 Exit code 0, or 2 if a report cannot be read or the runs measure different metrics.
 """

@@ -1,10 +1,11 @@
 """Compare finished runs: their final models side by side, and a plot of every stage.
 
 ``recipe compare`` reads each run's report.json. The plot (matplotlib, the
-optional ``plot`` extra) has one point per stage per run: the retained metric
-against size on disk, and the metric itself against size on disk (retained is
-relative to each run's own baseline, so runs with different baselines are
-compared on the absolute metric).
+optional ``plot`` extra) draws each run from its baseline to its final stage: the
+retained metric, with its paired interval, against the whole artifact's size and
+against throughput; only each run's final stage is labelled, so labels do not pile up,
+and the axis spans the compared stages, not an untrained input. The absolute metric is
+in the table (retained is relative to each run's own baseline).
 """
 
 from __future__ import annotations
@@ -135,8 +136,22 @@ def best_final(runs: list[Run]) -> Run | None:
     return pick(scored, key=lambda r: r.final.value)
 
 
+def _from_baseline(run: Run) -> list:
+    """The run's rows from its baseline on: the rows before it (an untrained input) are not what is compared."""
+    names = [row.name for row in run.report.rows]
+    start = names.index(run.report.baseline_stage) if run.report.baseline_stage in names else 0
+    return run.report.rows[start:]
+
+
+def _x(row, field: str) -> float | None:
+    if field == "size":
+        return row.size_bytes / 1e6 if row.size_bytes else None
+    return (row.latency or {}).get("throughput_per_s")
+
+
 def plot(runs: list[Run], target: Path) -> Path:
-    """Draw the comparison into ``target`` (PNG); needs matplotlib."""
+    """Draw the comparison into ``target`` (PNG): retained against size and against throughput, with the
+    paired interval as error bars, each run from its baseline on; needs matplotlib."""
     try:
         import matplotlib
 
@@ -146,38 +161,40 @@ def plot(runs: list[Run], target: Path) -> Path:
         raise CompareError(
             "drawing the plot needs matplotlib: pip install 'recipe-compose[plot]' (or matplotlib), or pass --no-plot"
         ) from None
-    metric = runs[0].report.metric
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    panels = (("size", "whole artifact (MB)"), ("throughput", "throughput (examples/s)"))
+    spans = {field: [] for field, _ in panels}
+    retained = []
     for run in runs:
-        for axis, field in ((left, "retained"), (right, "value")):
-            points = [
-                (row.size_bytes / 1e6, getattr(row, field), row.name)
-                for row in run.report.rows
-                if row.size_bytes and _finite(getattr(row, field))
-            ]
+        rows = _from_baseline(run)
+        for axis, (field, _) in zip(axes, panels):
+            points = [(x, row) for row in rows if (x := _x(row, field)) is not None and _finite(row.retained)]
             if not points:
                 continue
-            sizes, values, names = zip(*points)
-            (line,) = axis.plot(sizes, values, marker="o", label=run.label)
-            for size, value, name in points:
-                axis.annotate(
-                    name, (size, value), textcoords="offset points", xytext=(4, 4), fontsize=8, color=line.get_color()
-                )
-    lower = "" if runs[0].report.higher_is_better else " (lower is better)"
-    left.set(
-        xscale="log",
-        xlabel="size on disk (MB)",
-        ylabel=f"retained {metric} (vs each run's baseline)",
-        title="retained metric vs size",
-    )
-    right.set(xscale="log", xlabel="size on disk (MB)", ylabel=f"{metric}{lower}", title=f"{metric} vs size")
-    values = [r.value for run in runs for r in run.report.rows if _finite(r.value)]
-    if values and min(values) > 0 and max(values) / min(values) > 10:
-        right.set_yscale("log")  # perplexities of untrained and trained models differ by orders of magnitude
-    for axis in (left, right):
+            xs, ys = [x for x, _ in points], [row.retained for _, row in points]
+            below = [max(0.0, row.retained - row.retained_ci[0]) if row.retained_ci else 0.0 for _, row in points]
+            above = [max(0.0, row.retained_ci[1] - row.retained) if row.retained_ci else 0.0 for _, row in points]
+            drawn = axis.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=run.label)
+            last_x, last = points[-1]
+            axis.annotate(
+                last.name, (last_x, last.retained), textcoords="offset points", xytext=(6, -10), fontsize=8,
+                color=drawn[0].get_color(),
+            )  # fmt: skip
+            spans[field] += xs
+            retained += ys + [end for _, row in points for end in (row.retained_ci or [])]
+    for axis, (field, label) in zip(axes, panels):
+        values = spans[field]
+        wide = values and min(values) > 0 and max(values) / min(values) > 10
+        axis.set(xlabel=label, xscale="log" if wide else "linear")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle("recipe compare: one point per stage per run")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel(f"retained {runs[0].report.metric} (vs each run's baseline, 95% interval)")
+    if retained:
+        low, high = min(retained), max(retained)
+        pad = max(0.005, (high - low) * 0.1)
+        axes[0].set_ylim(low - pad, high + pad)
+    figure.suptitle("recipe compare: each run from its baseline to its final stage (labelled)")
     figure.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic.writing_file(target) as handle:

@@ -83,3 +83,22 @@ def test_what_cannot_be_compared_is_refused_with_the_reason(tmp_path):
         load_runs([a, b])
     with pytest.raises(CompareError, match="one --label per report"):
         load_runs([a], labels=["x", "y"])
+
+
+def test_the_plot_starts_at_each_runs_baseline_and_draws_a_png(tmp_path):
+    import json as _json
+
+    from compose.evaluation.run_comparison import _from_baseline, plot
+
+    folder = write_report(tmp_path / "a", "a.yaml", [0.5, 0.9, 0.88])
+    data = _json.loads((folder / "report.json").read_text())
+    data["baseline"] = {"stage": "s1"}
+    data["baseline_stage"] = "s1"
+    for stage, ci, retained in zip(data["stages"], (None, [1.0, 1.0], [0.95, 0.99]), (0.55, 1.0, 0.977)):
+        stage["retained_ci"], stage["retained"] = ci, retained
+        stage["latency"] = {"throughput_per_s": 100.0 * (1 + len(stage["name"]))}
+    (folder / "report.json").write_text(_json.dumps(data))
+    (run,) = load_runs([folder])
+    assert [row.name for row in _from_baseline(run)] == ["s1", "s2"]  # not the untrained input row
+    target = plot([run], tmp_path / "compare.png")
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
