@@ -101,6 +101,11 @@ def storage_for(url: str | None, tune_dir: Path):
     )
 
 
+def params_of(trial) -> dict:
+    """A trial's settings as it ran them: stepped floats as written (0.6, not Optuna's 0.6000000000000001)."""
+    return {path: round(value, 10) if isinstance(value, float) else value for path, value in trial.params.items()}
+
+
 @contextmanager
 def _creating(folder: Path):
     """Hold the tune folder's creation lock (other workers on this machine or file system wait)."""
@@ -358,7 +363,12 @@ class Study:
             mine = cost(trial)
             return any(all(o <= m for o, m in zip(cost(other), mine)) and cost(other) != mine for other in feasible)
 
-        return sorted((t for t in feasible if not dominated(t)), key=cost)
+        front, seen = [], []
+        for trial in sorted((t for t in feasible if not dominated(t)), key=lambda t: (cost(t), t.number)):
+            if params_of(trial) not in seen:  # a sampler may draw the same settings twice: one entry for them
+                seen.append(params_of(trial))
+                front.append(trial)
+        return front
 
     def write_report(self, study) -> dict:
         from optuna.trial import TrialState
@@ -411,7 +421,7 @@ class Study:
 
         if self.selection_split == self.evaluation_split:
             return None
-        _, recipe = self.trial_recipe(trial.params, final=True)
+        _, recipe = self.trial_recipe(params_of(trial), final=True)
         target = self.final_dir(trial)
         try:
             claim(target)
@@ -457,7 +467,7 @@ class Study:
     def _member(self, trial) -> dict:
         return {
             "number": trial.number,
-            "params": trial.params,
+            "params": params_of(trial),
             "values": dict(zip(self.objectives, trial.values)),
             "judged_retained": trial.user_attrs.get("judged_retained"),
             "retained_ci": trial.user_attrs.get("retained_ci"),
@@ -467,11 +477,11 @@ class Study:
     def write_best(self, trial, final: dict | None) -> Path:
         """A plain recipe (no search section) that reproduces ``trial`` with ``recipe apply``: in its final
         evaluation's folder, on the evaluation split (or, when trials were compared on that split, its own)."""
-        overrides, recipe = self.trial_recipe(trial.params, final=final is not None)
+        overrides, recipe = self.trial_recipe(params_of(trial), final=final is not None)
         data = to_plain(recipe.data)
         data.pop("search", None)
         data["gates"] = [g for g in data["gates"] if g not in self._stop_gates(recipe)]
-        folder = final["run_dir"] if final else trial.user_attrs.get("run_dir") or str(self.trial_dir(trial.params))
+        folder = final["run_dir"] if final else trial.user_attrs.get("run_dir") or str(self.trial_dir(params_of(trial)))
         data["output"]["dir"] = folder
         header = (
             f"# Trial {trial.number} of study '{self.options.study_name or self.path.stem}' "

@@ -80,7 +80,9 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(write_recipe, host, t
 def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(write_recipe, host, tmp_path):
     from compose.recipe.data import read_split
 
-    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    # a stepped range: Optuna stores low + k * step (0.30000000000000004); the trial and its final
+    # evaluation must both use the value as written, or the final evaluation would retrain
+    space = "    - {path: stages.prune.with.ratio, low: 0.1, high: 0.5, step: 0.1}\n"
     more = "  min_retained: 0.05\n  judged_on: point\n  selection_share: 0.25\n  selection_seed: 1\n"
     study, report = tune(write_recipe, host, tmp_path, space, more, trials=1)
     assert report["selection_split"] == "selection" and report["selected_on_evaluation_split"] is False
