@@ -48,6 +48,15 @@ def _stage_folder(run_dir: Path, index: int, name: str) -> Path:
     return Path(run_dir) / "stages" / f"{index:02d}-{name}"
 
 
+def _place(source: Path, target: Path, record: dict) -> None:
+    """``target``: the stage folder ``source`` (hard-linked, without its scratch files), its record pointing there."""
+    with atomic.writing_folder(target) as tmp:
+        _link_tree(source, tmp)
+        shutil.rmtree(tmp / "work", ignore_errors=True)  # scratch files of the stage are not part of its result
+        (tmp / STAGE_RECORD).unlink()
+        atomic.write_json(tmp / STAGE_RECORD, _retarget(record, target))
+
+
 def _retarget(record: dict, folder: Path) -> dict:
     """The record with its row's artifact pointing into ``folder`` (where this copy of the stage lives)."""
     row = dict(record["row"])
@@ -86,11 +95,7 @@ def _seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str],
             continue
         if not (stored / STAGE_RECORD).is_file():
             break
-        with atomic.writing_folder(target) as tmp:
-            _link_tree(stored, tmp)
-            record = json.loads((stored / STAGE_RECORD).read_text(encoding="utf-8"))
-            (tmp / STAGE_RECORD).unlink()
-            atomic.write_json(tmp / STAGE_RECORD, _retarget(record, target))
+        _place(stored, target, json.loads((stored / STAGE_RECORD).read_text(encoding="utf-8")))
         placed += 1
     return placed
 
@@ -114,12 +119,7 @@ def _publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[st
         stored = Path(store) / key(fingerprint, evaluation)
         if (stored / STAGE_RECORD).is_file():
             continue
-        with atomic.writing_folder(stored) as tmp:
-            _link_tree(source, tmp)
-            for leftover in ("work",):  # scratch files of the stage are not part of its result
-                shutil.rmtree(tmp / leftover, ignore_errors=True)
-            (tmp / STAGE_RECORD).unlink()
-            atomic.write_json(tmp / STAGE_RECORD, _retarget(record, stored))
+        _place(source, stored, record)
         added += 1
     return added
 
@@ -133,11 +133,6 @@ def link_stages(source_run: Path, target_run: Path) -> int:
         if not record_path.is_file():
             continue
         target = Path(target_run) / "stages" / folder.name
-        with atomic.writing_folder(target) as tmp:
-            _link_tree(folder, tmp)
-            shutil.rmtree(tmp / "work", ignore_errors=True)
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            (tmp / STAGE_RECORD).unlink()
-            atomic.write_json(tmp / STAGE_RECORD, _retarget(record, target))
+        _place(folder, target, json.loads(record_path.read_text(encoding="utf-8")))
         placed += 1
     return placed
