@@ -66,6 +66,11 @@ class StageType:
     rebuild:     optional ``rebuild(model, info) -> model``: re-apply a structural
                  change recorded with ``record_transform`` to a freshly built model,
                  so that saved artifacts reload (head pruning, quantized layers).
+    load:        optional ``load(folder) -> model | None``, for a stage that writes its own
+                 artifact (``StageResult.artifact``) in a format of its own: the model the
+                 task predicts with, read back from ``folder`` (the export stage's ONNX
+                 Runtime module), so that the core can measure it again without running
+                 the stage; None where the core's own loader reads the folder.
     """
 
     name: str
@@ -80,6 +85,7 @@ class StageType:
     check: Callable[..., Iterable[Check]] | None = None
     describe: Callable[[Mapping[str, Any]], str] | None = None
     rebuild: Callable[[Any, Mapping[str, Any]], Any] | None = None
+    load: Callable[[Path], Any] | None = None
 
 
 @dataclass

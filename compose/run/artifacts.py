@@ -155,3 +155,20 @@ def _tied_keys(model) -> list[str]:
         for key in getattr(module, "_tied_weights_keys", None) or []:
             keys.append(f"{prefix}.{key}" if prefix else key)
     return keys
+
+
+def load_stage_artifact(directory, host, plugin: str | None):
+    """(model, tokenizer) of a finished stage's artifact: the core's own folders through ``load_artifact``,
+    a folder a stage wrote in its own format through that stage type's ``load``. None where neither can."""
+    import transformers
+
+    directory = atomic.recover(Path(directory))
+    if (directory / MANIFEST).is_file():
+        return load_artifact(directory, host)
+    registered = host.stages.get(plugin) if host is not None and plugin else None
+    if registered is None or registered.stage.load is None:
+        return None
+    model = registered.stage.load(directory)
+    if model is None:
+        return load_artifact(directory, host)
+    return model, transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -11,8 +11,8 @@ latency is measured at) have a fingerprint of their own, kept in each finished
 stage's record beside its stage fingerprint. The executor reuses a finished stage
 whose stage fingerprint matches; where the evaluation's differs, it measures the
 stage again from its saved artifact (nothing retrains), so the rows of one report are
-always measured the same way. A stage whose artifact the core cannot load (``export``
-writes ONNX, not a ``save_artifact`` folder) runs again instead.
+always measured the same way. A stage that writes its own format (``export``'s ONNX)
+is read back by its stage type's ``load``; one without a ``load`` runs again instead.
 """
 
 from __future__ import annotations

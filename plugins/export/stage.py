@@ -245,6 +245,19 @@ def describe(settings) -> str:
     )
 
 
+def load(folder: Path):
+    """The exported encoder as the evaluation ran it (ONNX Runtime); None for a decoder's checkpoint,
+    which the core's loader reads with ``from_pretrained``."""
+    manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != "onnx":
+        return None
+    from transformers import AutoConfig
+
+    from compose.plugins.export.onnx_runtime import onnx_module
+
+    return onnx_module(Path(folder), manifest["parameters"], AutoConfig.from_pretrained(folder))
+
+
 @hookimpl
 def compose_register_stages(register):
     register(
@@ -260,5 +273,6 @@ def compose_register_stages(register):
             families=("encoder", "decoder"),
             check=check,
             describe=describe,
+            load=load,
         )
     )
