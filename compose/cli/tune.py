@@ -123,6 +123,18 @@ def render(report: dict, console: Console) -> None:
         cells = [_format(name, member["values"][name]) for name in names]
         table.add_row(str(member["number"]), settings, f"{judged:.1%}" if judged is not None else "-", *cells)
     console.print(table)
+    if report.get("side_by_side"):
+        console.print(
+            f"the front's speed was measured again side by side in this process ({report['side_by_side']['rounds']} "
+            "interleaved rounds, medians); the winner is named on those numbers"
+        )
+        for member in report["front"]:
+            again = member.get("side_by_side") or {}
+            if again:
+                console.print(
+                    f"  trial {member['number']}: {_format('throughput', again['throughput_per_s'])}, "
+                    f"batch-1 p50 {_format('latency', again['batch1_p50_ms'])} at {again['threads']} thread(s)"
+                )
     counts = ", ".join(f"{n} {state}" for state, n in report["trials"].items() if n)
     console.print(
         f"trials: {counts or 'none'}; stage runs: {report['stage_runs']}, reused: {report['reused_stage_runs']} "

@@ -39,6 +39,9 @@ from compose.tune.space import dimensions, trial_overrides
 #: Files a study writes into its tune folder.
 TRIALS_FILE, REPORT_FILE, BEST_RECIPE, STUDY_DB = "trials.jsonl", "tune-report.json", "best.yaml", "study.db"
 
+#: Rounds of the front's side-by-side speed measurement (the median counts).
+REMEASURE_ROUNDS = 3
+
 #: The split carved from train when search.selection_share is set.
 SELECTION = "selection"
 
@@ -375,6 +378,9 @@ class Study:
 
         records = self.records()
         front = self.front(study)
+        side_by_side = self.remeasure_front(front, records)
+        if side_by_side:  # speed on a shared machine moves between runs: rank the front on one measurement
+            front = self._ranked(front, side_by_side)
         by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
         winner = front[0] if front else None
         stage_runs = sum(len(r["stage_runs"]) for r in records)
@@ -391,7 +397,15 @@ class Study:
             "stage_runs": stage_runs,
             "reused_stage_runs": reused,
             "seconds_saved_by_reuse": round(sum(r["seconds_saved"] for r in records), 3),
-            "front": [self._member(t) for t in front],
+            "front": [{**self._member(t), "side_by_side": side_by_side.get(t.number)} for t in front],
+            "side_by_side": {
+                "rounds": REMEASURE_ROUNDS,
+                "members": len(side_by_side),
+                "note": "the front's speed measured again in this process, members interleaved round by round; "
+                "the winner is named on these numbers",
+            }
+            if side_by_side
+            else None,
             "winner": self._member(winner) if winner else None,
             "best_recipe": str(self.dir / BEST_RECIPE) if winner else None,
         }
@@ -409,6 +423,59 @@ class Study:
             report["best_recipe"] = str(self.write_best(winner, report["winner"]["final"]))
         atomic.write_json(self.dir / REPORT_FILE, report)
         return report
+
+    def remeasure_front(self, front: list, records: list[dict]) -> dict:
+        """{trial number: median speed}: every front member's final model measured again in this process,
+        in interleaved rounds (a, b, c, a, b, c...), so that they share the machine's state. Empty where
+        there is nothing to compare, or speed is not an objective."""
+        import statistics
+
+        from compose.evaluation.latency import measure_latency
+        from compose.run.artifacts import load_stage_artifact
+        from compose.tasks import build_task
+
+        if len(front) < 2 or not {"throughput", "latency"} & set(self.objectives):
+            return {}
+        latest = {r["number"]: r for r in records}
+        _, recipe = self.trial_recipe(params_of(front[0]))
+        task = build_task(recipe.data["task"], recipe.data["seed"])
+        settings = recipe.data["evaluate"]["latency"]
+        models = {}
+        for trial in front:
+            report = json.loads((Path(latest[trial.number]["run_dir"]) / "report.json").read_text(encoding="utf-8"))
+            final = report["stages"][-1]
+            loaded = load_stage_artifact(final["artifact"], self.host, final["plugin"])
+            if loaded is None:
+                return {}
+            models[trial.number] = loaded
+        found = {number: [] for number in models}
+        for _ in range(REMEASURE_ROUNDS):
+            for number, (model, tokenizer) in models.items():
+                latency = measure_latency(model.eval(), tokenizer, task, self.selection_split, settings, "cpu")
+                found[number].append(latency)
+        return {
+            number: {
+                "throughput_per_s": statistics.median(m.throughput_per_s for m in runs),
+                "batch1_p50_ms": statistics.median(m.batch1_p50_ms for m in runs),
+                "threads": runs[0].threads,
+            }
+            for number, runs in found.items()
+        }
+
+    def _ranked(self, front: list, side_by_side: dict) -> list:
+        """The front in the order the winner is chosen: by the first objective, speed as re-measured."""
+        sign = 1 if DIRECTIONS[self.objectives[0]] == "minimize" else -1
+
+        def first(trial):
+            value = trial.values[0]
+            again = side_by_side.get(trial.number) or {}
+            if self.objectives[0] == "throughput":
+                value = again.get("throughput_per_s", value)
+            elif self.objectives[0] == "latency":
+                value = again.get("batch1_p50_ms", value)
+            return sign * value
+
+        return sorted(front, key=first)
 
     def final_dir(self, trial) -> Path:
         return self.dir / "final" / f"trial-{trial.number}"

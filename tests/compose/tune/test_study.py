@@ -121,3 +121,23 @@ def test_a_hand_written_run_is_drawn_and_reported_beside_the_trials(write_recipe
     reference = report["reference"]
     assert reference["label"] == "hand-written: recipe" and reference["size_bytes"] > 0
     assert reference["retained"] is not None and (tmp_path / "tune" / "tune.png").is_file()
+
+
+def test_the_front_is_measured_again_side_by_side_before_the_winner_is_named(write_recipe, host, tmp_path):
+    from optuna.trial import TrialState
+
+    stages = STAGES + "- {name: deploy, uses: export}\n"  # the final models are ONNX folders, read back by export
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    recipe = write_recipe(stages, f"search:\n  space:\n{space}  min_retained: 0.05\n  judged_on: point\n")
+    study = Study(TuneOptions(recipe=recipe, output=tmp_path / "tune", trials=2), host)
+    for ratio in (0.25, 0.5):  # both settings, whatever the sampler would draw
+        study.optuna_study().enqueue_trial({"stages.prune.with.ratio": ratio})
+    study.run()
+    trials = study.optuna_study().get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len({tuple(t.params.items()) for t in trials}) == 2  # both settings ran
+    again = study.remeasure_front(trials, records(study))
+    assert set(again) == {t.number for t in trials}
+    assert all(m["throughput_per_s"] > 0 and m["batch1_p50_ms"] > 0 and m["threads"] >= 1 for m in again.values())
+    fastest = max(trials, key=lambda t: again[t.number]["throughput_per_s"])
+    study.objectives = ["throughput"]
+    assert study._ranked(trials, again)[0] is fastest  # the winner is named on the side-by-side numbers
