@@ -177,9 +177,13 @@ def plot(runs: list[Run], target: Path) -> Path:
             drawn = axis.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=run.label)
             last_x, last = points[-1]
             axis.annotate(
-                last.name, (last_x, last.retained), textcoords="offset points", xytext=(6, -10), fontsize=8,
+                last.name,
+                (last_x, last.retained),
+                textcoords="offset points",
+                xytext=(6, -10),
+                fontsize=8,
                 color=drawn[0].get_color(),
-            )  # fmt: skip
+            )
             spans[field] += xs
             retained += ys + [end for _, row in points for end in (row.retained_ci or [])]
     for axis, (field, label) in zip(axes, panels):

@@ -45,8 +45,9 @@ def test_trials_share_the_fine_tune_and_the_winner_reapplies_from_its_folder(wri
 
     best = study.dir / BEST_RECIPE
     plain = yaml.safe_load(best.read_text())
-    assert "search" not in plain and all(g.get("min_metric") is not None or g.get("stage") == "final"
-                                         for g in plain["gates"])  # fmt: skip
+    assert "search" not in plain and all(
+        g.get("min_metric") is not None or g.get("stage") == "final" for g in plain["gates"]
+    )
     assert run_recipe("apply", str(best), "--json", "-q") == 0
     again = json.loads(capsys.readouterr().out)
     winner = next(r for r in found if r["number"] == report["winner"]["number"])
