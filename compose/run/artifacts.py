@@ -157,6 +157,17 @@ def _tied_keys(model) -> list[str]:
     return keys
 
 
+def _stage_loader(host, plugin: str | None):
+    """The ``load`` of a stage type that writes its own artifact format, or None."""
+    registered = host.stages.get(plugin) if host is not None and plugin else None
+    return registered.stage.load if registered is not None else None
+
+
+def reloadable(directory, host, plugin: str | None) -> bool:
+    """Whether ``load_stage_artifact`` can read a finished stage's artifact back as a model."""
+    return (Path(directory) / MANIFEST).is_file() or _stage_loader(host, plugin) is not None
+
+
 def load_stage_artifact(directory, host, plugin: str | None):
     """(model, tokenizer) of a finished stage's artifact: the core's own folders through ``load_artifact``,
     a folder a stage wrote in its own format through that stage type's ``load``. None where neither can."""
@@ -165,10 +176,10 @@ def load_stage_artifact(directory, host, plugin: str | None):
     directory = atomic.recover(Path(directory))
     if (directory / MANIFEST).is_file():
         return load_artifact(directory, host)
-    registered = host.stages.get(plugin) if host is not None and plugin else None
-    if registered is None or registered.stage.load is None:
+    load = _stage_loader(host, plugin)
+    if load is None:
         return None
-    model = registered.stage.load(directory)
+    model = load(directory)
     if model is None:
         return load_artifact(directory, host)
     return model, transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -19,7 +19,7 @@ from compose.progress import Progress
 from compose.recipe.load import Recipe
 from compose.recipe.task_kinds import METRICS
 from compose.run import integrity, interrupts
-from compose.run.artifacts import MANIFEST, load_artifact, load_stage_artifact, save_artifact, size_on_disk
+from compose.run.artifacts import load_artifact, load_stage_artifact, reloadable, save_artifact, size_on_disk
 from compose.run.distributed import Ranks, init_ranks
 from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.run.gates import check_gates, gates_of
@@ -272,13 +272,6 @@ class Executor:
         self._write(report, task)
         return model, tokenizer, len(cached)
 
-    def _loadable(self, artifact: Path, plugin: str | None) -> bool:
-        """Whether a finished stage's artifact can be read back as a model (to measure it again)."""
-        if (artifact / MANIFEST).is_file():
-            return True
-        registered = self.host.stages.get(plugin) if self.host is not None and plugin else None
-        return registered is not None and registered.stage.load is not None
-
     def _remeasure(self, cached: list[StageRow], report: Report, task) -> tuple:
         """Measure finished stages again from their artifacts (nothing retrains); the last one's (model, tokenizer)."""
         model = tokenizer = None
@@ -382,7 +375,7 @@ class Executor:
             # Measured differently before (evaluate: changed): measure it again from its artifact, which
             # the core can load only where it saved it (a stage's own format, such as an export, runs again).
             remeasure = record.get("evaluation") != self.eval_fingerprint
-            if remeasure and not self._loadable(artifact, row.plugin):
+            if remeasure and not reloadable(artifact, self.host, row.plugin):
                 break
             changed = integrity.stage_changes(
                 self._artifact_dir(index, name), record, artifact, evaluation=not remeasure

@@ -23,9 +23,6 @@ from typing import Any
 from compose.errors import Problem, RecipeError
 from compose.recipe.composition import CompositionError, apply_overrides
 
-#: The parameter value that leaves an optional stage in (``False`` leaves it out).
-KEEP = True
-
 
 @dataclass(frozen=True)
 class Dimension:
@@ -67,7 +64,7 @@ class Dimension:
     def override(self, value) -> str:
         """The ``recipe apply`` override that sets this dimension to ``value``."""
         if self.optional:
-            return f"~{self.path}" if value is not KEEP and not value else ""
+            return "" if value else f"~{self.path}"  # kept: nothing to override
         return f"{self.path}={json.dumps(value)}"
 
     def describe(self) -> str:
@@ -194,7 +191,7 @@ def check_search(doc, cwd: Path, validate) -> list[Problem]:
                 ("search", "selection_share"), "selection_share carves from task.data.train, which is missing"
             )
         )
-    if search.get("trials", 20) is None and search.get("minutes") is None:
+    if "trials" in search and search["trials"] is None and search.get("minutes") is None:
         problems.append(
             checker.problem(
                 ("search", "trials"), "trials and minutes are both null: the study would never end; set one"

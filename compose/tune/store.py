@@ -66,12 +66,13 @@ def _retarget(record: dict, folder: Path) -> dict:
 
 
 @contextmanager
-def _locked(store: Path):
-    """The store's lock: workers of one study read and add stages one at a time."""
+def exclusive(lock_file: Path):
+    """Hold an exclusive lock on ``lock_file`` for the block; other processes wait for it (workers of one
+    study, on this machine or a shared file system)."""
     import fcntl
 
-    Path(store).mkdir(parents=True, exist_ok=True)
-    with open(Path(store) / ".lock", "a+", encoding="utf-8") as handle:
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+", encoding="utf-8") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -81,7 +82,7 @@ def _locked(store: Path):
 
 def seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     """Put the leading stages the store holds into ``run_dir``; how many (the input row counts as one)."""
-    with _locked(store):
+    with exclusive(Path(store) / ".lock"):
         return _seed(store, run_dir, names, fingerprints, evaluation)
 
 
@@ -102,7 +103,7 @@ def _seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str],
 
 def publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     """Add the finished stages of ``run_dir`` the store does not hold yet; how many were added."""
-    with _locked(store):
+    with exclusive(Path(store) / ".lock"):
         return _publish(store, run_dir, names, fingerprints, evaluation)
 
 

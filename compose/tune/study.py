@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,19 +109,6 @@ def params_of(trial) -> dict:
     return {path: round(value, 10) if isinstance(value, float) else value for path, value in trial.params.items()}
 
 
-@contextmanager
-def _creating(folder: Path):
-    """Hold the tune folder's creation lock (other workers on this machine or file system wait)."""
-    import fcntl
-
-    with open(folder / ".study.lock", "a+", encoding="utf-8") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _constraints(frozen) -> list[float]:
     return list(frozen.user_attrs.get("constraint", [1.0]))
 
@@ -170,23 +157,26 @@ class Study:
     # -- the trial ---------------------------------------------------------
 
     def trial_recipe(self, params: dict, *, final: bool = False):
-        """(overrides, the validated recipe) of the trial with ``params``: evaluated on the selection split
-        and stopped below the floor, or (``final``) as the winner is reported, on the evaluation split."""
+        """(overrides, the validated recipe) of the trial with ``params``: evaluated on the selection split,
+        or (``final``) as the winner is reported, on the evaluation split."""
         overrides = trial_overrides(self.space, params)
         doc = apply_overrides(self.doc, overrides + self._carving(), Path.cwd())
         doc.pop("search", None)
         doc.setdefault("evaluate", {})
         doc["evaluate"]["split"] = self.evaluation_split if final else self.selection_split
-        recipe = validate_document(doc, self.path, self.host)
-        if self.search["stop_below_floor"] and not final:
-            compressing = False
-            for stage, stage_type in zip(recipe.stages, recipe.stage_types):
-                compressing = compressing or stage_type.compresses
-                if compressing:
-                    recipe.data["gates"].append(
-                        {"stage": stage["name"], "min_retained": self.search["min_retained"], "min_metric": None}
-                    )
-        return overrides, recipe
+        return overrides, validate_document(doc, self.path, self.host)
+
+    def _stop_below_floor(self, recipe) -> None:
+        """Gates that stop a trial after the first compressing stage below the floor (the executor judges them)."""
+        if not self.search["stop_below_floor"]:
+            return
+        compressing = False
+        for stage, stage_type in zip(recipe.stages, recipe.stage_types):
+            compressing = compressing or stage_type.compresses
+            if compressing:
+                recipe.data["gates"].append(
+                    {"stage": stage["name"], "min_retained": self.search["min_retained"], "min_metric": None}
+                )
 
     def _carving(self) -> list[str]:
         """Overrides that hold the selection split out of the training split (selection_share)."""
@@ -213,6 +203,7 @@ class Study:
 
         started = time.perf_counter()
         overrides, recipe = self.trial_recipe(params)
+        self._stop_below_floor(recipe)
         run_dir = self.trial_dir(params)
         names = [INPUT_ROW] + [s["name"] for s in recipe.stages]
         fingerprints = stage_fingerprints(recipe, self.host)
@@ -279,7 +270,9 @@ class Study:
         else:
             sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _creating(self.dir):  # two workers starting together must not both create the database's tables
+        with store.exclusive(
+            self.dir / ".study.lock"
+        ):  # two workers starting together must not both create the database's tables
             return optuna.create_study(
                 study_name=self.options.study_name or self.path.stem,
                 storage=storage_for(self.options.storage, self.dir),
@@ -303,7 +296,7 @@ class Study:
             raise KeyboardInterrupt
         for key in ("status", "run_dir", "judged_retained", "retained_ci", "size_bytes", "throughput_per_s"):
             trial.set_user_attr(key, record.get(key))
-        if record["status"] == "stage_failed" or record.get("objectives") is None and record["status"] == "passed":
+        if record["status"] == "stage_failed" or (record["status"] == "passed" and record.get("objectives") is None):
             trial.set_user_attr("error", record["error"])
             raise TrialFailed(json.dumps(record["error"]))
         if record["status"] == "gate_failed":  # stopped below the floor (or a gate of the recipe failed)
@@ -547,7 +540,6 @@ class Study:
         overrides, recipe = self.trial_recipe(params_of(trial), final=final is not None)
         data = to_plain(recipe.data)
         data.pop("search", None)
-        data["gates"] = [g for g in data["gates"] if g not in self._stop_gates(recipe)]
         folder = final["run_dir"] if final else trial.user_attrs.get("run_dir") or str(self.trial_dir(params_of(trial)))
         data["output"]["dir"] = folder
         header = (
@@ -559,9 +551,3 @@ class Study:
         target = self.dir / BEST_RECIPE
         atomic.write_text(target, header + yaml.safe_dump(data, sort_keys=False))
         return target
-
-    def _stop_gates(self, recipe) -> list[dict]:
-        if not self.search["stop_below_floor"]:
-            return []
-        floor = self.search["min_retained"]
-        return [g for g in recipe.data["gates"] if g.get("min_retained") == floor and g.get("min_metric") is None]

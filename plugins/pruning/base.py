@@ -12,6 +12,7 @@ table cannot prune, skips what an earlier stage changed, and hands the rest to t
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from compose.plugins.pruning import importance
 from compose.plugins.pruning.recovery import describe_recovery, recover
 
 
-class UnitPruning:
+class UnitPruning(ABC):
     """A stage that removes whole units. Subclasses name their units and fill in the steps below."""
 
     #: The stage's name in recipes.
@@ -33,42 +34,44 @@ class UnitPruning:
 
     # -- the steps each stage fills in ---------------------------------------
 
+    @abstractmethod
     def find_sites(self, model) -> list:
         """The blocks whose units the stage may remove, in model order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def taylor_scores(self, model, sites, batches, device, bar) -> list:
-        raise NotImplementedError
+        """Per block: each unit's first-order Taylor importance on the calibration batches."""
 
+    @abstractmethod
     def magnitude_scores(self, sites) -> list:
-        raise NotImplementedError
+        """Per block: each unit's weight norm."""
 
-    def before_scoring(self, ctx: StageContext, sites) -> None:
+    def before_scoring(self, ctx: StageContext, sites) -> None:  # noqa: B027 - a hook, optional
         """Refuse settings that cannot apply to these sites before any scoring time is spent."""
 
+    @abstractmethod
     def choose(self, ctx: StageContext, sites, scores) -> Any:
         """Which units go (the stage's own form); logs what it chose."""
-        raise NotImplementedError
 
+    @abstractmethod
     def remove(self, model, sites, choice, batches) -> None:
         """Cut the chosen units out of the model, for real, and check the widths left."""
-        raise NotImplementedError
 
+    @abstractmethod
     def transform_record(self, sites, choice) -> dict | None:
         """What ``rebuild`` needs to shrink a fresh model the same way; None when nothing was removed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def details(self, sites, choice, scores, settings) -> dict:
         """The stage's own entries of its report details."""
-        raise NotImplementedError
 
+    @abstractmethod
     def what(self, settings) -> str:
         """What ``recipe plan`` says the stage removes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def keeping(self, settings) -> str:
         """What ``recipe plan`` says every block keeps at least."""
-        raise NotImplementedError
 
     def settings_checks(self, settings, plan) -> Iterator[Check]:
         """Checks of the settings against the rest of the recipe, whatever the architecture."""
