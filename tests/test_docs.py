@@ -127,6 +127,7 @@ def test_the_built_in_plugins_named_are_the_registered_ones():
         "distill",
         "prune-heads",
         "prune-ffn",
+        "prune-vocab",
         "gptq",
         "export",
         "amp",

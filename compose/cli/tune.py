@@ -35,7 +35,8 @@ one that fails is recorded and the study goes on.
 
 Writes into the tune folder (--output, default: the recipe's output.dir + "-tune"):
   study.db          the Optuna study (kill and rerun to continue it; another process
-                    given the same --storage and --study adds trials to it)
+                    given the same --storage and --study adds trials to it; a trial
+                    whose worker died is retried after --stale-after seconds)
   trials.jsonl      one line per trial: settings, metrics with intervals, size, speed,
                     status, seconds, reused stages
   tune-report.json  the front, the winner, trial counts, reuse and the time it saved
@@ -69,6 +70,15 @@ def add_parser(subparsers) -> None:
         metavar="RUN",
         help="a hand-written recipe's run folder (or report.json): its final model is drawn beside the trials",
     )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a running trial whose worker sent no heartbeat for S seconds (killed, machine lost) is failed and "
+        "retried with the same settings, by whichever worker starts a trial next; give every worker the same "
+        "value (database storage; default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the tune report on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress view")
     p.set_defaults(handler=run)
@@ -98,6 +108,7 @@ def run(args) -> int:
         minutes=args.minutes,
         progress=progress,
         reference=args.compare_with,
+        stale_after=args.stale_after,
     )
     study = Study(options, host)
     try:
@@ -158,8 +169,32 @@ def render(report: dict, console: Console) -> None:
                 f"{final['retained']:.1%}{interval}, {_format('size', final['size_bytes'])}, "
                 f"{_format('throughput', final['throughput_per_s'])}"
             )
+        _render_against_reference(report.get("against_reference"), console)
     else:
         console.print("[red]no trial met the floor[/] (min_retained); widen the space or lower the floor")
+
+
+def _render_against_reference(against: dict | None, console: Console) -> None:
+    """The winner beside --compare-with's hand-written run, on the evaluation split."""
+    if not against:
+        return
+    for key, label in (("winner", "winner"), ("hand_written", "hand-written")):
+        side = against[key]
+        ci = side["retained_ci"]
+        interval = f" ({ci[0]:.1%}-{ci[1]:.1%})" if ci else ""
+        smaller = side["smaller_than_baseline"]
+        speed = (side["side_by_side"] or {}).get("throughput_per_s")
+        console.print(
+            f"  {label}: retained {side['retained']:.1%}{interval}, {_format('size', side['size_bytes'])}"
+            + (f" ({smaller:.2f}x smaller than its baseline)" if smaller else "")
+            + f", {_format('throughput', speed)} side by side"
+        )
+    verdict = "dominates" if against["dominates"] else "does not dominate"
+    faster = f"{against['faster_by']:.2f}x" if against["faster_by"] else "-"
+    console.print(
+        f"the winner {verdict} the hand-written recipe on '{against['split']}': {against['smaller_by']:.2f}x "
+        f"smaller, {faster} its throughput ({against['rounds']} interleaved rounds in this process)"
+    )
 
 
 def _format(name: str, value) -> str:

@@ -64,6 +64,7 @@ class TuneOptions:
     minutes: float | None = None  # overrides search.minutes
     progress: object | None = None
     reference: Path | None = None  # a hand-written recipe's run (folder or report.json) to draw beside the trials
+    stale_after: float = 300.0  # seconds without a worker's heartbeat before its running trial counts as lost
 
 
 def objective_values(row, objectives: list[str]) -> list[float] | None:
@@ -84,8 +85,14 @@ def judged_retained(row, judged_on: str) -> float | None:
     return row.retained
 
 
-def storage_for(url: str | None, tune_dir: Path):
-    """Optuna's storage: SQLite in the tune folder by default, a database URL, or ``journal:PATH``."""
+def storage_for(url: str | None, tune_dir: Path, stale_after: float = 300.0):
+    """Optuna's storage: SQLite in the tune folder by default, a database URL, or ``journal:PATH``.
+
+    A database storage records each worker's heartbeat; a trial whose worker fell silent for
+    ``stale_after`` seconds (killed, its machine lost) is marked failed by the next worker that
+    starts a trial, and retried with the same settings (in the same run folder, so the stages it
+    finished are kept).
+    """
     import optuna
 
     if url and url.startswith("journal:"):
@@ -98,8 +105,8 @@ def storage_for(url: str | None, tune_dir: Path):
     return optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine,
-        heartbeat_interval=60,
-        grace_period=300,
+        heartbeat_interval=max(1, int(min(60, stale_after / 3))),
+        grace_period=max(2, int(stale_after)),
         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
     )
 
@@ -113,12 +120,19 @@ def _constraints(frozen) -> list[float]:
     return list(frozen.user_attrs.get("constraint", [1.0]))
 
 
+def lost(trial) -> bool:
+    """A trial whose worker died under it (failed by the heartbeat check, not by its recipe): retried."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL and "error" not in trial.user_attrs and "interrupted" not in trial.user_attrs
+
+
 def finished(study) -> int:
-    """The study's trials that count against its budget: complete, pruned or failed, not interrupted."""
+    """The study's trials that count against its budget: complete, pruned or failed, not interrupted or lost."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return sum(1 for trial in done if not trial.user_attrs.get("interrupted"))
+    return sum(1 for trial in done if not trial.user_attrs.get("interrupted") and not lost(trial))
 
 
 class _Budget:
@@ -275,7 +289,7 @@ class Study:
         ):  # two workers starting together must not both create the database's tables
             return optuna.create_study(
                 study_name=self.options.study_name or self.path.stem,
-                storage=storage_for(self.options.storage, self.dir),
+                storage=storage_for(self.options.storage, self.dir, self.options.stale_after),
                 sampler=sampler,
                 directions=[DIRECTIONS[name] for name in self.objectives],
                 load_if_exists=True,
@@ -413,6 +427,7 @@ class Study:
         report["plot"] = str(drawn) if drawn else None
         if winner:
             report["winner"]["final"] = self.evaluate_winner(winner)
+            report["against_reference"] = self.against_reference(report["winner"]["final"])
             report["best_recipe"] = str(self.write_best(winner, report["winner"]["final"]))
         atomic.write_json(self.dir / REPORT_FILE, report)
         return report
@@ -421,38 +436,91 @@ class Study:
         """{trial number: median speed}: every front member's final model measured again in this process,
         in interleaved rounds (a, b, c, a, b, c...), so that they share the machine's state. Empty where
         there is nothing to compare, or speed is not an objective."""
+        if len(front) < 2 or not {"throughput", "latency"} & set(self.objectives):
+            return {}
+        latest = {r["number"]: r for r in records}
+        finals = {}
+        for trial in front:
+            report = json.loads((Path(latest[trial.number]["run_dir"]) / "report.json").read_text(encoding="utf-8"))
+            finals[trial.number] = report["stages"][-1]
+        return self.side_by_side(finals, self.selection_split)
+
+    def side_by_side(self, finals: dict, split: str) -> dict:
+        """{key: median speed} of each final stage row's (``artifact``, ``plugin``) model, measured in
+        ``REMEASURE_ROUNDS`` interleaved rounds on ``split``; empty where one cannot be loaded."""
         import statistics
 
         from compose.evaluation.latency import measure_latency
         from compose.run.artifacts import load_stage_artifact
         from compose.tasks import build_task
 
-        if len(front) < 2 or not {"throughput", "latency"} & set(self.objectives):
-            return {}
-        latest = {r["number"]: r for r in records}
-        _, recipe = self.trial_recipe(params_of(front[0]))
+        _, recipe = self.trial_recipe({})
         task = build_task(recipe.data["task"], recipe.data["seed"])
         settings = recipe.data["evaluate"]["latency"]
         models = {}
-        for trial in front:
-            report = json.loads((Path(latest[trial.number]["run_dir"]) / "report.json").read_text(encoding="utf-8"))
-            final = report["stages"][-1]
+        for key, final in finals.items():
             loaded = load_stage_artifact(final["artifact"], self.host, final["plugin"])
             if loaded is None:
                 return {}
-            models[trial.number] = loaded
-        found = {number: [] for number in models}
+            models[key] = loaded
+        found = {key: [] for key in models}
         for _ in range(REMEASURE_ROUNDS):
-            for number, (model, tokenizer) in models.items():
-                latency = measure_latency(model.eval(), tokenizer, task, self.selection_split, settings, "cpu")
-                found[number].append(latency)
+            for key, (model, tokenizer) in models.items():
+                found[key].append(measure_latency(model.eval(), tokenizer, task, split, settings, "cpu"))
         return {
-            number: {
+            key: {
                 "throughput_per_s": statistics.median(m.throughput_per_s for m in runs),
                 "batch1_p50_ms": statistics.median(m.batch1_p50_ms for m in runs),
                 "threads": runs[0].threads,
             }
-            for number, runs in found.items()
+            for key, runs in found.items()
+        }
+
+    def against_reference(self, final: dict | None) -> dict | None:
+        """The winner, as evaluated on the evaluation split, beside the hand-written recipe's final model
+        (``--compare-with``): retained and size from both runs' reports, speed measured again here, side
+        by side; whether the winner dominates it (smaller, faster, retained no lower)."""
+        if self.options.reference is None or not final or final.get("status") != "passed":
+            return None
+        from compose.evaluation.run_comparison import load_run
+
+        runs = {"winner": load_run(final["run_dir"]), "hand_written": load_run(self.options.reference)}
+        rows = {key: run.final for key, run in runs.items()}
+        speed = self.side_by_side(
+            {key: {"artifact": row.artifact, "plugin": row.plugin} for key, row in rows.items()},
+            self.evaluation_split,
+        )
+        sides = {
+            key: {
+                "report": str(runs[key].path),
+                "stage": row.name,
+                "retained": row.retained,
+                "retained_ci": row.retained_ci,
+                "size_bytes": row.size_bytes,
+                "smaller_than_baseline": row.size_ratio,
+                "in_its_run": {"throughput_per_s": (row.latency or {}).get("throughput_per_s")},
+                "side_by_side": speed.get(key),
+            }
+            for key, row in rows.items()
+        }
+        winner, hand = sides["winner"], sides["hand_written"]
+        faster = speed["winner"]["throughput_per_s"] / speed["hand_written"]["throughput_per_s"] if speed else None
+        smaller = hand["size_bytes"] / winner["size_bytes"] if winner["size_bytes"] else None
+        return {
+            **sides,
+            "split": self.evaluation_split,
+            "rounds": REMEASURE_ROUNDS,
+            "smaller_by": smaller,
+            "faster_by": faster,
+            "dominates": bool(
+                smaller is not None
+                and smaller > 1
+                and faster is not None
+                and faster > 1
+                and winner["retained"] is not None
+                and hand["retained"] is not None
+                and winner["retained"] >= hand["retained"]
+            ),
         }
 
     def _ranked(self, front: list, side_by_side: dict) -> list:

@@ -3,6 +3,7 @@
 import json
 import signal
 import subprocess
+import time
 
 from compose.testing import HANG_S, PausedRun, recipe_command
 from compose.tune.study import TRIALS_FILE
@@ -66,3 +67,30 @@ def test_an_interrupted_study_continues_with_the_trial_it_stopped_in(write_recip
     assert resumed["reused_stages"] == ["input", "ft", "prune"] and resumed["stage_runs"] == ["heads"]
     finished = [t for t in study_trials(tmp_path / "tune") if not t.user_attrs.get("interrupted")]
     assert len(finished) == 2  # the interruption did not use up the budget
+
+
+def test_a_trial_whose_worker_was_killed_is_retried_with_its_stages_kept(write_recipe, tmp_path):
+    from optuna.trial import TrialState
+
+    recipe = write_recipe(STAGES, SEARCH)
+    args = [str(recipe), "--output", str(tmp_path / "tune"), "--trials", "2", "-q"]
+    run = PausedRun(args, at=["heads/start"], folder=tmp_path / "pause", command="tune")
+    assert run.wait_paused() == "heads/start"
+    run.send(signal.SIGKILL)  # no handler runs: the trial stays 'running' in the study
+    assert run.wait() == -signal.SIGKILL
+    (killed,) = [t for t in study_trials(tmp_path / "tune") if t.state == TrialState.RUNNING]
+    time.sleep(2.5)  # its last heartbeat is now older than the --stale-after below, whatever the machine's speed
+
+    # a later worker finds it silent for longer than --stale-after, fails it and retries its settings
+    done = subprocess.run(
+        [*recipe_command(), "tune", *args, "--stale-after", "2"], capture_output=True, text=True, timeout=HANG_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = study_trials(tmp_path / "tune")
+    assert [t.state for t in trials if t.number == killed.number] == [TrialState.FAIL]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+    (record,) = [r for r in lines(tmp_path / "tune") if r["number"] == retry.number]
+    assert record["reused_stages"] == ["input", "ft", "prune"] and record["stage_runs"] == ["heads"]
+    counted = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(counted) == 2  # the lost trial did not use up the budget

@@ -110,18 +110,30 @@ def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(writ
     assert again["stages"][-1]["metric"]["value"] == pytest.approx(final["metric"])
 
 
-def test_a_hand_written_run_is_drawn_and_reported_beside_the_trials(write_recipe, host, tmp_path):
+def test_a_hand_written_run_is_drawn_reported_and_measured_beside_the_winner(write_recipe, host, tmp_path):
     recipe = write_recipe(STAGES)
     assert run_recipe("apply", str(recipe), "--output", str(tmp_path / "hand"), "-q") == 0
     space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
-    searched = write_recipe(
-        STAGES, f"search:\n  space:\n{space}  min_retained: 0.05\n  judged_on: point\n", name="t.yaml"
-    )
+    more = "  min_retained: 0.05\n  judged_on: point\n  selection_share: 0.25\n"
+    searched = write_recipe(STAGES, f"search:\n  space:\n{space}{more}", name="t.yaml")
     options = TuneOptions(recipe=searched, output=tmp_path / "tune", trials=1, reference=tmp_path / "hand")
     report = Study(options, host).run()
     reference = report["reference"]
     assert reference["label"] == "hand-written: recipe" and reference["size_bytes"] > 0
     assert reference["retained"] is not None and (tmp_path / "tune" / "tune.png").is_file()
+    # the winner on dev beside the hand-written run's final model: reports' numbers, speed side by side
+    against, final = report["against_reference"], report["winner"]["final"]
+    hand = json.loads((tmp_path / "hand" / "report.json").read_text())["stages"][-1]
+    assert against["split"] == "dev" and against["rounds"] == 3
+    assert against["winner"]["size_bytes"] == final["size_bytes"] and against["winner"]["retained"] == final["retained"]
+    assert against["hand_written"]["size_bytes"] == hand["size_bytes"] == reference["size_bytes"]
+    assert against["hand_written"]["smaller_than_baseline"] == pytest.approx(hand["size_ratio"])
+    assert against["smaller_by"] == pytest.approx(hand["size_bytes"] / final["size_bytes"])
+    speeds = [against[side]["side_by_side"]["throughput_per_s"] for side in ("winner", "hand_written")]
+    assert all(v > 0 for v in speeds) and against["faster_by"] == pytest.approx(speeds[0] / speeds[1])
+    assert against["dominates"] == (
+        against["smaller_by"] > 1 and against["faster_by"] > 1 and final["retained"] >= hand["retained"]
+    )
 
 
 def test_the_front_is_measured_again_side_by_side_before_the_winner_is_named(write_recipe, host, tmp_path):
