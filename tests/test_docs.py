@@ -128,6 +128,7 @@ def test_the_built_in_plugins_named_are_the_registered_ones():
         "prune-heads",
         "prune-ffn",
         "prune-vocab",
+        "qad",
         "gptq",
         "export",
         "amp",

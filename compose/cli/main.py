@@ -17,7 +17,7 @@ DESCRIPTION = """\
 recipe-compose: declarative 'train large, then compress' recipes for transformers.
 
 A recipe (YAML) names a model, a task with its data and metric, and an ordered list
-of stages (train, distill, prune-heads, prune-ffn, prune-vocab, gptq, export, or a third-party
+of stages (train, distill, prune-heads, prune-ffn, prune-vocab, qad, gptq, export, or a third-party
 plugin's; `recipe plugins` lists them). `apply`
 validates the whole recipe first, then runs the stages in order and, after each,
 reports the metric, the metric retained against the baseline, parameters, size

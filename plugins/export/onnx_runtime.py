@@ -55,6 +55,15 @@ def head_counts(model) -> list[int]:
     return counts
 
 
+def attention_fuses(model) -> bool:
+    """Whether ONNX Runtime's optimizer can fuse the model's attention (one head count in every layer,
+    heads of the config's width): then the Q/K/V projections become one ``Attention`` node, which the
+    int8 quantizer turns into ``QAttention`` even when the other matmuls are 4-bit."""
+    heads = head_counts(model)
+    hidden = int(model.config.hidden_size)
+    return bool(heads) and len(set(heads)) == 1 and heads[0] * (hidden // model.config.num_attention_heads) == hidden
+
+
 def _matmul_heads(model) -> int:
     """Linear layers outside the transformer blocks (pooler, classifier) act on [batch, hidden] and export as
     Gemm, which ORT's dynamic int8 and 4-bit quantizers skip; computed as matmul + add they export as MatMul."""
@@ -144,7 +153,7 @@ def optimize(source: Path, target: Path, model, sample: dict, reference, setting
 
     heads = head_counts(model)
     hidden = int(model.config.hidden_size)
-    uniform = bool(heads) and len(set(heads)) == 1 and heads[0] * (hidden // model.config.num_attention_heads) == hidden
+    uniform = attention_fuses(model)
     options = FusionOptions("bert")
     notes = []
     if settings["embeddings"] != "fp32":

@@ -121,6 +121,9 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
     replaced = to_float(model)
     parameters = count_parameters(ctx.model)
     details = {"format": "onnx", "replaced_with_float": replaced}
+    simulated = simulated_by(ctx.model, settings)
+    if simulated:
+        details["weights_trained_for"] = simulated
 
     def write(tmp: Path) -> None:
         details.update(export_classifier(model, tokenizer, tmp, settings))
@@ -203,6 +206,24 @@ def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
     save_artifact(ctx.model, ctx.tokenizer, folder, ctx.task.kind)  # the project's own layout, with every transform
     model, _ = load_artifact(folder, ctx.plugin_host)
     return StageResult(model=model.to(ctx.device), artifact=folder, details=details)
+
+
+#: The transform-record key under which a quantization-aware stage states the export scheme it trained for.
+SIMULATED_EXPORT = "simulated_export"
+#: The export settings such a scheme must agree with.
+SCHEME_SETTINGS = ("weights", "embeddings", "per_channel", "block_size", "embeddings_block_size")
+
+
+def simulated_by(model, settings) -> dict | None:
+    """The last stage that trained ``model`` with an export's quantization simulated (a transform record
+    holding ``simulated_export``): its name, its scheme, and whether this export applies the same one."""
+    for transform in reversed(transforms_of(model)):
+        scheme = transform["info"].get(SIMULATED_EXPORT) if isinstance(transform["info"], dict) else None
+        if scheme:
+            differs = [key for key in SCHEME_SETTINGS if scheme.get(key) != settings.get(key)]
+            stage = transform["info"].get("by", transform["stage"])
+            return {"stage": stage, "scheme": scheme, "same_settings": not differs, "differs": differs}
+    return None
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -1,0 +1,87 @@
+"""Fake quantization that reproduces, value for value, what the deployment's quantizer will do.
+
+Each function returns the tensor rounded to the deployment's grid and back to float, built
+on torch's own fake-quantize ops (``torch.fake_quantize_per_channel_affine`` and
+``..._per_tensor_affine``): straight-through gradients, no hand-written rounding kernel.
+The scales follow ONNX Runtime's quantizers exactly (checked against the exported graph's
+initializers by the tests):
+
+- int8 weights, per output channel (``per_channel: true``) or per matrix, symmetric:
+  scale = max|w| / 127, codes in [-127, 127] (``quantize_dynamic``, QInt8, symmetric);
+- activations of an int8 matmul, per tensor, asymmetric uint8, computed from each batch
+  (``DynamicQuantizeLinear``): scale = (max(x, 0) - min(x, 0)) / 255, zero point
+  round(-min / scale);
+- 4-bit weights and embedding rows, in blocks along the reduced dimension, symmetric
+  (``MatMulNBitsQuantizer``): the block's value of largest magnitude m maps to -8,
+  scale = m / -8, codes in [-8, 7]. With a positive scale |m| / 8 that is the range [-8, 7]
+  when m < 0, and [-7, 8] (zero point -1) when m > 0;
+- activations of a 4-bit matmul at accuracy level 4 (int8 dot products), in blocks of the
+  weight's block size along the reduced dimension, symmetric int8: scale = max|x| / 127.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _safe(scale: torch.Tensor) -> torch.Tensor:
+    """A zero scale (an all-zero channel or block) as 1: its codes are 0 either way."""
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def int8_weight(weight: torch.Tensor, per_channel: bool = True, absmax: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` ([out, in], torch's Linear layout) on ONNX Runtime's symmetric int8 grid (per matrix: of
+    ``absmax`` where given, the largest magnitude of the matrix it is stored in)."""
+    if per_channel:
+        scale = _safe(weight.detach().abs().amax(dim=1) / 127)
+        zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+        return torch.fake_quantize_per_channel_affine(weight, scale.float(), zero, 0, -127, 127)
+    largest = weight.detach().abs().amax() if absmax is None else absmax
+    scale = _safe(largest.reshape(1) / 127)
+    zero = torch.zeros(1, dtype=torch.int32, device=weight.device)
+    return torch.fake_quantize_per_tensor_affine(weight, scale.float(), zero, -127, 127)
+
+
+def uint8_activation(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``DynamicQuantizeLinear`` quantizes it: one asymmetric uint8 scale for the whole tensor."""
+    low = torch.clamp(x.detach().amin(), max=0).float()
+    high = torch.clamp(x.detach().amax(), min=0).float()
+    scale = _safe(((high - low) / 255).reshape(1))
+    zero = torch.clamp(torch.round(-low / scale), 0, 255).to(torch.int32).reshape(1)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+
+
+def _blocks(t: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """``t`` ([rows, n]) as [rows * blocks, block], zero-padded at the end; and the padding."""
+    rows, n = t.shape
+    pad = (-n) % block
+    if pad:
+        t = torch.nn.functional.pad(t, (0, pad))
+    return t.reshape(rows * ((n + pad) // block), block), pad
+
+
+def int4_blocks(t: torch.Tensor, block: int) -> torch.Tensor:
+    """``t`` ([rows, n]: a Linear's weight, or an embedding table) on the symmetric 4-bit grid of
+    ``MatMulNBitsQuantizer``: blocks of ``block`` consecutive values along ``n``."""
+    rows, n = t.shape
+    flat, pad = _blocks(t, block)
+    detached = flat.detach()
+    high, low = detached.amax(dim=1), detached.amin(dim=1)
+    largest = torch.where(high.abs() > low.abs(), high, low)  # the value that maps to -8
+    scale = _safe(largest.abs() / 8).float()
+    zero = torch.where(largest > 0, -1, 0).to(torch.int32)
+    quantized = torch.fake_quantize_per_channel_affine(flat, scale, zero, 0, -8, 7)
+    quantized = quantized.reshape(rows, n + pad)
+    return quantized[:, :n] if pad else quantized
+
+
+def int8_activation_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x`` ([..., k]) quantized to symmetric int8 in blocks of ``block`` along ``k``, as MatMulNBits
+    does at accuracy level 4 before its int8 dot products."""
+    shape = x.shape
+    flat, pad = _blocks(x.reshape(-1, shape[-1]), block)
+    scale = _safe(flat.detach().abs().amax(dim=1) / 127).float()
+    zero = torch.zeros(flat.shape[0], dtype=torch.int32, device=x.device)
+    quantized = torch.fake_quantize_per_channel_affine(flat, scale, zero, 0, -127, 127)
+    quantized = quantized.reshape(-1, shape[-1] + pad)
+    return (quantized[:, : shape[-1]] if pad else quantized).reshape(shape)

@@ -1,0 +1,67 @@
+"""Which quantization the `qad` stage simulates: the one its target `export` stage will apply.
+
+The scheme is read from the target stage's settings, so the two cannot disagree: weights
+(``int8``: per output channel or per matrix, with per-tensor uint8 activations; ``int4``:
+blocks of ``block_size``, with blocks of int8 activations), embeddings (``int4``: blocks
+of ``embeddings_block_size`` along each row; ``int8``: one asymmetric uint8 scale per
+table) and whether ONNX Runtime will fuse attention (its fused ``QAttention`` keeps the
+Q/K/V projections int8 even when the other matmuls are 4-bit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+#: The stage type whose quantization is simulated.
+TARGET_PLUGIN = "export"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    target: str  # the export stage's name
+    weights: str  # int8 | int4 | fp32
+    embeddings: str  # int8 | int4 | fp32
+    per_channel: bool
+    block_size: int
+    embeddings_block_size: int
+    fused_attention: bool  # ONNX Runtime will fuse attention (optimize: true)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        weights = {
+            "int8": f"int8 weights ({'per channel' if self.per_channel else 'per matrix'}) x uint8 activations",
+            "int4": f"4-bit weights (blocks of {self.block_size}) x int8 activation blocks",
+            "fp32": "float matmuls",
+        }[self.weights]
+        embeddings = {
+            "int4": f"4-bit embedding rows (blocks of {self.embeddings_block_size})",
+            "int8": "uint8 embedding tables",
+            "fp32": "float embeddings",
+        }[self.embeddings]
+        return f"{weights}, {embeddings}, as stage '{self.target}' will export them"
+
+
+def target_stage(stages, index: int, name: str | None) -> tuple[int, Mapping] | None:
+    """(position, stage) of the export stage the qad stage at ``index`` targets: the one named
+    ``name``, or the first later export stage; None if there is none."""
+    for position in range(index + 1, len(stages)):
+        stage = stages[position]
+        if stage.get("uses") == TARGET_PLUGIN and (name is None or stage.get("name") == name):
+            return position, stage
+    return None
+
+
+def scheme_of(target: Mapping) -> Scheme:
+    settings = target.get("with") or {}
+    return Scheme(
+        target=target["name"],
+        weights=settings.get("weights", "int8"),
+        embeddings=settings.get("embeddings", "int4"),
+        per_channel=settings.get("per_channel", True),
+        block_size=settings.get("block_size", 32),
+        embeddings_block_size=settings.get("embeddings_block_size", 128),
+        fused_attention=settings.get("optimize", True),
+    )
