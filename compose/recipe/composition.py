@@ -3,8 +3,9 @@
 ``extends: base.yaml`` (a path relative to the file that says it) deep-merges this
 file over the base: mappings merge key by key, other values replace. ``stages``
 is special: a *list* replaces the base's stages; a *mapping* patches the base's
-stages by name (``stages: {finetune: {with: {epochs: 3}}}``), and ``null`` as a
-stage's patch removes that stage.
+stages by name (``stages: {finetune: {with: {epochs: 3}}}``), ``null`` as a
+stage's patch removes that stage, and a name the base does not have adds a stage where
+``before:`` or ``after:`` says (``stages: {vocab: {uses: prune-vocab, before: deploy}}``).
 
 Overrides from the command line: ``key.path=value`` sets a value (parsed as YAML,
 so ``3``, ``true``, ``[1, 2]`` have their types), ``~key.path`` deletes it. Stages
@@ -138,6 +139,10 @@ def _copy_path_base(target, source, key):
         target.__dict__.setdefault("path_bases", {})[key] = base
 
 
+#: The keys of a stages patch that place a new stage.
+PLACEMENT = ("before", "after")
+
+
 def _patch_stages(stages: list, patches: dict) -> list:
     out = copy.deepcopy(stages)
     names = [s.get("name") if isinstance(s, dict) else None for s in out]
@@ -145,15 +150,9 @@ def _patch_stages(stages: list, patches: dict) -> list:
     for name, patch in patches.items():
         loc = patches.key_locations.get(name) if isinstance(patches, LocatedDict) else None
         if name not in names:
-            known = ", ".join(n for n in names if n) or "none"
-            problems.append(
-                _problem(
-                    f"cannot patch stage '{name}': the base recipe has no stage of that name "
-                    f"(it has: {known}); to add stages, give the whole 'stages' list",
-                    f"$.stages.{name}",
-                    loc,
-                )
-            )
+            problem = _insert_stage(out, names, name, patch, loc)
+            if problem:
+                problems.append(_problem(problem, f"$.stages.{name}", loc))
             continue
         index = names.index(name)
         if patch is None:
@@ -161,12 +160,15 @@ def _patch_stages(stages: list, patches: dict) -> list:
             del names[index]
             if isinstance(out, LocatedList):
                 del out.item_locations[index]
-        elif isinstance(patch, dict):
+        elif isinstance(patch, dict) and not set(PLACEMENT) & set(patch):
             out[index] = merge(out[index], patch)
         else:
             problems.append(
                 _problem(
-                    f"a stage patch must be a mapping (or null to remove the stage), got {type(patch).__name__}",
+                    f"a stage patch must be a mapping (or null to remove the stage), got {type(patch).__name__}"
+                    if not isinstance(patch, dict)
+                    else f"stage '{name}' is already in the base recipe: 'before'/'after' place only a new stage; "
+                    "to move it, remove it (null) and add it under another name",
                     f"$.stages.{name}",
                     loc,
                 )
@@ -174,6 +176,29 @@ def _patch_stages(stages: list, patches: dict) -> list:
     if problems:
         raise CompositionError(problems)
     return out
+
+
+def _insert_stage(out: list, names: list, name: str, patch, loc: Location | None) -> str | None:
+    """Add the new stage ``name`` where its ``before``/``after`` says; what is wrong, or None."""
+    known = ", ".join(n for n in names if n) or "none"
+    places = [key for key in PLACEMENT if isinstance(patch, dict) and key in patch]
+    if len(places) != 1:
+        return (
+            f"cannot patch stage '{name}': the base recipe has no stage of that name (it has: {known}); to add "
+            f"it, give its `uses` and one of `before: STAGE` or `after: STAGE`, or give the whole 'stages' list"
+        )
+    anchor = patch[places[0]]
+    if anchor not in names:
+        return f"stage '{name}' is to go {places[0]} '{anchor}', which the base recipe does not have (it has: {known})"
+    stage = copy.deepcopy(patch)  # a LocatedDict keeps the lines its keys were written on
+    del stage[places[0]]
+    stage["name"] = name
+    index = names.index(anchor) + (places[0] == "after")
+    out.insert(index, stage)
+    names.insert(index, name)
+    if isinstance(out, LocatedList):
+        out.item_locations.insert(index, loc)
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def describe(settings) -> str:
         terms.append(f"hard labels x{loss['hard']['weight']}")
     target = f"export '{settings['target']}'" if settings["target"] else "the export after it"
     return (
-        f"train with {target}'s quantization simulated (fake-quantized weights, tables and matmul inputs), "
+        f"simulate the quantization of {target} (fake-quantized weights, tables and matmul inputs) while training, "
         f"distilling from its float self ({' + '.join(terms)}); leaves the weights on the export's grid"
     )
 

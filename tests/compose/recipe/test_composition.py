@@ -88,3 +88,36 @@ def test_bad_overrides_are_explained(tmp_path, override, words):
     doc = load_composed(write(tmp_path, "r.yaml", BASE))
     with pytest.raises(CompositionError, match=words):
         apply_overrides(doc, [override], tmp_path)
+
+
+def test_a_new_stage_goes_before_or_after_the_one_it_names(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(
+        tmp_path,
+        "child.yaml",
+        "extends: base.yaml\nstages:\n  v: {uses: prune-vocab, before: q}\n  e: {uses: export, after: q, with: {}}\n",
+    )
+    stages = load_composed(child)["stages"]
+    assert [(s["name"], s["uses"]) for s in stages] == [
+        ("ft", "train"),
+        ("v", "prune-vocab"),
+        ("q", "gptq"),
+        ("e", "export"),
+    ]
+    assert "before" not in stages[1] and "after" not in stages[3]
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ("v: {uses: prune-vocab}", r"no stage of that name \(it has: ft, q\); to add it, give its `uses` and one of"),
+        ("v: {uses: prune-vocab, before: nope}", r"to go before 'nope', which the base recipe does not have"),
+        ("v: {uses: prune-vocab, before: q, after: ft}", "one of `before: STAGE` or `after: STAGE`"),
+        ("ft: {before: q}", "already in the base recipe"),
+    ],
+)
+def test_a_new_stage_without_a_place_is_refused_with_the_fix(tmp_path, patch, message):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", f"extends: base.yaml\nstages:\n  {patch}\n")
+    with pytest.raises(CompositionError, match=message):
+        load_composed(child)
