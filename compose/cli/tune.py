@@ -19,6 +19,7 @@ example:
   recipe tune recipes/minilm-sst2-tune.yaml
   recipe tune recipes/minilm-sst2-tune.yaml --trials 40 --output runs/tune1
   recipe tune recipe.yaml --storage sqlite:////shared/studies.db --study minilm   (one worker of several)
+  recipe tune recipes/minilm-sst2-tune.yaml --report-only --compare-with runs/minilm-sst2
 
 A recipe's search section names what may change (each entry a recipe path as overrides
 spell it, with a range, a list of choices, or optional: true for a stage a trial may
@@ -79,6 +80,12 @@ def add_parser(subparsers) -> None:
         "retried with the same settings, by whichever worker starts a trial next; give every worker the same "
         "value (database storage; default: %(default)s)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run no trial: write the report of the study as it stands (the front measured again, the winner "
+        "evaluated, --compare-with's run measured beside it)",
+    )
     p.add_argument("--json", action="store_true", help="print the tune report on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no live progress view")
     p.set_defaults(handler=run)
@@ -109,6 +116,7 @@ def run(args) -> int:
         progress=progress,
         reference=args.compare_with,
         stale_after=args.stale_after,
+        report_only=args.report_only,
     )
     study = Study(options, host)
     try:

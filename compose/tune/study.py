@@ -65,6 +65,7 @@ class TuneOptions:
     progress: object | None = None
     reference: Path | None = None  # a hand-written recipe's run (folder or report.json) to draw beside the trials
     stale_after: float = 300.0  # seconds without a worker's heartbeat before its running trial counts as lost
+    report_only: bool = False  # write the report of the study as it stands, running no trial
 
 
 def objective_values(row, objectives: list[str]) -> list[float] | None:
@@ -338,7 +339,7 @@ class Study:
         study = self.optuna_study()
         trials = self.options.trials or self.search["trials"]
         minutes = self.options.minutes or self.search["minutes"]
-        if not trials or finished(study) < trials:
+        if not self.options.report_only and (not trials or finished(study) < trials):
             with interrupts.handling_signals():
                 study.optimize(
                     self.objective,

@@ -24,7 +24,11 @@ def tune(write_recipe, host, tmp_path, space: str, more: str = "", trials: int =
 
 
 def records(study) -> list[dict]:
-    return [json.loads(line) for line in (study.dir / TRIALS_FILE).read_text().splitlines()]
+    return records_in(study.dir)
+
+
+def records_in(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / TRIALS_FILE).read_text().splitlines()]
 
 
 def test_trials_share_the_fine_tune_and_the_winner_reapplies_from_its_folder(write_recipe, host, tmp_path, capsys):
@@ -134,6 +138,13 @@ def test_a_hand_written_run_is_drawn_reported_and_measured_beside_the_winner(wri
     assert against["dominates"] == (
         against["smaller_by"] > 1 and against["faster_by"] > 1 and final["retained"] >= hand["retained"]
     )
+    # --report-only on the study: the comparison again, no trial run whatever the budget says
+    options = TuneOptions(
+        recipe=searched, output=tmp_path / "tune", trials=5, reference=tmp_path / "hand", report_only=True
+    )
+    again = Study(options, host).run()
+    assert sum(again["trials"].values()) == 1 and len(records_in(tmp_path / "tune")) == 1
+    assert again["against_reference"]["smaller_by"] == pytest.approx(against["smaller_by"])
 
 
 def test_the_front_is_measured_again_side_by_side_before_the_winner_is_named(write_recipe, host, tmp_path):
