@@ -401,7 +401,7 @@ class Executor:
         import transformers
 
         name = stage["name"]
-        seed = self.recipe.data["seed"] + index
+        seed = stage.get("seed", self.recipe.data["seed"] + index)
         transformers.set_seed(seed)
         work_dir = self._artifact_dir(index, name) / "work"
         work_dir.mkdir(parents=True, exist_ok=True)

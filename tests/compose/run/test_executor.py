@@ -96,3 +96,26 @@ def test_a_stage_whose_artifact_its_plugin_loads_is_measured_again_through_its_l
         ("deploy", True, True),  # an ONNX folder, read back by the export stage's load
     ]
     assert changed.rows[-1].size_bytes == run(["evaluate.limit=16"]).rows[-1].size_bytes
+
+
+def test_a_stage_seed_reruns_that_stage_alone_with_another_order(write_recipe, tmp_path):
+    from safetensors.torch import load_file
+
+    stages = """\
+    - {name: a, uses: train, with: {max_steps: 6, batch_size: 16, eval_every_epoch: false}}
+    - {name: b, uses: train, with: {max_steps: 6, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}
+    """
+    recipe, out = str(write_recipe(stages)), tmp_path / "run"
+
+    def b_weights():
+        return load_file(next((out / "stages").glob("*-b")) / "model" / "model.safetensors")
+
+    assert main(["apply", recipe, "--output", str(out), "-q"]) == 0
+    default = b_weights()  # stage b's seed: the recipe's (0) + its position (2)
+    assert main(["apply", recipe, "stages.b.seed=2", "--output", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["reused_stages"] == ["input", "a"]  # the seed is part of b's fingerprint, not a's
+    assert all((b_weights()[k] == default[k]).all() for k in default)  # the seed it had: the same result
+    assert main(["apply", recipe, "stages.b.seed=7", "--output", str(out), "-q"]) == 0
+    assert json.loads((out / "report.json").read_text())["reused_stages"] == ["input", "a"]
+    assert any(not (b_weights()[k] == default[k]).all() for k in default)
