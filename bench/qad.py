@@ -1,0 +1,105 @@
+"""Post-training export vs quantization-aware distillation (`qad`) on the same student.
+
+    python bench/qad.py --base runs/minilm-sst2            # a finished run of recipes/minilm-sst2.yaml
+    python bench/qad.py --base runs/minilm-sst2 --seeds 1 2 3 --weights int8 int4
+
+For each export setting (int8 matmuls or 4-bit MatMulNBits, 4-bit embeddings both times) it
+runs, in folders under --out seeded with the base run's finished stages (so the fine-tune,
+the student and both prunings are the very same):
+
+- ptq-W: recipes/minilm-sst2.yaml with the export's weights W (the student exported as is);
+- qad-W-S: recipes/minilm-sst2-qad.yaml with weights W and the qad stage's seed S.
+
+It reads each run's report: the float student's accuracy (prune-ffn), the exported model's
+accuracy, retained against the fine-tuned model with its paired interval, agreement, size
+and throughput; the drop from the float student in points; and over the seeds the mean
+drop with a 95% t-interval. Results: bench/results/qad.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.evidence import mean_interval, row  # noqa: E402
+from compose.tune.store import link_stages  # noqa: E402
+
+FLOAT_STUDENT = "prune-ffn"
+
+
+def apply(recipe: str, folder: Path, base: Path, overrides: list[str]) -> dict:
+    if not (folder / "report.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "stages").exists():
+            link_stages(base, folder)
+        command = [sys.executable, "-m", "compose.cli.main", "apply", recipe, *overrides]
+        command += ["--output", str(folder), "--use-output-folder", "-q"]
+        with open(folder.with_suffix(".log"), "w", encoding="utf-8") as log:
+            code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            raise SystemExit(f"{' '.join(command)} exited {code}; see {folder.with_suffix('.log')}")
+    return json.loads((folder / "report.json").read_text(encoding="utf-8"))
+
+
+def summary(report: dict) -> dict:
+    student, final = row(report, FLOAT_STUDENT), report["stages"][-1]
+    qad = next((r for r in report["stages"] if r["plugin"] == "qad"), None)
+    return {
+        "float_student": student["metric"]["value"],
+        "exported": final["metric"]["value"],
+        "drop_points": round(100 * (student["metric"]["value"] - final["metric"]["value"]), 3),
+        "retained": final["retained"],
+        "retained_ci": final["retained_ci"],
+        "agreement_with_fine_tuned": final["agreement"],
+        "size_bytes": final["size_bytes"],
+        "throughput_per_s": (final["latency"] or {}).get("throughput_per_s"),
+        "qad_seconds": qad["seconds"] if qad else None,
+        "trained_for": final["details"].get("weights_trained_for"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="a finished run folder of recipes/minilm-sst2.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "qad-bench")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--weights", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = {"command": " ".join(["python bench/qad.py", *sys.argv[1:]]), "base": str(args.base), "arms": {}}
+    for weights in args.weights:
+        deploy = [f"stages.deploy.with.weights={weights}"]
+        ptq = summary(apply("recipes/minilm-sst2.yaml", args.out / f"ptq-{weights}", args.base, deploy))
+        runs = [
+            summary(
+                apply(
+                    "recipes/minilm-sst2-qad.yaml",
+                    args.out / f"qad-{weights}-{seed}",
+                    args.base,
+                    [*deploy, f"stages.qad.seed={seed}"],
+                )
+            )
+            for seed in args.seeds
+        ]
+        results["arms"][weights] = {
+            "post_training": ptq,
+            "qad": runs,
+            "qad_drop_points": mean_interval([r["drop_points"] for r in runs]),
+            "qad_retained": mean_interval([r["retained"] for r in runs]),
+        }
+        print(json.dumps({weights: results["arms"][weights]}, indent=1))
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    target = ROOT / "bench" / "results" / "qad.json"
+    target.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
