@@ -47,7 +47,7 @@ class Dimension:
         if self.choices is not None:
             # Optuna's categorical values must be plain scalars: lists and maps travel as JSON text.
             picked = trial.suggest_categorical(self.path, [_as_choice(c) for c in self.choices])
-            return _from_choice(picked)
+            return choice_value(picked)
         if self.integer:
             return trial.suggest_int(self.path, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         value = trial.suggest_float(self.path, float(self.low), float(self.high), step=self.step, log=self.log)
@@ -81,7 +81,8 @@ def _as_choice(value):
     return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
 
-def _from_choice(value):
+def choice_value(value):
+    """A categorical value as Optuna stores it (lists and maps as JSON text) as the value it stands for."""
     if isinstance(value, str) and value[:1] in "[{":
         return json.loads(value)
     return value

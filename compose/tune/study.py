@@ -34,7 +34,7 @@ from compose.recipe.yaml_source import to_plain
 from compose.run import interrupts
 from compose.tune import store
 from compose.tune.plot import PLOT_FILE, plot_study
-from compose.tune.space import dimensions, trial_overrides
+from compose.tune.space import choice_value, dimensions, trial_overrides
 
 #: Files a study writes into its tune folder.
 TRIALS_FILE, REPORT_FILE, BEST_RECIPE, STUDY_DB = "trials.jsonl", "tune-report.json", "best.yaml", "study.db"
@@ -113,8 +113,12 @@ def storage_for(url: str | None, tune_dir: Path, stale_after: float = 300.0):
 
 
 def params_of(trial) -> dict:
-    """A trial's settings as it ran them: stepped floats as written (0.6, not Optuna's 0.6000000000000001)."""
-    return {path: round(value, 10) if isinstance(value, float) else value for path, value in trial.params.items()}
+    """A trial's settings as it ran them: stepped floats as written (0.6, not Optuna's 0.6000000000000001),
+    list and map choices as the values they stand for (Optuna stores them as JSON text)."""
+    return {
+        path: round(value, 10) if isinstance(value, float) else choice_value(value)
+        for path, value in trial.params.items()
+    }
 
 
 def _constraints(frozen) -> list[float]:
@@ -326,7 +330,8 @@ class Study:
         """An interrupted trial runs again first when the study continues (its run folder keeps the stages
         it finished) and does not count against the budget."""
         trial.set_user_attr("interrupted", True)
-        trial.study.enqueue_trial(params, user_attrs={"resumes": trial.number})
+        # Optuna's own form of the settings (list choices as JSON text): what suggest_categorical offers
+        trial.study.enqueue_trial(dict(trial.params), user_attrs={"resumes": trial.number})
 
     def _append(self, record: dict) -> None:
         path = self.dir / TRIALS_FILE

@@ -165,3 +165,22 @@ def test_the_front_is_measured_again_side_by_side_before_the_winner_is_named(wri
     fastest = max(trials, key=lambda t: again[t.number]["throughput_per_s"])
     study.objectives = ["throughput"]
     assert study._ranked(trials, again)[0] is fastest  # the winner is named on the side-by-side numbers
+
+
+def test_list_choices_reach_the_report_the_final_evaluation_and_best_yaml_as_lists(write_recipe, host, tmp_path):
+    stages = (
+        "- {name: ft, uses: train, with: {max_steps: 4, batch_size: 16, eval_every_epoch: false}}\n"
+        "- {name: d, uses: distill, with: {student: {from_teacher: {layers: [0]}}, "
+        "training: {max_steps: 2, batch_size: 16, eval_every_epoch: false}}}\n"
+    )
+    space = "    - {path: stages.d.with.student.from_teacher.layers, choices: [[0], [1]]}\n"
+    more = "  min_retained: 0.05\n  judged_on: point\n  selection_share: 0.25\n"
+    recipe = write_recipe(stages, f"search:\n  space:\n{space}{more}")
+    study = Study(TuneOptions(recipe=recipe, output=tmp_path / "tune", trials=1), host)
+    report = study.run()  # Optuna keeps [0] as the text "[0]": the report's steps must read it back as a list
+    (record,) = records(study)
+    layers = record["params"]["stages.d.with.student.from_teacher.layers"]
+    assert layers in ([0], [1]) and report["winner"]["params"] == record["params"]
+    assert report["winner"]["final"]["status"] == "passed"
+    best = yaml.safe_load((study.dir / BEST_RECIPE).read_text())
+    assert best["stages"][1]["with"]["student"]["from_teacher"]["layers"] == layers
