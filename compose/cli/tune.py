@@ -150,10 +150,17 @@ def render(report: dict, console: Console) -> None:
         for member in report["front"]:
             again = member.get("side_by_side") or {}
             if again:
+                beats = " - beats the hand-written run on every objective" if member.get("beats_reference") else ""
                 console.print(
                     f"  trial {member['number']}: {_format('throughput', again['throughput_per_s'])}, "
-                    f"batch-1 p50 {_format('latency', again['batch1_p50_ms'])} at {again['threads']} thread(s)"
+                    f"batch-1 p50 {_format('latency', again['batch1_p50_ms'])} at {again['threads']} thread(s){beats}"
                 )
+        theirs = (report.get("reference") or {}).get("side_by_side")
+        if theirs:
+            console.print(
+                f"  hand-written: {_format('throughput', theirs['throughput_per_s'])}, batch-1 p50 "
+                f"{_format('latency', theirs['batch1_p50_ms'])}, {_format('size', report['reference']['size_bytes'])}"
+            )
     counts = ", ".join(f"{n} {state}" for state, n in report["trials"].items() if n)
     console.print(
         f"trials: {counts or 'none'}; stage runs: {report['stage_runs']}, reused: {report['reused_stage_runs']} "

@@ -46,6 +46,10 @@ REMEASURE_ROUNDS = 3
 SELECTION = "selection"
 
 DIRECTIONS = {"size": "minimize", "throughput": "maximize", "latency": "minimize"}
+#: Where a side-by-side measurement keeps each speed objective.
+SPEED_KEYS = {"throughput": "throughput_per_s", "latency": "batch1_p50_ms"}
+#: The side-by-side key of the hand-written run's model (--compare-with).
+REFERENCE = "reference"
 UNITS = {"size": "bytes", "throughput": "examples/s", "latency": "ms"}
 
 
@@ -391,9 +395,11 @@ class Study:
 
         records = self.records()
         front = self.front(study)
-        side_by_side = self.remeasure_front(front, records)
+        reference_run = self._reference_run()
+        reference = reference_run.final if reference_run else None
+        side_by_side = self.remeasure_front(front, records, reference)
         if side_by_side:  # speed on a shared machine moves between runs: rank the front on one measurement
-            front = self._ranked(front, side_by_side)
+            front = self._ranked(front, side_by_side, reference)
         by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
         winner = front[0] if front else None
         stage_runs = sum(len(r["stage_runs"]) for r in records)
@@ -410,19 +416,27 @@ class Study:
             "stage_runs": stage_runs,
             "reused_stage_runs": reused,
             "seconds_saved_by_reuse": round(sum(r["seconds_saved"] for r in records), 3),
-            "front": [{**self._member(t), "side_by_side": side_by_side.get(t.number)} for t in front],
+            "front": [
+                {
+                    **self._member(t),
+                    "side_by_side": side_by_side.get(t.number),
+                    "beats_reference": self.beats_reference(t, side_by_side, reference),
+                }
+                for t in front
+            ],
             "side_by_side": {
                 "rounds": REMEASURE_ROUNDS,
                 "members": len(side_by_side),
-                "note": "the front's speed measured again in this process, members interleaved round by round; "
-                "the winner is named on these numbers",
+                "note": "the front's speed (and --compare-with's model's) measured again in this process, members "
+                "interleaved round by round; the winner is named on these numbers: the first by the first objective "
+                "among the members that beat the hand-written run on every objective, when one does",
             }
             if side_by_side
             else None,
             "winner": self._member(winner) if winner else None,
             "best_recipe": str(self.dir / BEST_RECIPE) if winner else None,
         }
-        report["reference"] = self._reference()
+        report["reference"] = self._reference(reference_run, side_by_side)
         drawn = plot_study(
             records,
             [t.number for t in front],
@@ -438,17 +452,21 @@ class Study:
         atomic.write_json(self.dir / REPORT_FILE, report)
         return report
 
-    def remeasure_front(self, front: list, records: list[dict]) -> dict:
+    def remeasure_front(self, front: list, records: list[dict], reference=None) -> dict:
         """{trial number: median speed}: every front member's final model measured again in this process,
-        in interleaved rounds (a, b, c, a, b, c...), so that they share the machine's state. Empty where
-        there is nothing to compare, or speed is not an objective."""
-        if len(front) < 2 or not {"throughput", "latency"} & set(self.objectives):
+        in interleaved rounds (a, b, c, a, b, c...), so that they share the machine's state; with a
+        ``reference`` (the hand-written run's final row), its model too, under the key ``REFERENCE``.
+        Empty where there is nothing to compare, or speed is not an objective."""
+        compared = len(front) + (reference is not None and bool(front))
+        if compared < 2 or not {"throughput", "latency"} & set(self.objectives):
             return {}
         latest = {r["number"]: r for r in records}
         finals = {}
         for trial in front:
             report = json.loads((Path(latest[trial.number]["run_dir"]) / "report.json").read_text(encoding="utf-8"))
             finals[trial.number] = report["stages"][-1]
+        if reference is not None:
+            finals[REFERENCE] = {"artifact": reference.artifact, "plugin": reference.plugin}
         return self.side_by_side(finals, self.selection_split)
 
     def side_by_side(self, finals: dict, split: str) -> dict:
@@ -529,20 +547,35 @@ class Study:
             ),
         }
 
-    def _ranked(self, front: list, side_by_side: dict) -> list:
-        """The front in the order the winner is chosen: by the first objective, speed as re-measured."""
+    def _measured(self, trial, name: str, side_by_side: dict) -> float:
+        """A front member's objective ``name``: speed as re-measured side by side, size as its trial found it."""
+        value = trial.values[self.objectives.index(name)]
+        again = side_by_side.get(trial.number) or {}
+        return again.get(SPEED_KEYS.get(name), value)
+
+    def beats_reference(self, trial, side_by_side: dict, reference) -> bool | None:
+        """Whether ``trial`` is better than the hand-written run on every objective (speed side by side);
+        None without a reference measured beside it."""
+        measured = side_by_side.get(REFERENCE)
+        if reference is None or not measured:
+            return None
+        theirs = {"size": reference.size_bytes, **{n: measured[k] for n, k in SPEED_KEYS.items()}}
+        for name in self.objectives:
+            mine, other = self._measured(trial, name, side_by_side), theirs[name]
+            if other is None or (mine >= other if DIRECTIONS[name] == "minimize" else mine <= other):
+                return False
+        return True
+
+    def _ranked(self, front: list, side_by_side: dict, reference=None) -> list:
+        """The front in the order the winner is chosen: by the first objective, speed as re-measured; with
+        a hand-written run to compare with, the members that beat it on every objective first."""
         sign = 1 if DIRECTIONS[self.objectives[0]] == "minimize" else -1
 
-        def first(trial):
-            value = trial.values[0]
-            again = side_by_side.get(trial.number) or {}
-            if self.objectives[0] == "throughput":
-                value = again.get("throughput_per_s", value)
-            elif self.objectives[0] == "latency":
-                value = again.get("batch1_p50_ms", value)
-            return sign * value
+        def order(trial):
+            beats = self.beats_reference(trial, side_by_side, reference)
+            return (beats is False, sign * self._measured(trial, self.objectives[0], side_by_side))
 
-        return sorted(front, key=first)
+        return sorted(front, key=order)
 
     def final_dir(self, trial) -> Path:
         return self.dir / "final" / f"trial-{trial.number}"
@@ -580,13 +613,18 @@ class Study:
             "error": report.error,
         }
 
-    def _reference(self) -> dict | None:
-        """The hand-written recipe's final row, to compare the trials with (``--compare-with``)."""
+    def _reference_run(self):
+        """The hand-written recipe's run (``--compare-with``), or None."""
         if self.options.reference is None:
             return None
         from compose.evaluation.run_comparison import load_run
 
-        run = load_run(self.options.reference)
+        return load_run(self.options.reference)
+
+    def _reference(self, run, side_by_side: dict) -> dict | None:
+        """The hand-written recipe's final row, to compare the trials with, and its side-by-side speed."""
+        if run is None:
+            return None
         final = run.final
         return {
             "label": f"hand-written: {run.label}",
@@ -596,6 +634,7 @@ class Study:
             "size_bytes": final.size_bytes,
             "throughput_per_s": (final.latency or {}).get("throughput_per_s"),
             "batch1_p50_ms": (final.latency or {}).get("batch1_p50_ms"),
+            "side_by_side": side_by_side.get(REFERENCE),
         }
 
     def _member(self, trial) -> dict:

@@ -184,3 +184,25 @@ def test_list_choices_reach_the_report_the_final_evaluation_and_best_yaml_as_lis
     assert report["winner"]["final"]["status"] == "passed"
     best = yaml.safe_load((study.dir / BEST_RECIPE).read_text())
     assert best["stages"][1]["with"]["student"]["from_teacher"]["layers"] == layers
+
+
+def test_with_a_hand_written_run_the_members_that_beat_it_are_named_first(write_recipe, host, tmp_path):
+    from types import SimpleNamespace
+
+    from compose.tune.study import REFERENCE
+
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    study = Study(TuneOptions(recipe=write_recipe(STAGES, f"search:\n  space:\n{space}"), output=tmp_path), host)
+    smallest = SimpleNamespace(number=1, values=[5.0, 400.0])  # smaller than the hand-written run, but slower
+    faster = SimpleNamespace(number=2, values=[6.0, 1100.0])  # smaller and faster
+    side_by_side = {
+        1: {"throughput_per_s": 410.0, "batch1_p50_ms": 1.1},
+        2: {"throughput_per_s": 1220.0, "batch1_p50_ms": 0.7},
+        REFERENCE: {"throughput_per_s": 1000.0, "batch1_p50_ms": 0.9},
+    }
+    hand = SimpleNamespace(size_bytes=10.0)
+    assert study._ranked([smallest, faster], side_by_side) == [smallest, faster]  # by size alone
+    assert study._ranked([smallest, faster], side_by_side, hand) == [faster, smallest]
+    assert study.beats_reference(faster, side_by_side, hand) is True
+    assert study.beats_reference(smallest, side_by_side, hand) is False
+    assert study.beats_reference(faster, {2: side_by_side[2]}, hand) is None  # not measured beside it
