@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.evidence import mean_interval, row  # noqa: E402
+from compose.run.run_folder import claim  # noqa: E402
 from compose.tune.store import link_stages  # noqa: E402
 
 FLOAT_STUDENT = "prune-ffn"
@@ -36,11 +37,11 @@ FLOAT_STUDENT = "prune-ffn"
 
 def apply(recipe: str, folder: Path, base: Path, overrides: list[str]) -> dict:
     if not (folder / "report.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "stages").exists():
+            claim(folder)  # a run folder of this tool's, as recipe tune makes its trials' folders
             link_stages(base, folder)
         command = [sys.executable, "-m", "compose.cli.main", "apply", recipe, *overrides]
-        command += ["--output", str(folder), "--use-output-folder", "-q"]
+        command += ["--output", str(folder), "-q"]
         with open(folder.with_suffix(".log"), "w", encoding="utf-8") as log:
             code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         if code != 0:
