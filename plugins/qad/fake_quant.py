@@ -85,3 +85,38 @@ def int8_activation_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     quantized = torch.fake_quantize_per_channel_affine(flat, scale, zero, 0, -127, 127)
     quantized = quantized.reshape(-1, shape[-1] + pad)
     return (quantized[:, : shape[-1]] if pad else quantized).reshape(shape)
+
+
+def gptq_groups(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
+    """``weight`` ([out, in]) on GPTQModel's round-to-nearest grid, rounded by GPTQModel's own
+    ``quantize`` with the scales its ``Quantizer.find_params`` computes: groups of ``group_size``
+    input columns (-1: a whole row), the range stretched to include 0; symmetric: scale =
+    2 max|w| / (2^bits - 1) with the zero point in the middle; asymmetric: scale = (max - min) /
+    (2^bits - 1), zero point round(-min / scale). Straight-through gradients.
+
+    Not torch's fake-quantize op: GPTQModel divides by the scale where torch multiplies by its
+    inverse, and on the symmetric grid the largest weight of every group sits exactly half a
+    step from two levels, so the two round it differently. A gptq stage quantizes the trained
+    float weights itself; this is the grid it starts from, which its ``method: rtn`` reproduces."""
+    from compose.plugins.gptq.engine import engine
+
+    engine()  # GPTQModel, imported once with its start-up chatter silenced
+    from gptqmodel.quantization.quantizer import quantize
+
+    rows, cols = weight.shape
+    group = cols if group_size == -1 else group_size
+    flat, pad = _blocks(weight, group)
+    detached = flat.detach()
+    zeros = torch.zeros(flat.shape[0], device=flat.device, dtype=flat.dtype)
+    low, high = torch.minimum(detached.amin(dim=1), zeros), torch.maximum(detached.amax(dim=1), zeros)
+    top = 2**bits - 1
+    if sym:
+        high = torch.maximum(low.abs(), high)
+        low = torch.where(low < 0, -high, low)
+    empty = (low == 0) & (high == 0)
+    low, high = torch.where(empty, -1.0, low), torch.where(empty, 1.0, high)
+    scale = (high - low) / top
+    zero = torch.full_like(scale, (top + 1) / 2) if sym else torch.round(-low / scale)
+    rounded = quantize(detached, scale.unsqueeze(1), zero.unsqueeze(1), torch.tensor(top), False)
+    quantized = (rounded + (flat - detached)).reshape(rows, cols + pad)  # exactly rounded; gradient straight through
+    return quantized[:, :cols] if pad else quantized

@@ -1,11 +1,17 @@
-"""Which quantization the `qad` stage simulates: the one its target `export` stage will apply.
+"""Which quantization the `qad` stage simulates: the one its target stage will apply.
 
-The scheme is read from the target stage's settings, so the two cannot disagree: weights
+The scheme is read from the target stage's settings, so the two cannot disagree.
+
+An ``export`` of an encoder (ONNX Runtime, ``Scheme``): weights
 (``int8``: per output channel or per matrix, with per-tensor uint8 activations; ``int4``:
 blocks of ``block_size``, with blocks of int8 activations), embeddings (``int4``: blocks
 of ``embeddings_block_size`` along each row; ``int8``: one asymmetric uint8 scale per
 table) and whether ONNX Runtime will fuse attention (its fused ``QAttention`` keeps the
 Q/K/V projections int8 even when the other matmuls are 4-bit).
+
+A ``gptq`` stage (any family, ``GPTQScheme``): the transformer blocks' linear layers on
+GPTQModel's grid at its ``bits``, ``group_size`` and ``sym``; activations stay float
+(GPTQ is weight-only); the embedding tables and head it quantizes row-wise are not simulated.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-#: The stage type whose quantization is simulated.
-TARGET_PLUGIN = "export"
+#: The stage types whose quantization can be simulated.
+TARGET_PLUGINS = ("export", "gptq")
 
 
 @dataclass(frozen=True)
@@ -45,17 +51,42 @@ class Scheme:
 
 
 def target_stage(stages, index: int, name: str | None) -> tuple[int, Mapping] | None:
-    """(position, stage) of the export stage the qad stage at ``index`` targets: the one named
-    ``name``, or the first later export stage; None if there is none."""
+    """(position, stage) of the export or gptq stage the qad stage at ``index`` targets: the one
+    named ``name``, or the first later one; None if there is none."""
     for position in range(index + 1, len(stages)):
         stage = stages[position]
-        if stage.get("uses") == TARGET_PLUGIN and (name is None or stage.get("name") == name):
+        if stage.get("uses") in TARGET_PLUGINS and (name is None or stage.get("name") == name):
             return position, stage
     return None
 
 
-def scheme_of(target: Mapping) -> Scheme:
+@dataclass(frozen=True)
+class GPTQScheme:
+    target: str  # the gptq stage's name
+    bits: int
+    group_size: int
+    sym: bool
+    method: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        group = "per row" if self.group_size == -1 else f"groups of {self.group_size}"
+        kind = "symmetric" if self.sym else "asymmetric"
+        return f"{self.bits}-bit block weights ({group}, {kind}), as stage '{self.target}' ({self.method}) starts from"
+
+
+def scheme_of(target: Mapping) -> Scheme | GPTQScheme:
     settings = target.get("with") or {}
+    if target.get("uses") == "gptq":
+        return GPTQScheme(
+            target=target["name"],
+            bits=settings.get("bits", 4),
+            group_size=settings.get("group_size", 128),
+            sym=settings.get("sym", True),
+            method=settings.get("method", "gptq"),
+        )
     return Scheme(
         target=target["name"],
         weights=settings.get("weights", "int8"),

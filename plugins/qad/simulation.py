@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compose.plugins.qad import fake_quant
-from compose.plugins.qad.scheme import Scheme
+from compose.plugins.qad.scheme import GPTQScheme, Scheme
 
 _HOOK_ATTR = "_qad_activation_hook"
 
@@ -111,14 +111,31 @@ def simulate(model, scheme: Scheme, attention_fuses: bool) -> dict:
     return counts
 
 
-def bake(model) -> None:
-    """Remove the simulation: each weight becomes its rounded value (the grid the export reproduces)."""
+def simulate_gptq(model, scheme: GPTQScheme, blocks) -> dict:
+    """Fake-quantize the weights of ``blocks``' layers ({name: nn.Linear or GPT-2's Conv1D, whose weight
+    is stored [in, out]}) on GPTQModel's grid, in place; {"linear": n, "embedding": 0}."""
+    rounding = partial(fake_quant.gptq_groups, bits=scheme.bits, group_size=scheme.group_size, sym=scheme.sym)
+    for module in blocks:
+        rule = rounding if isinstance(module, nn.Linear) else _transposed(rounding)
+        parametrize.register_parametrization(module, "weight", _OnGrid(rule), unsafe=True)
+    return {"linear": len(blocks), "embedding": 0}
+
+
+def _transposed(rounding):
+    """``rounding`` of an [out, in] weight, for a weight stored [in, out] (GPT-2's Conv1D)."""
+    return lambda weight: rounding(weight.t()).t()
+
+
+def bake(model, keep_rounded: bool = True) -> None:
+    """Remove the simulation. ``keep_rounded``: each weight becomes its rounded value (the grid the
+    export reproduces exactly); else the trained float weight stays (a gptq stage quantizes it
+    itself, recomputing its grid from it)."""
     for module in model.modules():
         hook = module.__dict__.pop(_HOOK_ATTR, None)
         if hook is not None:
             hook.remove()
         if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep_rounded)
 
 
 def rounded_weights(model) -> dict[str, torch.Tensor]:

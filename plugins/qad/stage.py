@@ -1,19 +1,23 @@
-"""The `qad` stage: distil a model into its own quantized self, as the export will quantize it.
+"""The `qad` stage: distil a model into its own quantized self, as the next stage will quantize it.
 
-Post-training quantization rounds a float model that never saw rounding; the default
-recipe's export loses about a point of accuracy that way (0.8544 -> 0.8463 on SST-2 dev).
-Quantization-aware training simulates the rounding while the model still trains, so the
-weights settle where rounding costs little; with a frozen float copy of the model as
-teacher it is quantization-aware distillation (the quantized model learns the float
-model's outputs, not only the labels).
+Post-training quantization rounds a float model that never saw rounding; with 4-bit
+matmuls the default pipeline's export loses 0.34 points of the float student's accuracy
+(docs/results.md). Quantization-aware training simulates the rounding while the model
+still trains, so the weights settle where rounding costs little; with a frozen float copy
+of the model as teacher it is quantization-aware distillation (the quantized model learns
+the float model's outputs, not only the labels).
 
-1. read the quantization the target ``export`` stage will apply (``scheme``);
+1. read the quantization the target stage will apply (``scheme``): an encoder's ``export``
+   (ONNX Runtime: weights, embedding tables and matmul inputs) or a ``gptq`` stage (any
+   family: the blocks' weights on GPTQModel's grid);
 2. copy the entering model as the frozen float teacher;
-3. fake-quantize the model as the export will (``simulation``, ``fake_quant``: weights,
-   embedding tables, matmul inputs; straight-through gradients) and train it on the soft
-   targets (and optionally the labels) through the shared training loop;
-4. leave every weight on the export's grid (``bake``): the export's quantizer then finds
-   exactly the integers and scales the model was trained with.
+3. fake-quantize the model as the target will (``simulation``, ``fake_quant``;
+   straight-through gradients) and train it on the soft targets (and optionally the
+   labels) through the shared training loop;
+4. for an export, leave every weight on its grid (``bake``): the export's quantizer then
+   finds exactly the integers and scales the model was trained with. For gptq, keep the
+   trained float weights: GPTQ recomputes its grid from them (its ``method: rtn`` lands on
+   the simulated values; ``gptq`` compensates its rounding errors from there).
 
 The transform record (``simulated_export``) tells the export stage which stage's scheme
 its weights follow; the export reports it and whether its own settings match.
@@ -35,14 +39,15 @@ from compose.api import (
     train_model,
 )
 from compose.plugins.distill.loss import DistillationLoss
-from compose.plugins.distill.teacher_cache import TeacherCache
+from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
 from compose.plugins.export.onnx_runtime import attention_fuses
-from compose.plugins.qad.scheme import TARGET_PLUGIN, scheme_of, target_stage
-from compose.plugins.qad.simulation import bake, simulate
+from compose.plugins.gptq.layers import block_linears, stacks
+from compose.plugins.qad.scheme import GPTQScheme, scheme_of, target_stage
+from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
 
 STAGE = "qad"
-#: The transform record's key the export stage reads.
-SIMULATED_EXPORT = "simulated_export"
+#: The transform record's key the export stage reads (and the one a gptq target's scheme is kept under).
+SIMULATED_EXPORT, SIMULATED_GPTQ = "simulated_export", "simulated_gptq"
 
 
 def _loss_settings(settings) -> dict:
@@ -61,29 +66,35 @@ def run(ctx: StageContext) -> StageResult:
     index = [stage["name"] for stage in stages].index(ctx.name)
     found = target_stage(stages, index, settings["target"])
     if found is None:  # validation refuses this; a recipe built in code may not have been validated
-        raise ComposeError(f"qad: no export stage after '{ctx.name}' to simulate")
+        raise ComposeError(f"qad: no export or gptq stage after '{ctx.name}' to simulate")
     scheme = scheme_of(found[1])
     model = ctx.model
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    counts = simulate(model, scheme, attention_fuses(model))
-    cache = None
-    if settings["teacher_cache"]["enabled"] and settings["loss"]["soft"]["weight"] > 0:
-        cache = TeacherCache(settings["teacher_cache"]["max_megabytes"])
+    gptq = isinstance(scheme, GPTQScheme)
+    if gptq:
+        layers = [layer for _, blocks in stacks(model) for block in blocks for layer in block_linears(block).values()]
+        counts = simulate_gptq(model, scheme, layers)
+    else:
+        counts = simulate(model, scheme, attention_fuses(model))
+    not_cached = why_not_cached(
+        {"loss": _loss_settings(settings), "teacher_cache": settings["teacher_cache"]}, ctx.family
+    )
+    cache = TeacherCache(settings["teacher_cache"]["max_megabytes"]) if not_cached is None else None
     loss = DistillationLoss(teacher, _loss_settings(settings), None, None, ctx.family, teacher_cache=cache)
     if not loss.terms:
         raise ComposeError("qad: every loss weight is 0; give loss.soft.weight > 0 (or loss.hard.weight)")
     ctx.log(f"simulating {scheme.describe()}: {counts['linear']} matmuls, {counts['embedding']} tables")
     try:
         model, summary = train_model(ctx, model, settings["training"], loss_fn=loss)
-    finally:
-        bake(model)
+    finally:  # on the export's grid exactly; for gptq the trained float weights, which it quantizes itself
+        bake(model, keep_rounded=not gptq)
     model.eval()
-    record_transform(model, STAGE, {SIMULATED_EXPORT: scheme.as_dict(), "by": ctx.name})
+    record_transform(model, STAGE, {SIMULATED_GPTQ if gptq else SIMULATED_EXPORT: scheme.as_dict(), "by": ctx.name})
     details = {
         "scheme": scheme.as_dict(),
         "simulated": counts,
         "loss": {"terms": loss.terms, "values": loss.summary()},
-        "teacher_cache": cache.summary() if cache is not None else {"used": False},
+        "teacher_cache": cache.summary() if cache is not None else {"used": False, "reason": not_cached},
         "training": summary.to_json(),
     }
     return StageResult(model=model, details=details)
@@ -100,10 +111,11 @@ def check(settings, plan):
     as_dicts = [{"name": name, "uses": uses, "with": with_} for name, uses, with_ in stages]
     found = target_stage(as_dicts, plan.index, named)
     if found is None:
-        which = f"export stage named '{named}'" if named else "export stage"
+        which = f"export or gptq stage named '{named}'" if named else "export or gptq stage"
         yield Check(
-            f"qad simulates the quantization of the export that follows it, but there is no {which} after it; "
-            f"add `- {{name: deploy, uses: {TARGET_PLUGIN}}}` after it" + (" or fix `target`" if named else ""),
+            f"qad simulates the quantization of the stage that follows it, but there is no {which} after it; "
+            "add `- {name: deploy, uses: export}` (encoders) or `- {name: quantize, uses: gptq}` after it"
+            + (" or fix `target`" if named else ""),
             "error",
             ("target",) if named else (),
         )
@@ -117,7 +129,17 @@ def check(settings, plan):
             "move qad after them",
             "error",
         )
+    if target["uses"] == "export" and plan.family != "encoder":
+        yield Check(
+            f"export '{target['name']}' of a {plan.family} writes a transformers checkpoint and quantizes nothing, "
+            "so qad has nothing to simulate there; put a gptq stage between qad and the export (qad then "
+            "simulates its weights)",
+            "error",
+        )
+        return
     scheme = scheme_of(target)
+    if isinstance(scheme, GPTQScheme):
+        return
     if scheme.weights == "fp32" and scheme.embeddings == "fp32":
         yield Check(
             f"export '{target['name']}' quantizes nothing (weights and embeddings fp32): qad has nothing to simulate",
@@ -132,7 +154,7 @@ def describe(settings) -> str:
     )
     if loss["hard"]["weight"]:
         terms.append(f"hard labels x{loss['hard']['weight']}")
-    target = f"export '{settings['target']}'" if settings["target"] else "the export after it"
+    target = f"stage '{settings['target']}'" if settings["target"] else "the export or gptq stage after it"
     return (
         f"simulate the quantization of {target} (fake-quantized weights, tables and matmul inputs) while training, "
         f"distilling from its float self ({' + '.join(terms)}); leaves the weights on the export's grid"
@@ -146,11 +168,12 @@ def compose_register_stages(register):
             name=STAGE,
             run=run,
             schema=load_schema_file("compose.plugins.qad", "qad.schema.json"),
-            description="Quantization-aware distillation: train with the export's int8/int4 quantization simulated, "
-            "from a float copy of the model, and leave the weights on the export's grid.",
+            description="Quantization-aware distillation: train with the quantization of the export (encoders: "
+            "ONNX Runtime int8/int4) or gptq stage after it simulated, from a float copy of the model.",
             needs={"task_trained": True, "quantized": False},
             leaves={"quantization_simulated": True},
-            families=("encoder",),
+            compresses=True,  # the first step of the quantization: retained is measured against what entered it
+            families=("encoder", "decoder", "encoder-decoder"),
             trains=True,
             check=check,
             describe=describe,
