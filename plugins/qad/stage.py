@@ -156,8 +156,9 @@ def describe(settings) -> str:
         terms.append(f"hard labels x{loss['hard']['weight']}")
     target = f"stage '{settings['target']}'" if settings["target"] else "the export or gptq stage after it"
     return (
-        f"simulate the quantization of {target} (fake-quantized weights, tables and matmul inputs) while training, "
-        f"distilling from its float self ({' + '.join(terms)}); leaves the weights on the export's grid"
+        f"simulate the quantization of {target} while training (fake-quantized as that stage will quantize: "
+        f"an export's weights, tables and matmul inputs, left on its grid; gptq's block weights), distilling "
+        f"from its float self ({' + '.join(terms)})"
     )
 
 
