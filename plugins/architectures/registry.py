@@ -22,7 +22,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 #: The stages and training settings whose support differs per architecture (the rows of docs/stages.md's table).
-STAGES = ("train", "distill", "prune-heads", "prune-ffn", "gptq", "export", "amp", "checkpointing", "parallel")
+STAGES = (
+    "train",
+    "distill",
+    "prune-heads",
+    "prune-ffn",
+    "prune-vocab",
+    "qad",
+    "gptq",
+    "export",
+    "amp",
+    "checkpointing",
+    "parallel",
+)
 
 #: Strategies of the `parallel` setting; tp and hybrid need the stack's ``tp_plan``.
 PARALLEL_STRATEGIES = ("ddp", "fsdp", "tp", "hybrid")

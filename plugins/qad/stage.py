@@ -38,12 +38,7 @@ from compose.api import (
     record_transform,
     train_model,
 )
-from compose.plugins.distill.loss import DistillationLoss
-from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
-from compose.plugins.export.onnx_runtime import attention_fuses
-from compose.plugins.gptq.layers import block_linears, stacks
 from compose.plugins.qad.scheme import GPTQScheme, scheme_of, target_stage
-from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
 
 STAGE = "qad"
 #: The transform record's key the export stage reads (and the one a gptq target's scheme is kept under).
@@ -61,6 +56,13 @@ def _loss_settings(settings) -> dict:
 
 
 def run(ctx: StageContext) -> StageResult:
+    # torch and the other plugins' training and layer code: imported to run, not to validate a recipe
+    from compose.plugins.distill.loss import DistillationLoss
+    from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
+    from compose.plugins.export.onnx_runtime import attention_fuses
+    from compose.plugins.gptq.layers import block_linears, stacks
+    from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
+
     settings = ctx.settings
     stages = ctx.recipe["stages"]
     index = [stage["name"] for stage in stages].index(ctx.name)

@@ -25,7 +25,6 @@ import time
 
 from compose import hookimpl
 from compose.api import Check, ComposeError, StageContext, StageResult, StageType, count_parameters, load_schema_file
-from compose.plugins.pruning.vocab.model import keep_rows
 from compose.plugins.pruning.vocab.selection import count_tokens, select_tokens
 from compose.plugins.pruning.vocab.tokenizer import UnsupportedTokenizer, pruned_tokenizer, tokenizer_json
 
@@ -49,6 +48,8 @@ def _refuse_unreadable(data: dict, settings) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
+    from compose.plugins.pruning.vocab.model import keep_rows  # torch: not imported to validate a recipe
+
     settings, model, tokenizer = ctx.settings, ctx.model, ctx.tokenizer
     t0 = time.perf_counter()
     try:
