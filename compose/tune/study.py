@@ -23,6 +23,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -447,7 +448,7 @@ class Study:
         report["plot"] = str(drawn) if drawn else None
         if winner:
             report["winner"]["final"] = self.evaluate_winner(winner)
-            report["against_reference"] = self.against_reference(report["winner"]["final"])
+            report["against_reference"] = self.against_reference(report["winner"]["final"], reference_run)
             report["best_recipe"] = str(self.write_best(winner, report["winner"]["final"]))
         atomic.write_json(self.dir / REPORT_FILE, report)
         return report
@@ -476,11 +477,8 @@ class Study:
 
         from compose.evaluation.latency import measure_latency
         from compose.run.artifacts import load_stage_artifact
-        from compose.tasks import build_task
 
-        _, recipe = self.trial_recipe({})
-        task = build_task(recipe.data["task"], recipe.data["seed"])
-        settings = recipe.data["evaluate"]["latency"]
+        task, settings = self._speed_setup
         models = {}
         for key, final in finals.items():
             loaded = load_stage_artifact(final["artifact"], self.host, final["plugin"])
@@ -500,15 +498,24 @@ class Study:
             for key, runs in found.items()
         }
 
-    def against_reference(self, final: dict | None) -> dict | None:
+    @cached_property
+    def _speed_setup(self) -> tuple:
+        """(the task, evaluate.latency) that side-by-side measurements use: built once per process."""
+        from compose.tasks import build_task
+
+        _, recipe = self.trial_recipe({})
+        return build_task(recipe.data["task"], recipe.data["seed"]), recipe.data["evaluate"]["latency"]
+
+    def against_reference(self, final: dict | None, reference_run) -> dict | None:
         """The winner, as evaluated on the evaluation split, beside the hand-written recipe's final model
-        (``--compare-with``): retained and size from both runs' reports, speed measured again here, side
-        by side; whether the winner dominates it (smaller, faster, retained no lower)."""
-        if self.options.reference is None or not final or final.get("status") != "passed":
+        (``reference_run``, from ``--compare-with``): retained and size from both runs' reports, speed
+        measured again here, side by side; whether the winner dominates it (smaller, faster, retained
+        no lower)."""
+        if reference_run is None or not final or final.get("status") != "passed":
             return None
         from compose.evaluation.run_comparison import load_run
 
-        runs = {"winner": load_run(final["run_dir"]), "hand_written": load_run(self.options.reference)}
+        runs = {"winner": load_run(final["run_dir"]), "hand_written": reference_run}
         rows = {key: run.final for key, run in runs.items()}
         speed = self.side_by_side(
             {key: {"artifact": row.artifact, "plugin": row.plugin} for key, row in rows.items()},

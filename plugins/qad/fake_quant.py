@@ -21,6 +21,8 @@ initializers by the tests):
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 
 
@@ -87,6 +89,17 @@ def int8_activation_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return (quantized[:, : shape[-1]] if pad else quantized).reshape(shape)
 
 
+@cache
+def _gptqmodel_quantize():
+    """GPTQModel's rounding function, imported on first use with its start-up chatter silenced."""
+    from compose.plugins.gptq.engine import engine
+
+    engine()
+    from gptqmodel.quantization.quantizer import quantize
+
+    return quantize
+
+
 def gptq_groups(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
     """``weight`` ([out, in]) on GPTQModel's round-to-nearest grid, rounded by GPTQModel's own
     ``quantize`` with the scales its ``Quantizer.find_params`` computes: groups of ``group_size``
@@ -98,11 +111,7 @@ def gptq_groups(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> 
     inverse, and on the symmetric grid the largest weight of every group sits exactly half a
     step from two levels, so the two round it differently. A gptq stage quantizes the trained
     float weights itself; this is the grid it starts from, which its ``method: rtn`` reproduces."""
-    from compose.plugins.gptq.engine import engine
-
-    engine()  # GPTQModel, imported once with its start-up chatter silenced
-    from gptqmodel.quantization.quantizer import quantize
-
+    quantize = _gptqmodel_quantize()
     rows, cols = weight.shape
     group = cols if group_size == -1 else group_size
     flat, pad = _blocks(weight, group)

@@ -78,21 +78,22 @@ class GPTQScheme:
 
 
 def scheme_of(target: Mapping) -> Scheme | GPTQScheme:
-    settings = target.get("with") or {}
-    if target.get("uses") == "gptq":
+    """The scheme of a target stage whose ``with`` settings were validated (every default filled in)."""
+    settings = target["with"]
+    if target["uses"] == "gptq":
         return GPTQScheme(
             target=target["name"],
-            bits=settings.get("bits", 4),
-            group_size=settings.get("group_size", 128),
-            sym=settings.get("sym", True),
-            method=settings.get("method", "gptq"),
+            bits=settings["bits"],
+            group_size=settings["group_size"],
+            sym=settings["sym"],
+            method=settings["method"],
         )
     return Scheme(
         target=target["name"],
-        weights=settings.get("weights", "int8"),
-        embeddings=settings.get("embeddings", "int4"),
-        per_channel=settings.get("per_channel", True),
-        block_size=settings.get("block_size", 32),
-        embeddings_block_size=settings.get("embeddings_block_size", 128),
-        fused_attention=settings.get("optimize", True),
+        weights=settings["weights"],
+        embeddings=settings["embeddings"],
+        per_channel=settings["per_channel"],
+        block_size=settings["block_size"],
+        embeddings_block_size=settings["embeddings_block_size"],
+        fused_attention=settings["optimize"],
     )

@@ -136,12 +136,3 @@ def bake(model, keep_rounded: bool = True) -> None:
             hook.remove()
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep_rounded)
-
-
-def rounded_weights(model) -> dict[str, torch.Tensor]:
-    """name -> the weight as the forward pass sees it (rounded where simulated), detached."""
-    return {
-        name: module.weight.detach().clone()
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.Embedding))
-    }

@@ -41,8 +41,8 @@ from compose.api import (
 from compose.plugins.qad.scheme import GPTQScheme, scheme_of, target_stage
 
 STAGE = "qad"
-#: The transform record's key the export stage reads (and the one a gptq target's scheme is kept under).
-SIMULATED_EXPORT, SIMULATED_GPTQ = "simulated_export", "simulated_gptq"
+#: The transform record's key a gptq target's scheme is kept under (an export's: the export stage's own key).
+SIMULATED_GPTQ = "simulated_gptq"
 
 
 def _loss_settings(settings) -> dict:
@@ -60,6 +60,7 @@ def run(ctx: StageContext) -> StageResult:
     from compose.plugins.distill.loss import DistillationLoss
     from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
     from compose.plugins.export.onnx_runtime import attention_fuses
+    from compose.plugins.export.stage import SIMULATED_EXPORT
     from compose.plugins.gptq.layers import block_linears, stacks
     from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
 

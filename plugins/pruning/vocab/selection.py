@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from compose.plugins.pruning.vocab.tokenizer import character_ids, tokenizer_json, with_merge_parts
+from compose.plugins.pruning.vocab.tokenizer import character_ids, with_merge_parts
 
 #: Config entries that hold a token id, renumbered with the vocabulary.
 TOKEN_ID_SETTINGS = (
@@ -56,14 +56,13 @@ class Selection:
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
-def select_tokens(counts: Mapping[int, int], tokenizer, config, rows: int, settings) -> Selection:
-    """The ids to keep of a vocabulary of ``rows`` embedding rows.
+def select_tokens(counts: Mapping[int, int], tokenizer, data: dict, config, rows: int, settings) -> Selection:
+    """The ids to keep of a vocabulary of ``rows`` embedding rows (``data``: the tokenizer's ``tokenizer_json``).
 
     Kept: ids used at least ``min_count`` times; every special and added token and every
     id the config names; with ``keep_characters`` every one-character piece; the first
     ``keep_first`` ids; for a BPE tokenizer, the pieces a kept piece's merges need.
     """
-    data = tokenizer_json(tokenizer)
     groups = {
         "used": {i for i, n in counts.items() if n >= settings["min_count"]},
         "special": set(tokenizer.all_special_ids)

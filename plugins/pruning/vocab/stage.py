@@ -63,7 +63,7 @@ def run(ctx: StageContext) -> StageResult:
         )
     rows = model.get_input_embeddings().weight.shape[0]
     counts = _count(ctx, settings["split"], tokenizer, f"counting tokens of {settings['split']}")
-    selection = select_tokens(counts, tokenizer, model.config, rows, settings)
+    selection = select_tokens(counts, tokenizer, data, model.config, rows, settings)
     new_id = {old: new for new, old in enumerate(selection.kept)}
     evaluation_split = (ctx.recipe.get("evaluate") or {}).get("split", "dev")
     unseen = None
@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> StageResult:
         total = sum(seen.values())
         unseen = sum(n for i, n in seen.items() if i not in new_id) / total if total else 0.0
     parameters_before = count_parameters(model)
-    new_tokenizer = pruned_tokenizer(tokenizer, selection.kept)
+    new_tokenizer = pruned_tokenizer(tokenizer, data, selection.kept)
     keep_rows(model, selection.kept)
     for name in ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "eos_token_id"):
         old, new = getattr(tokenizer, name, None), getattr(new_tokenizer, name, None)

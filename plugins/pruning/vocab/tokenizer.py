@@ -152,11 +152,12 @@ def pruned_json(data: dict, kept: Sequence[int]) -> dict:
     return data
 
 
-def pruned_tokenizer(tokenizer, kept: Sequence[int]):
-    """A tokenizer of the same class and settings whose vocabulary is ``kept`` (sorted old ids), renumbered."""
+def pruned_tokenizer(tokenizer, data: dict, kept: Sequence[int]):
+    """A tokenizer of the same class and settings whose vocabulary is ``kept`` (sorted old ids), renumbered
+    (``data``: its ``tokenizer_json``)."""
     from transformers import AutoTokenizer
 
-    data = pruned_json(tokenizer_json(tokenizer), kept)
+    data = pruned_json(data, kept)
     new_id = {old: new for new, old in enumerate(kept)}
     with tempfile.TemporaryDirectory(prefix="prune-vocab-") as folder:
         tokenizer.save_pretrained(folder)

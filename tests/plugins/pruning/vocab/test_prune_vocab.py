@@ -15,7 +15,7 @@ from compose.api import load_artifact
 from compose.cli.main import main
 from compose.plugins.pruning.vocab import stage as prune_vocab
 from compose.plugins.pruning.vocab.model import keep_rows
-from compose.plugins.pruning.vocab.tokenizer import character_ids, pruned_tokenizer
+from compose.plugins.pruning.vocab.tokenizer import character_ids, pruned_tokenizer, tokenizer_json
 from compose.recipe.load import load_recipe
 from compose.run.artifacts import save_artifact
 from tests.conftest import sentiment_rows
@@ -108,10 +108,12 @@ def test_byte_level_bpe_keeps_the_merges_its_pieces_need_and_spells_unseen_words
 
     config = AutoConfig.for_model("llama", vocab_size=len(tokenizer))
     settings = {"min_count": 1, "keep_characters": True, "keep_first": 0}
-    selection = select_tokens(_byte_level_counts(tokenizer, [seen_text]), tokenizer, config, len(tokenizer), settings)
+    data = tokenizer_json(tokenizer)
+    counts = _byte_level_counts(tokenizer, [seen_text])
+    selection = select_tokens(counts, tokenizer, data, config, len(tokenizer), settings)
     assert selection.by_reason["characters"] >= 200  # the byte alphabet
     assert selection.by_reason["merge parts"] > 0  # 'film' is built from pieces the text never shows alone
-    new_tokenizer = pruned_tokenizer(tokenizer, selection.kept)
+    new_tokenizer = pruned_tokenizer(tokenizer, data, selection.kept)
     new_id = {old: new for new, old in enumerate(selection.kept)}
     assert new_tokenizer(seen_text)["input_ids"] == [new_id[i] for i in tokenizer(seen_text)["input_ids"]]
     unseen = "superb weak plot"
