@@ -94,27 +94,26 @@ def judged_retained(row, judged_on: str) -> float | None:
 def storage_for(url: str | None, tune_dir: Path, stale_after: float = 300.0):
     """Optuna's storage: SQLite in the tune folder by default, a database URL, or ``journal:PATH``.
 
-    A database storage records each worker's heartbeat; a trial whose worker fell silent for
-    ``stale_after`` seconds (killed, its machine lost) is marked failed by the next worker that
-    starts a trial, and retried with the same settings (in the same run folder, so the stages it
-    finished are kept).
+    Each worker records its running trial's heartbeat (a database in a table, a journal in a file
+    beside it); a trial whose worker fell silent for ``stale_after`` seconds (killed, its machine
+    lost) is marked failed by the next worker that starts a trial, and retried with the same
+    settings (in the same run folder, so the stages it finished are kept).
     """
     import optuna
 
+    heartbeat = {
+        "heartbeat_interval": max(1, int(min(60, stale_after / 3))),
+        "grace_period": max(2, int(stale_after)),
+        "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2),
+    }
     if url and url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+        from compose.tune.journal import HeartbeatJournalStorage
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        return HeartbeatJournalStorage(url.removeprefix("journal:"), **heartbeat)
     url = url or f"sqlite:///{(tune_dir / STUDY_DB).resolve()}"
     # SQLite serialises writers: wait for another worker's write instead of failing on a locked file
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine,
-        heartbeat_interval=max(1, int(min(60, stale_after / 3))),
-        grace_period=max(2, int(stale_after)),
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-    )
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
 
 
 def params_of(trial) -> dict:
@@ -154,6 +153,11 @@ class _Budget:
     def __call__(self, study, trial) -> None:
         if finished(study) >= self.trials:
             study.stop()
+
+
+def _source(spec: dict) -> dict:
+    """Where a split's rows come from (file or dataset), without how many are read or in what order."""
+    return {k: v for k, v in spec.items() if k not in ("limit", "shuffle", "holdout")}
 
 
 class Study:
@@ -206,11 +210,18 @@ class Study:
         """Overrides that hold the selection split out of the training split (selection_share)."""
         if not self.carved:
             return []
-        train = dict(self.recipe.data["task"]["data"]["train"])
+        splits = self.recipe.data["task"]["data"]
         holdout = {"share": self.search["selection_share"], "seed": self.search["selection_seed"]}
-        selection = {k: v for k, v in train.items() if k not in ("limit", "shuffle", "holdout")}
-        return [
-            f"task.data.train.holdout={json.dumps({**holdout, 'part': 'rest'})}",
+        selection = _source(splits["train"])
+        # every split that reads train's rows (a distillation or vocabulary split over the whole file,
+        # say) loses the selection rows too, so that no trial has seen what it is compared on
+        same_rows = ["train"] + [
+            name
+            for name, spec in splits.items()
+            if name not in ("train", SELECTION) and not spec.get("holdout") and _source(spec) == selection
+        ]
+        rest = json.dumps({**holdout, "part": "rest"})
+        return [f"task.data.{name}.holdout={rest}" for name in same_rows] + [
             f"task.data.{SELECTION}={json.dumps({**selection, 'holdout': {**holdout, 'part': 'held'}})}",
         ]
 

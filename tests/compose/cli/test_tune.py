@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from compose.testing import HANG_S, PausedRun, recipe_command
 from compose.tune.study import TRIALS_FILE
 
@@ -27,11 +29,12 @@ def lines(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / TRIALS_FILE).read_text().splitlines()]
 
 
-def study_trials(folder) -> list:
+def study_trials(folder, storage: str | None = None) -> list:
     import optuna
 
-    storage = f"sqlite:///{folder / 'study.db'}"
-    return optuna.load_study(study_name="recipe", storage=storage).get_trials(deepcopy=False)
+    from compose.tune.study import storage_for
+
+    return optuna.load_study(study_name="recipe", storage=storage_for(storage, folder)).get_trials(deepcopy=False)
 
 
 def test_two_workers_add_trials_to_one_sqlite_study_without_repeating_one(write_recipe, tmp_path):
@@ -69,16 +72,20 @@ def test_an_interrupted_study_continues_with_the_trial_it_stopped_in(write_recip
     assert len(finished) == 2  # the interruption did not use up the budget
 
 
-def test_a_trial_whose_worker_was_killed_is_retried_with_its_stages_kept(write_recipe, tmp_path):
+@pytest.mark.parametrize("storage", [None, "journal"], ids=["sqlite", "journal"])
+def test_a_trial_whose_worker_was_killed_is_retried_with_its_stages_kept(write_recipe, tmp_path, storage):
     from optuna.trial import TrialState
 
     recipe = write_recipe(STAGES, SEARCH)
     args = [str(recipe), "--output", str(tmp_path / "tune"), "--trials", "2", "-q"]
+    if storage == "journal":  # Optuna's journal file (shared file systems) keeps its heartbeats in files
+        storage = f"journal:{tmp_path / 'study.log'}"
+        args += ["--storage", storage]
     run = PausedRun(args, at=["heads/start"], folder=tmp_path / "pause", command="tune")
     assert run.wait_paused() == "heads/start"
     run.send(signal.SIGKILL)  # no handler runs: the trial stays 'running' in the study
     assert run.wait() == -signal.SIGKILL
-    (killed,) = [t for t in study_trials(tmp_path / "tune") if t.state == TrialState.RUNNING]
+    (killed,) = [t for t in study_trials(tmp_path / "tune", storage) if t.state == TrialState.RUNNING]
     time.sleep(2.5)  # its last heartbeat is now older than the --stale-after below, whatever the machine's speed
 
     # a later worker finds it silent for longer than --stale-after, fails it and retries its settings
@@ -86,7 +93,7 @@ def test_a_trial_whose_worker_was_killed_is_retried_with_its_stages_kept(write_r
         [*recipe_command(), "tune", *args, "--stale-after", "2"], capture_output=True, text=True, timeout=HANG_S
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    trials = study_trials(tmp_path / "tune")
+    trials = study_trials(tmp_path / "tune", storage)
     assert [t.state for t in trials if t.number == killed.number] == [TrialState.FAIL]
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retry.params == killed.params and retry.state == TrialState.COMPLETE

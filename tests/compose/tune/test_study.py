@@ -206,3 +206,23 @@ def test_with_a_hand_written_run_the_members_that_beat_it_are_named_first(write_
     assert study.beats_reference(faster, side_by_side, hand) is True
     assert study.beats_reference(smallest, side_by_side, hand) is False
     assert study.beats_reference(faster, {2: side_by_side[2]}, hand) is None  # not measured beside it
+
+
+def test_every_split_that_reads_trains_rows_loses_the_selection_rows(write_recipe, host, tmp_path):
+    from compose.recipe.data import read_split
+
+    recipe = write_recipe(STAGES, "search:\n  space:\n    - {path: stages.prune.with.ratio, choices: [0.25]}\n")
+    train = yaml.safe_load(recipe.read_text())["task"]["data"]["train"]
+    whole_file = json.dumps({"path": train["path"]})  # e.g. a distillation split without train's limit
+    options = TuneOptions(
+        recipe=recipe,
+        output=tmp_path / "tune",
+        overrides=[f"task.data.distill_text={whole_file}", "search.selection_share=0.25"],
+    )
+    _, trial = Study(options, host).trial_recipe({"stages.prune.with.ratio": 0.25})
+    data = trial.data["task"]["data"]
+    columns = ["sentence", "label"]
+    selected = {row["sentence"] for row in read_split("selection", data["selection"], columns, 0)}
+    distilled = {row["sentence"] for row in read_split("distill_text", data["distill_text"], columns, 0)}
+    assert selected and distilled and not selected & distilled
+    assert data["distill_text"]["holdout"]["part"] == "rest" and data["dev"].get("holdout") is None
