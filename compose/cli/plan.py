@@ -122,7 +122,12 @@ def _search_plan(recipe) -> dict:
         "space": [d.describe() for d in dimensions(search)],
         "selection_split": (f"'{search['selection_split']}'" if search["selection_split"] else None)
         or (
-            f"'selection' ({search['selection_share']:.0%} of train's rows, held out of training)"
+            f"'selection' ({search['selection_share']:.0%} of train's "
+            + (
+                "whole texts, held out of training with every phrase inside them)"
+                if search["selection_whole_texts"]
+                else "rows, held out of training)"
+            )
             if search["selection_share"]
             else f"'{recipe.data['evaluate']['split']}'"
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import random
@@ -33,7 +34,7 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
         where = spec.get("path") or spec.get("dataset")
         raise DataError(f"split '{name}' ({where}) has no rows")
     if spec.get("holdout"):
-        rows = held_out(rows, spec["holdout"])
+        rows = held_out(rows, spec["holdout"], columns[0])
     limit = spec.get("limit")
     if spec.get("shuffle"):
         rows = rows[:]
@@ -43,14 +44,46 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
     return rows
 
 
-def held_out(rows: list[dict], holdout: Mapping) -> list[dict]:
-    """The rows of one part of a file split in two by ``holdout`` (share, seed, part): ``held`` is a
-    share of the rows drawn by the seed, ``rest`` every other row. Two splits of one file, one
-    ``held`` and one ``rest`` with the same share and seed, never share a row."""
-    rng = random.Random(f"holdout:{holdout['seed']}")
-    held = [rng.random() < holdout["share"] for _ in rows]
-    keep = holdout["part"] == "held"
-    return [row for row, is_held in zip(rows, held) if is_held == keep]
+def held_out(rows: list[dict], holdout: Mapping, text_column: str) -> list[dict]:
+    """The rows of one part of a file split in two by ``holdout`` (share, seed, part, whole_texts):
+    ``held`` is a share of the rows drawn by the seed, ``rest`` every other row. Two splits of one
+    file, one ``held`` and one ``rest`` with the same settings, never share a row.
+
+    With ``whole_texts``, only rows whose text no other row's text contains are drawn (SST-2's whole
+    sentences, whose phrases are rows of their own), and ``rest`` also leaves out every row whose text
+    lies inside a held one: no part of a held-out text is trained on."""
+    texts = tuple(" ".join(str(row.get(text_column, "")).split()) for row in rows)
+    if holdout.get("whole_texts"):
+        held, inside = _whole_text_draw(texts, holdout["share"], holdout["seed"])
+    else:
+        rng = random.Random(f"holdout:{holdout['seed']}")
+        held, inside = [rng.random() < holdout["share"] for _ in rows], ()
+    if holdout["part"] == "held":
+        return [row for row, is_held in zip(rows, held) if is_held]
+    left_out = set(inside)
+    return [row for row, is_held, text in zip(rows, held, texts) if not is_held and text not in left_out]
+
+
+def _word_spans(text: str, *, strict: bool) -> set[str]:
+    """Every run of whole words in ``text`` (without the text itself when ``strict``)."""
+    words = text.split()
+    n = len(words)
+    return {" ".join(words[i:j]) for i in range(n) for j in range(i + 1, n + 1) if not (strict and j - i == n)}
+
+
+@functools.lru_cache(maxsize=4)  # one file is read by several splits (train, selection, a distillation split)
+def _whole_text_draw(texts: tuple[str, ...], share: float, seed: int) -> tuple[list[bool], frozenset[str]]:
+    """(held mask, every text inside a held one) for a holdout by whole texts."""
+    inner = set()
+    for text in set(texts):
+        inner |= _word_spans(text, strict=True)
+    rng = random.Random(f"holdout:{seed}")
+    held = [text not in inner and rng.random() < share for text in texts]
+    inside = set()
+    for text, is_held in zip(texts, held):
+        if is_held:
+            inside |= _word_spans(text, strict=False)
+    return held, frozenset(inside)
 
 
 def file_format(path: Path, fmt: str, split: str) -> str:

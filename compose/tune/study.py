@@ -211,7 +211,11 @@ class Study:
         if not self.carved:
             return []
         splits = self.recipe.data["task"]["data"]
-        holdout = {"share": self.search["selection_share"], "seed": self.search["selection_seed"]}
+        holdout = {
+            "share": self.search["selection_share"],
+            "seed": self.search["selection_seed"],
+            "whole_texts": self.search["selection_whole_texts"],
+        }
         selection = _source(splits["train"])
         # every split that reads train's rows (a distillation or vocabulary split over the whole file,
         # say) loses the selection rows too, so that no trial has seen what it is compared on

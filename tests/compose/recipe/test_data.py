@@ -109,3 +109,33 @@ def test_a_holdout_splits_one_file_in_two_parts_that_never_share_a_row(tmp_path)
     assert again == held_rows
     other = read_split("selection", {**held, "holdout": {**held["holdout"], "seed": 4}}, ["sentence", "label"], seed=0)
     assert other != held_rows
+
+
+def test_a_holdout_by_whole_texts_holds_out_sentences_and_trains_on_none_of_their_phrases(tmp_path):
+    from compose.recipe.data import read_split
+
+    sentences = [[f"s{i}w{k}" for k in range(6)] for i in range(80)]
+    rows = []
+    for words in sentences:  # a sentence and three of its phrases, as SST-2's train file holds them
+        rows += [" ".join(words), " ".join(words[0:2]), " ".join(words[2:5]) + "  ", " ".join(words[1:4])]
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{i % 2}\n" for i, text in enumerate(rows)), "utf-8")
+    holdout = {"share": 0.25, "seed": 0, "whole_texts": True}
+    columns = ["sentence", "label"]
+    held = [
+        r["sentence"]
+        for r in read_split("selection", {"path": str(path), "holdout": {**holdout, "part": "held"}}, columns, 0)
+    ]
+    rest = [
+        r["sentence"]
+        for r in read_split("train", {"path": str(path), "holdout": {**holdout, "part": "rest"}}, columns, 0)
+    ]
+    assert 10 <= len(held) <= 30 and all(len(text.split()) == 6 for text in held)  # whole sentences only
+
+    def sentence(text):  # "s12w3 s12w4" is a phrase of sentence s12
+        return text.split()[0].split("w")[0]
+
+    assert not {sentence(text) for text in held} & {sentence(text) for text in rest}  # no phrase of a held one
+    assert len(rest) == 4 * (80 - len(held))  # every row of every other sentence is kept
+    plain = {"path": str(path), "holdout": {**holdout, "whole_texts": False, "part": "held"}}
+    assert any(len(r["sentence"].split()) < 6 for r in read_split("selection", plain, columns, 0))

@@ -95,7 +95,7 @@ def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(writ
     assert record["selection_split"] == "selection" and record["status"] == "passed"
     _, recipe = study.trial_recipe(record["params"])
     data = recipe.data["task"]["data"]
-    assert data["train"]["holdout"] == {"share": 0.25, "seed": 1, "part": "rest"}
+    assert data["train"]["holdout"] == {"share": 0.25, "seed": 1, "whole_texts": False, "part": "rest"}
     assert data["selection"]["holdout"]["part"] == "held" and recipe.data["evaluate"]["split"] == "selection"
     columns = ["sentence", "label"]
     trained = read_split("train", data["train"], columns, 0)
@@ -226,3 +226,9 @@ def test_every_split_that_reads_trains_rows_loses_the_selection_rows(write_recip
     distilled = {row["sentence"] for row in read_split("distill_text", data["distill_text"], columns, 0)}
     assert selected and distilled and not selected & distilled
     assert data["distill_text"]["holdout"]["part"] == "rest" and data["dev"].get("holdout") is None
+    assert not data["selection"]["holdout"]["whole_texts"]
+
+    options.overrides.append("search.selection_whole_texts=true")  # sentences, none of their phrases trained on
+    _, trial = Study(options, host).trial_recipe({"stages.prune.with.ratio": 0.25})
+    carved = trial.data["task"]["data"]
+    assert all(carved[name]["holdout"]["whole_texts"] for name in ("train", "distill_text", "selection"))
