@@ -20,6 +20,8 @@ example:
   recipe tune recipes/minilm-sst2-tune.yaml --trials 40 --output runs/tune1
   recipe tune recipe.yaml --storage sqlite:////shared/studies.db --study minilm   (one worker of several)
   recipe tune recipes/minilm-sst2-tune.yaml --report-only --compare-with runs/minilm-sst2
+  recipe tune recipes/minilm-sst2-tune-refine.yaml --output runs/minilm-sst2-tune-refine \
+      --store runs/minilm-sst2-tune/stages   (a narrower search, reusing the broad one's stages)
 
 A recipe's search section names what may change (each entry a recipe path as overrides
 spell it, with a range, a list of choices, or optional: true for a stage a trial may
@@ -30,8 +32,8 @@ every edge of it before anything runs.
 
 Each trial is the recipe with the trial's overrides, run by the same executor as
 `recipe apply`, in its own run folder under TUNE_DIR/trials/. Trials share finished
-stages through TUNE_DIR/stages/ (by fingerprint): a stage several trials have in common
-runs once. A trial whose compressing stage falls below the floor stops there (pruned);
+stages through TUNE_DIR/stages/ (by fingerprint; --store names another): a stage several
+trials have in common runs once. A trial whose compressing stage falls below the floor stops there (pruned);
 one that fails is recorded and the study goes on.
 
 Writes into the tune folder (--output, default: the recipe's output.dir + "-tune"):
@@ -78,7 +80,15 @@ def add_parser(subparsers) -> None:
         metavar="S",
         help="a running trial whose worker sent no heartbeat for S seconds (killed, machine lost) is failed and "
         "retried with the same settings, by whichever worker starts a trial next; give every worker the same "
-        "value (database storage; default: %(default)s)",
+        "value (default: %(default)s)",
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        metavar="DIR",
+        help="the store of finished stages that trials share (default: TUNE_DIR/stages); give an earlier study's "
+        "(OTHER_TUNE_DIR/stages) to reuse the fine-tune and students it ran, e.g. for a narrower search after a "
+        "broad one",
     )
     p.add_argument(
         "--report-only",
@@ -117,6 +127,7 @@ def run(args) -> int:
         reference=args.compare_with,
         stale_after=args.stale_after,
         report_only=args.report_only,
+        store=args.store,
     )
     study = Study(options, host)
     try:

@@ -54,7 +54,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         """The file system's time: what a heartbeat file touched now would carry."""
         probe = self.heartbeats / f".now-{os.getpid()}"
         probe.touch()
-        return probe.stat().st_mtime
+        now = probe.stat().st_mtime
+        probe.unlink(missing_ok=True)
+        return now
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = self._now()

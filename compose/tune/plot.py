@@ -24,6 +24,7 @@ def plot_study(records: list[dict], front: list[int], floor: float, target: Path
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         return None
     finished = [r for r in records if r.get("retained") is not None and r.get("size_bytes")]
@@ -58,6 +59,11 @@ def plot_study(records: list[dict], front: list[int], floor: float, target: Path
         xs = [r[field] * scale for r in finished if r.get(field)]
         wide = xs and min(xs) > 0 and max(xs) / min(xs) > 10  # a log axis only where values span decades
         axis.set(xlabel=label, xscale="log" if wide else "linear")
+        if wide:  # plain numbers (4, 6, 10, 20 MB), not matplotlib's 4x10^0 on a log axis
+            axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.xaxis.set_minor_formatter(  # 2, 5, 20, 50 between the decades; the other minor ticks unlabelled
+                ticker.FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
+            )
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("retained (final stage, 95% interval)")

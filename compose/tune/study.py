@@ -71,6 +71,7 @@ class TuneOptions:
     reference: Path | None = None  # a hand-written recipe's run (folder or report.json) to draw beside the trials
     stale_after: float = 300.0  # seconds without a worker's heartbeat before its running trial counts as lost
     report_only: bool = False  # write the report of the study as it stands, running no trial
+    store: Path | None = None  # the finished stages trials share (default: TUNE_DIR/stages); may be another study's
 
 
 def objective_values(row, objectives: list[str]) -> list[float] | None:
@@ -247,7 +248,7 @@ class Study:
         names = [INPUT_ROW] + [s["name"] for s in recipe.stages]
         fingerprints = stage_fingerprints(recipe, self.host)
         evaluation = evaluation_fingerprint(recipe, resolve_threads(recipe.data["evaluate"]["latency"]))
-        shared = self.dir / store.STORE
+        shared = Path(self.options.store or self.dir / store.STORE)
         with ExitStack() as stack:
             try:
                 claim(run_dir)

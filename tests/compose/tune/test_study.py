@@ -232,3 +232,15 @@ def test_every_split_that_reads_trains_rows_loses_the_selection_rows(write_recip
     _, trial = Study(options, host).trial_recipe({"stages.prune.with.ratio": 0.25})
     carved = trial.data["task"]["data"]
     assert all(carved[name]["holdout"]["whole_texts"] for name in ("train", "distill_text", "selection"))
+
+
+def test_a_second_study_given_the_first_ones_store_reuses_its_stages(write_recipe, host, tmp_path):
+    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
+    first, _ = tune(write_recipe, host, tmp_path, space, "  min_retained: 0.05\n  judged_on: point\n", trials=1)
+    narrower = write_recipe(STAGES, f"search:\n  space:\n{space}  min_retained: 0.05\n  judged_on: point\n")
+    options = TuneOptions(recipe=narrower, output=tmp_path / "narrower", trials=2, store=first.dir / "stages")
+    second = Study(options, host)
+    second.run()
+    found = records(second)
+    assert len(found) == 2 and all("ft" in r["reused_stages"] and "ft" not in r["stage_runs"] for r in found)
+    assert not (second.dir / "stages").exists()  # its own stages went into the store it was given
