@@ -52,16 +52,16 @@ def held_out(rows: list[dict], holdout: Mapping, text_column: str) -> list[dict]
     With ``whole_texts``, only rows whose text no other row's text contains are drawn (SST-2's whole
     sentences, whose phrases are rows of their own), and ``rest`` also leaves out every row whose text
     lies inside a held one: no part of a held-out text is trained on."""
-    texts = tuple(" ".join(str(row.get(text_column, "")).split()) for row in rows)
-    if holdout.get("whole_texts"):
-        held, inside = _whole_text_draw(texts, holdout["share"], holdout["seed"])
-    else:
+    if not holdout.get("whole_texts"):
         rng = random.Random(f"holdout:{holdout['seed']}")
-        held, inside = [rng.random() < holdout["share"] for _ in rows], ()
+        held = [rng.random() < holdout["share"] for _ in rows]
+        keep = holdout["part"] == "held"
+        return [row for row, is_held in zip(rows, held) if is_held == keep]
+    texts = tuple(" ".join(str(row.get(text_column, "")).split()) for row in rows)
+    held, inside = _whole_text_draw(texts, holdout["share"], holdout["seed"])
     if holdout["part"] == "held":
         return [row for row, is_held in zip(rows, held) if is_held]
-    left_out = set(inside)
-    return [row for row, is_held, text in zip(rows, held, texts) if not is_held and text not in left_out]
+    return [row for row, is_held, text in zip(rows, held, texts) if not is_held and text not in inside]
 
 
 def _word_spans(text: str, *, strict: bool) -> set[str]:
