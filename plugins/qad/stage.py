@@ -79,11 +79,10 @@ def run(ctx: StageContext) -> StageResult:
         counts = simulate_gptq(model, scheme, layers)
     else:
         counts = simulate(model, scheme, attention_fuses(model))
-    not_cached = why_not_cached(
-        {"loss": _loss_settings(settings), "teacher_cache": settings["teacher_cache"]}, ctx.family
-    )
+    loss_settings = _loss_settings(settings)
+    not_cached = why_not_cached({"loss": loss_settings, "teacher_cache": settings["teacher_cache"]}, ctx.family)
     cache = TeacherCache(settings["teacher_cache"]["max_megabytes"]) if not_cached is None else None
-    loss = DistillationLoss(teacher, _loss_settings(settings), None, None, ctx.family, teacher_cache=cache)
+    loss = DistillationLoss(teacher, loss_settings, None, None, ctx.family, teacher_cache=cache)
     if not loss.terms:
         raise ComposeError("qad: every loss weight is 0; give loss.soft.weight > 0 (or loss.hard.weight)")
     ctx.log(f"simulating {scheme.describe()}: {counts['linear']} matmuls, {counts['embedding']} tables")

@@ -52,7 +52,6 @@ class Selection:
     """The ids that stay (sorted) and why each group stayed, for the report."""
 
     kept: list[int]
-    vocabulary: int
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -79,4 +78,4 @@ def select_tokens(counts: Mapping[int, int], tokenizer, data: dict, config, rows
         kept |= new
     closed = {i for i in with_merge_parts(data, kept) if i < rows}
     by_reason["merge parts"] = len(closed - kept)
-    return Selection(sorted(closed), rows, by_reason)
+    return Selection(sorted(closed), by_reason)

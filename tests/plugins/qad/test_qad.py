@@ -20,7 +20,7 @@ from compose.cli.main import main
 from compose.errors import RecipeError
 from compose.plugins.export.onnx_runtime import attention_fuses, export_classifier, onnx_module
 from compose.plugins.qad import fake_quant
-from compose.plugins.qad.scheme import GPTQScheme, Scheme
+from compose.plugins.qad.scheme import GPTQScheme, Scheme, scheme_of
 from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
 from compose.recipe.load import load_recipe
 from compose.testing import HANG_S, PausedRun, recipe_command
@@ -46,15 +46,7 @@ EXPORT_DEFAULTS = {
 
 
 def _scheme(settings) -> Scheme:
-    return Scheme(
-        target="deploy",
-        weights=settings["weights"],
-        embeddings=settings["embeddings"],
-        per_channel=settings["per_channel"],
-        block_size=settings["block_size"],
-        embeddings_block_size=settings["embeddings_block_size"],
-        fused_attention=settings["optimize"],
-    )
+    return scheme_of({"name": "deploy", "uses": "export", "with": settings})
 
 
 def _exported(model, tokenizer, folder: Path, settings) -> dict:
