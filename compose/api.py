@@ -13,7 +13,17 @@ conventions are part of the contract:
   in its settings schema, as the whole schema or as one property's, and gets the shared
   training settings (schemas/training.schema.json) plus every training extension's key;
 - a quantized module that implements ``Dequantizable`` (a ``dequantized()`` method)
-  is made float by the ``export`` stage, so a third-party quantization stage exports.
+  is made float by the ``export`` stage, so a third-party quantization stage exports;
+- what one stage may learn of another goes through this API only: a quantizing stage
+  declares its ``QuantizationScheme`` (``StageType.quantization``), a stage that prepares
+  for it reads it (``PlanView.next_quantization``, ``StageContext.next_quantization``) and
+  records what it trained the model for (``record_trained_for`` / ``trained_for``);
+- a settings key named ``split``, or ending in ``_split``, names one of the task's data
+  splits: ``recipe plan`` and the data checks read it by that name, so give a setting
+  that chooses a split such a name;
+- building blocks several techniques share (architectures and the layer walk, the
+  distillation loss and teacher cache, quantization grids) are the library package
+  ``compose.plugins.shared``, public like this module; one plugin never imports another's.
 """
 
 from typing import TYPE_CHECKING
@@ -22,6 +32,12 @@ from compose import hookimpl
 from compose.atomic import writing_folder
 from compose.errors import ComposeError, DataError, ModelLoadError
 from compose.progress import Progress
+from compose.quantization_scheme import (
+    QuantizationScheme,
+    TensorQuantization,
+    record_trained_for,
+    trained_for,
+)
 from compose.quiet import library_chatter_off
 from compose.recipe.rules import PlanView
 from compose.recipe.schema import TRAINING_SETTINGS_REF
@@ -79,11 +95,13 @@ __all__ = [
     "ModelLoadError",
     "PlanView",
     "Progress",
+    "QuantizationScheme",
     "StageContext",
     "StageResult",
     "StageType",
     "TRAINING_SETTINGS_REF",
     "Task",
+    "TensorQuantization",
     "TrainingExtension",
     "TrainingSetup",
     "TrainingStep",
@@ -94,11 +112,13 @@ __all__ = [
     "library_chatter_off",
     "load_artifact",
     "load_schema_file",
+    "record_trained_for",
     "record_transform",
     "save_artifact",
     "size_on_disk",
     "task_model_kwargs",
     "train_model",
+    "trained_for",
     "transforms_of",
     "writing_folder",
 ]

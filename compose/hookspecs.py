@@ -9,7 +9,7 @@ entry-point group in your package's ``pyproject.toml``::
 
 The built-in plugins are found through that same group and use only these hooks
 and the names exported by ``compose.api``: the stages ``train``, ``distill``,
-``prune-heads``, ``prune-ffn``, ``gptq`` and ``export``, and the training settings
+``prune-heads``, ``prune-ffn``, ``prune-vocab``, ``gptq``, ``qad`` and ``export``, and the training settings
 ``amp``, ``checkpointing`` and ``parallel`` (``compose_register_training_extensions``). docs/plugins/tutorial.md builds a plugin step by step; docs/plugins/contract.md is the reference.
 
 Hook implementations may declare any subset of a hook's arguments, by name.

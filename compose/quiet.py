@@ -23,6 +23,12 @@ import warnings
 #: Set (to anything but "" or "0") by ``recipe -v``: libraries keep their own output.
 VERBOSE_ENV = "RECIPE_COMPOSE_VERBOSE"
 
+#: The modules whose internal FutureWarning / DeprecationWarning lines a user cannot act on.
+_LIBRARY_MODULES = (
+    r"(transformers|torch|torchao|accelerate|optuna|gptqmodel|onnxruntime|onnx|onnxscript|optimum|"
+    r"torch_pruning|huggingface_hub|tokenizers|safetensors|jsonschema|tokenicer|logbar)(\..*)?$"
+)
+
 _NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "accelerate", "gptqmodel", "logbar", "torch_pruning", "tokenicer")
 
 
@@ -39,8 +45,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # The libraries' own deprecation notices about their internals, not about a call of ours: a warning
+    # that our call triggers is attributed to our module (stacklevel) and still shows, so an upgrade is loud.
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARY_MODULES)
     try:
         from transformers.utils import logging as hf_logging
 

@@ -86,6 +86,7 @@ class StageType:
     describe: Callable[[Mapping[str, Any]], str] | None = None
     rebuild: Callable[[Any, Mapping[str, Any]], Any] | None = None
     load: Callable[[Path], Any] | None = None
+    quantization: Callable[[Mapping[str, Any], str, Any], Any] | None = None
 
 
 @dataclass
@@ -148,6 +149,18 @@ class StageContext:
     def log(self, message: str) -> None:
         """Print a line under the stage's progress (shown in the terminal, not in --json output)."""
         self.progress.log(f"[{self.name}] {message}")
+
+    def next_quantization(self, name: str | None = None, model: Any = None):
+        """(position, ``QuantizationScheme``) of the first later stage that declares a quantization (the one
+        named ``name``, if given), as it will apply it to ``model`` (default: none, its settings alone);
+        None if no later stage does. Positions count the recipe's stages from 0."""
+        from compose.quantization_scheme import next_quantization
+
+        stages = [
+            (stage["name"], self.plugin_host.stage(stage["uses"]), stage["with"]) for stage in self.recipe["stages"]
+        ]
+        index = [stage["name"] for stage in self.recipe["stages"]].index(self.name)
+        return next_quantization(stages, index, self.family, name, model)
 
 
 @dataclass(frozen=True)

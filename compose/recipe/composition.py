@@ -83,7 +83,18 @@ def _load(path: Path, chain: list[Path]) -> LocatedDict:
             [_problem(f"'extends' names {parent_ref}, but there is no file {parent_path}", "$.extends", loc)]
         )
     base = _load(parent_path, chain + [resolved])
+    _drop_run_folder(base)
     return merge(base, doc)
+
+
+def _drop_run_folder(base: LocatedDict) -> None:
+    """A run folder is the recipe's own: an extending recipe never inherits ``output.dir`` (it would write
+    into the base's runs); without one of its own it gets ``runs/<its file name>``."""
+    output = base.get("output")
+    if isinstance(output, dict) and "dir" in output:
+        output.pop("dir")
+        if not output:
+            base.pop("output")
 
 
 #: Keys whose string values are file-system paths, resolved against the file

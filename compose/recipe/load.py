@@ -7,7 +7,7 @@ Nothing heavy (no model, no data) is loaded here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from compose.errors import Problem, RecipeError
@@ -19,7 +19,8 @@ from compose.recipe.rules import check_families, check_order, run_stage_checks
 from compose.recipe.schema import fill_defaults, fill_recipe_defaults, recipe_schema
 from compose.recipe.task_kinds import BINARY_ONLY_METRICS, TASK_METRICS, metric_names
 from compose.recipe.validation import SchemaChecker, did_you_mean
-from compose.recipe.yaml_source import locate, to_plain
+from compose.recipe.yaml_comments import advice, comment_eaten
+from compose.recipe.yaml_source import format_path, locate, to_plain
 from compose.stage import StageType
 
 
@@ -66,6 +67,8 @@ def validate_document(doc, path: Path, host) -> Recipe:
     checker = SchemaChecker(doc)
     schema = recipe_schema()
     problems = checker.check(doc, schema)
+    commented = comment_eaten(doc)  # values YAML took for comments: said as errors' hints or as warnings
+    eaten = {format_path(at): advice(str(at[-1]), text) for at, (_, text) in commented.items()}
     stage_types: list[StageType | None] = []
     stages = doc.get("stages") if isinstance(doc, dict) else None
     known = host.stages if host is not None else {}
@@ -105,8 +108,13 @@ def validate_document(doc, path: Path, host) -> Recipe:
                 problems.extend(checker.check(settings, stage_type.schema, prefix=("stages", i, "with")))
         problems.extend(_check_references(doc, checker, seen))
     problems.extend(_check_split_references(doc, doc, checker, defaults=False))
+    problems = [replace(p, message=f"{p.message}: {eaten[p.path]}") if p.path in eaten else p for p in problems]
     if problems:
         raise RecipeError(_sorted(problems))
+    comment_warnings = [
+        replace(checker.problem(at, advice(str(at[-1]), text)), severity="warning")
+        for at, (_, text) in commented.items()
+    ]
 
     data = to_plain(doc)
     fill_recipe_defaults(data, schema)
@@ -128,6 +136,7 @@ def validate_document(doc, path: Path, host) -> Recipe:
     located = [_finding_problem(checker, f) for f in findings]
     errors = [p for p in located if p.severity == "error"]
     warnings = [p for p in located if p.severity != "error"]
+    warnings = comment_warnings + warnings
     if errors:
         raise RecipeError(errors + warnings)
     return Recipe(path, data, family, stage_types, warnings)

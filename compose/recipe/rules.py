@@ -37,6 +37,7 @@ class PlanView:
                loading the model (inline config, local folder, package); else None.
     set_by:    fact -> the name of the stage that last set it (facts the recipe's model
                starts with are absent), to name that stage in a message.
+    stage_types: the ``StageType`` of every stage, in order (for ``next_quantization``).
     """
 
     family: str
@@ -47,6 +48,15 @@ class PlanView:
     recipe: Mapping[str, Any] = field(default_factory=dict)
     model_config: Mapping[str, Any] | None = None
     set_by: Mapping[str, str] = field(default_factory=dict)
+    stage_types: tuple = ()
+
+    def next_quantization(self, name: str | None = None):
+        """(position, ``QuantizationScheme``) of the first later stage that declares a quantization (the one
+        named ``name``, if given), from its validated settings; None if no later stage does."""
+        from compose.quantization_scheme import next_quantization
+
+        stages = [(n, t, s) for (n, _uses, s), t in zip(self.stages, self.stage_types)]
+        return next_quantization(stages, self.index, self.family, name)
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,17 @@ def run_stage_checks(
     stages = tuple((name, stage.name, s) for (name, stage), s in zip(named, settings))
     findings = []
     for index, ((name, stage), stage_settings) in enumerate(zip(named, settings)):
-        view = PlanView(family, recipe["task"]["kind"], stages, index, dict(facts), recipe, model_config, dict(set_by))
+        view = PlanView(
+            family,
+            recipe["task"]["kind"],
+            stages,
+            index,
+            dict(facts),
+            recipe,
+            model_config,
+            dict(set_by),
+            tuple(stage for _, stage in named),
+        )
         checks = []
         if stage.check is not None:
             checks.append((stage.check, stage_settings, ()))

@@ -105,7 +105,7 @@ def storage_for(url: str | None, tune_dir: Path, stale_after: float = 300.0):
     heartbeat = {
         "heartbeat_interval": max(1, int(min(60, stale_after / 3))),
         "grace_period": max(2, int(stale_after)),
-        "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
     }
     if url and url.startswith("journal:"):
         from compose.tune.journal import HeartbeatJournalStorage

@@ -5,7 +5,7 @@ The attention blocks are the ones the architecture table names (``architectures.
 
 from __future__ import annotations
 
-from compose.plugins.architectures.attention import find_attention
+from compose.plugins.shared.architectures.attention import find_attention
 
 STAGE = "distill"
 

@@ -7,10 +7,7 @@ import json
 from pathlib import Path
 
 from compose.api import Check
-from compose.plugins.architectures.checks import architecture_problems, model_type_at
-from compose.plugins.architectures.registry import lookup
 from compose.plugins.distill.layer_maps import layer_map_form_problem, layer_map_problems, stack_label
-from compose.plugins.distill.loss import TERMS
 from compose.plugins.distill.sizes import (
     ALL_SIZE_KEYS,
     SIZE_KEYS,
@@ -19,7 +16,10 @@ from compose.plugins.distill.sizes import (
     size_key_message,
 )
 from compose.plugins.distill.student import chosen_layers
-from compose.plugins.distill.teacher_cache import why_not_cached
+from compose.plugins.shared.architectures.checks import architecture_problems, model_type_at
+from compose.plugins.shared.architectures.registry import lookup
+from compose.plugins.shared.distillation.loss import TERMS
+from compose.plugins.shared.distillation.teacher_cache import why_not_cached
 
 
 def _describe_layers(rule) -> str:

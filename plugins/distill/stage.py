@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from compose import hookimpl
 from compose.api import StageContext, StageResult, StageType, count_parameters, load_schema_file, train_model
-from compose.plugins.architectures.modules import layer_counts
 from compose.plugins.distill.attention import heads_per_layer, restore, set_attention_dropout, use_eager_attention
 from compose.plugins.distill.layer_maps import resolve_layer_maps, stack_label
-from compose.plugins.distill.loss import TERMS, DistillationLoss
 from compose.plugins.distill.plan import check, describe
 from compose.plugins.distill.student import build_student, config_differences
-from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
+from compose.plugins.shared.architectures.modules import layer_counts
+from compose.plugins.shared.distillation.loss import TERMS, DistillationLoss
+from compose.plugins.shared.distillation.teacher_cache import TeacherCache, why_not_cached
 
 
 def _one_or_all(per_stack: dict):

@@ -11,7 +11,6 @@ import copy
 from pathlib import Path
 
 from compose.api import task_model_kwargs, transforms_of
-from compose.plugins.architectures.modules import architecture, stacks
 from compose.plugins.distill.sizes import (
     ALL_SIZE_KEYS,
     SIZE_KEYS,
@@ -19,6 +18,7 @@ from compose.plugins.distill.sizes import (
     config_keys,
     size_key_message,
 )
+from compose.plugins.shared.architectures.modules import architecture, stacks
 
 STAGE = "distill"
 

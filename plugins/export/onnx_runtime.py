@@ -195,11 +195,15 @@ def _gathers_of_non_tables(model) -> list[str]:
 
 def quantize(source: Path, target: Path, settings) -> dict:
     """Weight-only 4-bit and/or dynamic int8, as the settings ask; the steps taken."""
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # removed on error too
+        return _quantize_in(source, target, settings, Path(scratch))
+
+
+def _quantize_in(source: Path, target: Path, settings, tmp: Path) -> dict:
     import onnx
 
     steps = []
     current = source
-    tmp = Path(tempfile.mkdtemp(dir=target.parent))
     for op, key, block in (("Gather", "embeddings", "embeddings_block_size"), ("MatMul", "weights", "block_size")):
         if settings[key] != "int4":
             continue
@@ -239,38 +243,34 @@ def quantize(source: Path, target: Path, settings) -> dict:
         channel = "per channel" if settings["per_channel"] else "per tensor"
         steps.append(f"dynamic int8 ({channel}): {', '.join(int8)}")
     os.replace(current, target)
-    for leftover in tmp.iterdir():
-        leftover.unlink()
-    tmp.rmdir()
     return {"steps": steps}
 
 
 def export_classifier(model, tokenizer, folder: Path, settings) -> dict:
     """Write ``folder/model.onnx`` for a sequence classifier; the details for the report."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # removed on error too
+        return _export_in(model, tokenizer, folder, settings, Path(tmp))
+
+
+def _export_in(model, tokenizer, folder: Path, settings, scratch: Path) -> dict:
     import numpy as np
     import torch
 
-    scratch = Path(tempfile.mkdtemp(dir=folder))
-    try:
-        raw = scratch / "raw.onnx"
-        names, sample = torch_export(model, tokenizer, raw, settings["opset"])
-        with torch.no_grad():
-            reference = copy.deepcopy(model).float().cpu().eval()(**sample).logits.numpy()
-        sample_np = {k: v.numpy() for k, v in sample.items()}
-        drift = float(np.abs(run_logits(session(raw), sample_np) - reference).max())
-        details = {"inputs": names, "opset": settings["opset"], "export_max_logit_drift": drift}
-        fused = scratch / "fused.onnx"
-        with library_chatter_off():
-            if settings["optimize"]:
-                details["optimization"] = optimize(raw, fused, model, sample_np, reference, settings)
-            else:
-                os.replace(raw, fused)
-                details["optimization"] = {"applied": False, "why": "optimize: false"}
-            details["quantization"] = quantize(fused, folder / MODEL_FILE, settings)
-    finally:
-        for leftover in scratch.rglob("*"):
-            leftover.unlink()
-        scratch.rmdir()
+    raw = scratch / "raw.onnx"
+    names, sample = torch_export(model, tokenizer, raw, settings["opset"])
+    with torch.no_grad():
+        reference = copy.deepcopy(model).float().cpu().eval()(**sample).logits.numpy()
+    sample_np = {k: v.numpy() for k, v in sample.items()}
+    drift = float(np.abs(run_logits(session(raw), sample_np) - reference).max())
+    details = {"inputs": names, "opset": settings["opset"], "export_max_logit_drift": drift}
+    fused = scratch / "fused.onnx"
+    with library_chatter_off():
+        if settings["optimize"]:
+            details["optimization"] = optimize(raw, fused, model, sample_np, reference, settings)
+        else:
+            os.replace(raw, fused)
+            details["optimization"] = {"applied": False, "why": "optimize: false"}
+        details["quantization"] = quantize(fused, folder / MODEL_FILE, settings)
     return details
 
 

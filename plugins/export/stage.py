@@ -28,13 +28,16 @@ from compose import hookimpl
 from compose.api import (
     Check,
     Dequantizable,
+    QuantizationScheme,
     StageContext,
     StageResult,
     StageType,
+    TensorQuantization,
     count_parameters,
     load_artifact,
     load_schema_file,
     save_artifact,
+    trained_for,
     transforms_of,
     writing_folder,
 )
@@ -121,7 +124,7 @@ def _export_encoder(ctx: StageContext, folder: Path) -> StageResult:
     replaced = to_float(model)
     parameters = count_parameters(ctx.model)
     details = {"format": "onnx", "replaced_with_float": replaced}
-    simulated = simulated_by(ctx.model, settings)
+    simulated = simulated_by(ctx.model, settings, ctx.family)
     if simulated:
         details["weights_trained_for"] = simulated
 
@@ -208,22 +211,52 @@ def _export_decoder(ctx: StageContext, folder: Path) -> StageResult:
     return StageResult(model=model.to(ctx.device), artifact=folder, details=details)
 
 
-#: The transform-record key under which a quantization-aware stage states the export scheme it trained for.
-SIMULATED_EXPORT = "simulated_export"
-#: The export settings such a scheme must agree with.
-SCHEME_SETTINGS = ("weights", "embeddings", "per_channel", "block_size", "embeddings_block_size")
+def quantization(settings, family: str, model=None) -> QuantizationScheme | None:
+    """The quantization this export applies (ONNX Runtime's quantizers, encoders only); a decoder's export
+    writes a float transformers checkpoint and declares none. ``model``: the model about to be exported,
+    whose attention ONNX Runtime fuses only where every layer keeps the config's head width."""
+    if family != "encoder":
+        return None
+    block = settings["block_size"]
+    weights = {
+        "int8": TensorQuantization(8, -1 if settings["per_channel"] else 0, True),
+        "int4": TensorQuantization(4, block, True),
+    }.get(settings["weights"])
+    activations = {
+        "int8": TensorQuantization(8, 0, False),  # DynamicQuantizeLinear: per tensor, uint8
+        "int4": TensorQuantization(8, block, True),  # MatMulNBits at accuracy level 4: int8 blocks
+    }.get(settings["weights"])
+    embeddings = {
+        "int4": TensorQuantization(4, settings["embeddings_block_size"], True),
+        "int8": TensorQuantization(8, 0, False),
+    }.get(settings["embeddings"])
+    fused = bool(settings["optimize"])
+    if fused and model is not None:
+        from compose.plugins.export.onnx_runtime import attention_fuses
+
+        fused = attention_fuses(model)
+    return QuantizationScheme(
+        stage="",  # filled in by the reader's lookup: the stage's name is the recipe's, not the plugin's
+        runtime="onnxruntime",
+        weights=weights,
+        activations=activations,
+        embeddings=embeddings,
+        fused_attention=fused,
+        # a fused attention's Q/K/V stay int8 (QAttention) under 4-bit matmuls, per channel or per matrix
+        options={"per_channel": bool(settings["per_channel"])},
+    )
 
 
-def simulated_by(model, settings) -> dict | None:
-    """The last stage that trained ``model`` with an export's quantization simulated (a transform record
-    holding ``simulated_export``): its name, its scheme, and whether this export applies the same one."""
-    for transform in reversed(transforms_of(model)):
-        scheme = transform["info"].get(SIMULATED_EXPORT) if isinstance(transform["info"], dict) else None
-        if scheme:
-            differs = [key for key in SCHEME_SETTINGS if scheme.get(key) != settings.get(key)]
-            stage = transform["info"].get("by", transform["stage"])
-            return {"stage": stage, "scheme": scheme, "same_settings": not differs, "differs": differs}
-    return None
+def simulated_by(model, settings, family: str) -> dict | None:
+    """The last stage that trained ``model`` for a quantization (``compose.api.trained_for``): its name, the
+    scheme, and whether this export applies the same one (the fields that differ)."""
+    found = trained_for(model)
+    if found is None:
+        return None
+    stage, scheme = found
+    mine = quantization(settings, family, model)
+    differs = ["runtime"] if mine is None else scheme.differences(mine)
+    return {"stage": stage, "scheme": scheme.as_dict(), "same_settings": not differs, "differs": differs}
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -295,5 +328,6 @@ def compose_register_stages(register):
             check=check,
             describe=describe,
             load=load,
+            quantization=quantization,
         )
     )

@@ -11,9 +11,8 @@ with the layer walk (``gptq.layers``).
 Why not keep the engine's in-memory model: in GPTQModel 7.6.0 the model object
 returned by ``quantize()`` holds its packed layers with qzeros in the v1
 checkpoint layout (``qzero_format() == 1``) while their forward reads v2, so that
-model computes with every zero point off by one level (tiny Llama, 4 bits, group
-64: logits relative error 0.97 against fp32, and 0.07 for the same checkpoint once
-saved and reloaded). Its documented use is quantize -> save -> load, which is what
+model computes with every zero point off by one level, while the same checkpoint,
+saved and reloaded, computes as quantized. Its documented use is quantize -> save -> load, which is what
 this does.
 """
 
@@ -22,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 from compose.api import library_chatter_off
+from compose.plugins.shared.architectures.modules import linear_shape
 
 
 @contextlib.contextmanager
@@ -44,35 +43,6 @@ def _logs_in(folder: Path):
     finally:
         if saved is not None:
             loop_processor._PROJECT_LOG_DIR = saved
-
-
-def engine() -> SimpleNamespace:
-    """GPTQModel's pieces, imported on first use (the import takes seconds)."""
-    # On a small CPU machine GPTQModel's worker pool otherwise refuses to start, and
-    # its JIT-compiled kernels go to a cache under the home folder.
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-    os.environ.setdefault("GPTQMODEL_CACHE_DIR", str(Path.home() / ".cache" / "recipe-compose" / "gptqmodel"))
-    with library_chatter_off(stdout=True):
-        import gptqmodel
-        from gptqmodel.models.auto import MODEL_MAP
-        from gptqmodel.nn_modules.qlinear.torch import TorchLinear
-        from gptqmodel.quantization.config import QuantizeConfig, RTNConfig
-        from gptqmodel.quantization.gptq import GPTQ
-        from gptqmodel.quantization.rtn import RTN
-        from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module, convert_gptq_v2_to_v1_format_module
-
-    return SimpleNamespace(
-        version=gptqmodel.__version__,
-        GPTQModel=gptqmodel.GPTQModel,
-        model_definitions=MODEL_MAP,
-        TorchLinear=TorchLinear,
-        QuantizeConfig=QuantizeConfig,
-        RTNConfig=RTNConfig,
-        GPTQ=GPTQ,
-        RTN=RTN,
-        v1_to_v2=convert_gptq_v1_to_v2_format_module,
-        v2_to_v1=convert_gptq_v2_to_v1_format_module,
-    )
 
 
 # -- packed modules ----------------------------------------------------------------
@@ -164,18 +134,6 @@ def model_definition(eng, model) -> str | None:
     """The name of GPTQModel's definition for this model's type, or None."""
     definition = eng.model_definitions.get(getattr(model.config, "model_type", None))
     return definition.__name__ if definition is not None else None
-
-
-def linear_shape(module):
-    """(in_features, out_features, bias, weight as [out, in]) of an nn.Linear or a GPT-2 Conv1D."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features, module.out_features, module.bias is not None, module.weight.detach()
-    weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return weight.shape[0], weight.shape[1], module.bias is not None, weight.detach().T
-    return None
 
 
 def quantize_with_model_definition(eng, qcfg, ctx, examples: list[dict], work_dir: Path) -> tuple[dict, dict]:

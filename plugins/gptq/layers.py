@@ -31,18 +31,14 @@ from __future__ import annotations
 import inspect
 from types import SimpleNamespace
 
-from compose.plugins.architectures import modules as architecture_modules
-from compose.plugins.gptq.engine import linear_shape, pack, quantized_bytes, relative_error, set_module
+from compose.plugins.gptq.engine import pack, quantized_bytes, relative_error, set_module
+from compose.plugins.shared.architectures import modules as architecture_modules
+from compose.plugins.shared.architectures.modules import block_linears, linear_shape
 
 
 def stacks(model) -> list[tuple[str, list]]:
     """[(name, blocks)] in forward order: one stack, or the encoder's and the decoder's."""
     return [(stack.prefix, list(stack.layers)) for stack in architecture_modules.stacks(model, "gptq")]
-
-
-def block_linears(block) -> dict:
-    """{name: layer} of the block's nn.Linear and Conv1D layers."""
-    return {name: module for name, module in block.named_modules() if linear_shape(module) is not None}
 
 
 def _as_linear(module):

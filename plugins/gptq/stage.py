@@ -69,18 +69,17 @@ from collections.abc import Mapping
 from compose import hookimpl
 from compose.api import (
     Check,
+    QuantizationScheme,
     StageContext,
     StageResult,
     StageType,
+    TensorQuantization,
     library_chatter_off,
     load_schema_file,
     record_transform,
     transforms_of,
 )
-from compose.plugins.architectures.checks import architecture_problems
-from compose.plugins.architectures.registry import lookup
 from compose.plugins.gptq.engine import (
-    engine,
     hand_back,
     model_definition,
     new_quant_linear,
@@ -89,6 +88,9 @@ from compose.plugins.gptq.engine import (
     relative_error,
     set_module,
 )
+from compose.plugins.shared.architectures.checks import architecture_problems
+from compose.plugins.shared.architectures.registry import lookup
+from compose.plugins.shared.quantization.gptqmodel import engine
 
 STAGE = "gptq"
 
@@ -457,6 +459,21 @@ def describe(settings) -> str:
     )
 
 
+def quantization(settings, family: str, model=None) -> QuantizationScheme:
+    """What this stage will quantize: the blocks' weights on GPTQModel's grid (weight-only; ``method`` says
+    whether GPTQ's error compensation moves them from its round-to-nearest start), and the embedding tables
+    row-wise where ``embeddings.bits`` is set."""
+    tables = settings.get("embeddings") or {}
+    bits = tables.get("bits", 8)
+    return QuantizationScheme(
+        stage="",
+        runtime="gptq",
+        weights=TensorQuantization(settings["bits"], settings["group_size"], settings["sym"]),
+        embeddings=TensorQuantization(bits, tables.get("group_size", 64), tables.get("sym", False)) if bits else None,
+        options={"method": settings["method"]},
+    )
+
+
 @hookimpl
 def compose_register_stages(register):
     register(
@@ -475,5 +492,6 @@ def compose_register_stages(register):
             check=check,
             describe=describe,
             rebuild=rebuild,
+            quantization=quantization,
         )
     )

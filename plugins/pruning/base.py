@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from compose.api import Check, StageContext, StageResult, StageType, count_parameters, record_transform
-from compose.plugins.architectures.checks import architecture_problems, recipe_architecture
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.recovery import describe_recovery, recover
+from compose.plugins.shared.architectures.checks import architecture_problems, recipe_architecture
 
 
 class UnitPruning(ABC):

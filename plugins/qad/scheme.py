@@ -1,6 +1,6 @@
 """Which quantization the `qad` stage simulates: the one its target stage will apply.
 
-The scheme is read from the target stage's settings, so the two cannot disagree.
+The scheme is the one the target stage declares (``StageType.quantization``), so the two cannot disagree.
 
 An ``export`` of an encoder (ONNX Runtime, ``Scheme``): weights
 (``int8``: per output channel or per matrix, with per-tensor uint8 activations; ``int4``:
@@ -12,15 +12,23 @@ Q/K/V projections int8 even when the other matmuls are 4-bit).
 A ``gptq`` stage (any family, ``GPTQScheme``): the transformer blocks' linear layers on
 GPTQModel's grid at its ``bits``, ``group_size`` and ``sym``; activations stay float
 (GPTQ is weight-only); the embedding tables and head it quantizes row-wise are not simulated.
+
+qad reads the scheme its target declares through ``compose.api`` (``next_quantization``),
+never the target's settings or modules: the export and gptq plugins could be replaced by a
+third party's stage that declares a scheme of a runtime qad knows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-#: The stage types whose quantization can be simulated.
-TARGET_PLUGINS = ("export", "gptq")
+from compose.api import QuantizationScheme
+
+#: The runtimes whose rounding qad reproduces, with what it simulates of each.
+SIMULATED_RUNTIMES = {
+    "onnxruntime": "ONNX Runtime's int8/4-bit weights, embedding tables and matmul inputs",
+    "gptq": "GPTQModel's grid for the blocks' weights",
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,7 @@ class Scheme:
     per_channel: bool
     block_size: int
     embeddings_block_size: int
-    fused_attention: bool  # ONNX Runtime will fuse attention (optimize: true)
+    fused_attention: bool  # ONNX Runtime will fuse attention (optimize: true, uniform heads)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,16 +56,6 @@ class Scheme:
             "fp32": "float embeddings",
         }[self.embeddings]
         return f"{weights}, {embeddings}, as stage '{self.target}' will export them"
-
-
-def target_stage(stages, index: int, name: str | None) -> tuple[int, Mapping] | None:
-    """(position, stage) of the export or gptq stage the qad stage at ``index`` targets: the one
-    named ``name``, or the first later one; None if there is none."""
-    for position in range(index + 1, len(stages)):
-        stage = stages[position]
-        if stage.get("uses") in TARGET_PLUGINS and (name is None or stage.get("name") == name):
-            return position, stage
-    return None
 
 
 @dataclass(frozen=True)
@@ -77,23 +75,39 @@ class GPTQScheme:
         return f"{self.bits}-bit block weights ({group}, {kind}), as stage '{self.target}' ({self.method}) starts from"
 
 
-def scheme_of(target: Mapping) -> Scheme | GPTQScheme:
-    """The scheme of a target stage whose ``with`` settings were validated (every default filled in)."""
-    settings = target["with"]
-    if target["uses"] == "gptq":
+def unsupported(declared: QuantizationScheme) -> str | None:
+    """Why qad cannot simulate ``declared`` exactly (None: it can)."""
+    if declared.runtime not in SIMULATED_RUNTIMES:
+        known = ", ".join(f"{name} ({what})" for name, what in SIMULATED_RUNTIMES.items())
+        return f"it simulates the rounding of {known}, not of runtime '{declared.runtime}'"
+    if declared.runtime == "gptq":
+        return None if declared.weights is not None else "the gptq stage declares no weight quantization"
+    for key, bits in (("weights", (8, 4)), ("embeddings", (8, 4))):
+        tensor = getattr(declared, key)
+        if tensor is not None and tensor.bits not in bits:
+            return f"ONNX Runtime {key} of {tensor.bits} bits are not simulated (8 or 4)"
+    return None
+
+
+def scheme_of(declared: QuantizationScheme) -> Scheme | GPTQScheme:
+    """qad's simulation plan for a declared scheme that ``unsupported`` accepts."""
+    if declared.runtime == "gptq":
+        weights = declared.weights
         return GPTQScheme(
-            target=target["name"],
-            bits=settings["bits"],
-            group_size=settings["group_size"],
-            sym=settings["sym"],
-            method=settings["method"],
+            target=declared.stage,
+            bits=weights.bits,
+            group_size=weights.group_size,
+            sym=weights.symmetric,
+            method=(declared.options or {}).get("method", "gptq"),
         )
+    weights, tables = declared.weights, declared.embeddings
+    options = declared.options or {}
     return Scheme(
-        target=target["name"],
-        weights=settings["weights"],
-        embeddings=settings["embeddings"],
-        per_channel=settings["per_channel"],
-        block_size=settings["block_size"],
-        embeddings_block_size=settings["embeddings_block_size"],
-        fused_attention=settings["optimize"],
+        target=declared.stage,
+        weights={None: "fp32", 8: "int8", 4: "int4"}[weights.bits if weights else None],
+        embeddings={None: "fp32", 8: "int8", 4: "int4"}[tables.bits if tables else None],
+        per_channel=bool(options.get("per_channel", weights is not None and weights.group_size == -1)),
+        block_size=weights.group_size if weights is not None and weights.bits == 4 else 32,
+        embeddings_block_size=tables.group_size if tables is not None and tables.bits == 4 else 128,
+        fused_attention=declared.fused_attention,
     )

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compose.plugins.qad import fake_quant
 from compose.plugins.qad.scheme import GPTQScheme, Scheme
+from compose.plugins.shared.quantization import fake_quant
 
 _HOOK_ATTR = "_qad_activation_hook"
 
@@ -86,9 +86,10 @@ def _embedding_rule(scheme: Scheme):
     return None
 
 
-def simulate(model, scheme: Scheme, attention_fuses: bool) -> dict:
-    """Fake-quantize ``model`` in place as ``scheme`` says; {"linear": n, "embedding": n} put on the grid."""
-    fused = _attention_projections(model) if attention_fuses and scheme.fused_attention else {}
+def simulate(model, scheme: Scheme) -> dict:
+    """Fake-quantize ``model`` in place as ``scheme`` says; {"linear": n, "embedding": n} put on the grid.
+    ``scheme.fused_attention``: the runtime fuses this model's Q/K/V (its declaration saw the model)."""
+    fused = _attention_projections(model) if scheme.fused_attention else {}
     counts = {"linear": 0, "embedding": 0}
     for module in list(model.modules()):
         if isinstance(module, nn.Linear):

@@ -1,8 +1,7 @@
 """The `qad` stage: distil a model into its own quantized self, as the next stage will quantize it.
 
-Post-training quantization rounds a float model that never saw rounding; with 4-bit
-matmuls the default pipeline's export loses 0.34 points of the float student's accuracy
-(docs/results.md). Quantization-aware training simulates the rounding while the model
+Post-training quantization rounds a float model that never saw rounding (what that costs
+the default pipeline's 4-bit export is measured in docs/results.md). Quantization-aware training simulates the rounding while the model
 still trains, so the weights settle where rounding costs little; with a frozen float copy
 of the model as teacher it is quantization-aware distillation (the quantized model learns
 the float model's outputs, not only the labels).
@@ -19,8 +18,9 @@ the float model's outputs, not only the labels).
    trained float weights: GPTQ recomputes its grid from them (its ``method: rtn`` lands on
    the simulated values; ``gptq`` compensates its rounding errors from there).
 
-The transform record (``simulated_export``) tells the export stage which stage's scheme
-its weights follow; the export reports it and whether its own settings match.
+The scheme comes from the target's declaration (``compose.api``: ``StageContext.next_quantization``),
+and ``record_trained_for`` tells the target which scheme the weights were trained for; the export
+reports it and whether its own scheme matches. No module of another plugin is imported.
 """
 
 from __future__ import annotations
@@ -35,14 +35,12 @@ from compose.api import (
     StageResult,
     StageType,
     load_schema_file,
-    record_transform,
+    record_trained_for,
     train_model,
 )
-from compose.plugins.qad.scheme import GPTQScheme, scheme_of, target_stage
+from compose.plugins.qad.scheme import GPTQScheme, scheme_of, unsupported
 
 STAGE = "qad"
-#: The transform record's key a gptq target's scheme is kept under (an export's: the export stage's own key).
-SIMULATED_GPTQ = "simulated_gptq"
 
 
 def _loss_settings(settings) -> dict:
@@ -56,29 +54,31 @@ def _loss_settings(settings) -> dict:
 
 
 def run(ctx: StageContext) -> StageResult:
-    # torch and the other plugins' training and layer code: imported to run, not to validate a recipe
-    from compose.plugins.distill.loss import DistillationLoss
-    from compose.plugins.distill.teacher_cache import TeacherCache, why_not_cached
-    from compose.plugins.export.onnx_runtime import attention_fuses
-    from compose.plugins.export.stage import SIMULATED_EXPORT
-    from compose.plugins.gptq.layers import block_linears, stacks
+    # torch and the shared training blocks: imported to run, not to validate a recipe
     from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
+    from compose.plugins.shared.architectures.modules import block_linears, stacks
+    from compose.plugins.shared.distillation.loss import DistillationLoss
+    from compose.plugins.shared.distillation.teacher_cache import TeacherCache, why_not_cached
 
     settings = ctx.settings
-    stages = ctx.recipe["stages"]
-    index = [stage["name"] for stage in stages].index(ctx.name)
-    found = target_stage(stages, index, settings["target"])
-    if found is None:  # validation refuses this; a recipe built in code may not have been validated
-        raise ComposeError(f"qad: no export or gptq stage after '{ctx.name}' to simulate")
-    scheme = scheme_of(found[1])
     model = ctx.model
+    found = ctx.next_quantization(settings["target"], model)
+    if found is None:  # validation refuses this; a recipe built in code may not have been validated
+        raise ComposeError(f"qad: no stage after '{ctx.name}' declares a quantization to simulate")
+    declared = found[1]
+    reason = unsupported(declared)
+    if reason is not None:
+        raise ComposeError(f"qad cannot simulate stage '{declared.stage}': {reason}")
+    scheme = scheme_of(declared)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     gptq = isinstance(scheme, GPTQScheme)
     if gptq:
-        layers = [layer for _, blocks in stacks(model) for block in blocks for layer in block_linears(block).values()]
+        layers = [
+            layer for stack in stacks(model, STAGE) for block in stack.layers for layer in block_linears(block).values()
+        ]
         counts = simulate_gptq(model, scheme, layers)
     else:
-        counts = simulate(model, scheme, attention_fuses(model))
+        counts = simulate(model, scheme)
     loss_settings = _loss_settings(settings)
     not_cached = why_not_cached({"loss": loss_settings, "teacher_cache": settings["teacher_cache"]}, ctx.family)
     cache = TeacherCache(settings["teacher_cache"]["max_megabytes"]) if not_cached is None else None
@@ -91,9 +91,10 @@ def run(ctx: StageContext) -> StageResult:
     finally:  # on the export's grid exactly; for gptq the trained float weights, which it quantizes itself
         bake(model, keep_rounded=not gptq)
     model.eval()
-    record_transform(model, STAGE, {SIMULATED_GPTQ if gptq else SIMULATED_EXPORT: scheme.as_dict(), "by": ctx.name})
+    record_trained_for(model, declared, ctx)
     details = {
         "scheme": scheme.as_dict(),
+        "declared": declared.as_dict(),
         "simulated": counts,
         "loss": {"terms": loss.terms, "values": loss.summary()},
         "teacher_cache": cache.summary() if cache is not None else {"used": False, "reason": not_cached},
@@ -108,43 +109,35 @@ def rebuild(model, info):
 
 
 def check(settings, plan):
-    stages = plan.stages
     named = settings.get("target")
-    as_dicts = [{"name": name, "uses": uses, "with": with_} for name, uses, with_ in stages]
-    found = target_stage(as_dicts, plan.index, named)
+    found = plan.next_quantization(named)
     if found is None:
-        which = f"export or gptq stage named '{named}'" if named else "export or gptq stage"
+        which = f"stage named '{named}' that declares a quantization" if named else "stage that declares a quantization"
         yield Check(
-            f"qad simulates the quantization of the stage that follows it, but there is no {which} after it; "
+            f"qad simulates the quantization of the stage that follows it, but there is no {which} after it "
+            "(an encoder's export does; a decoder's or T5's export writes a float checkpoint); "
             "add `- {name: deploy, uses: export}` (encoders) or `- {name: quantize, uses: gptq}` after it"
             + (" or fix `target`" if named else ""),
             "error",
             ("target",) if named else (),
         )
         return
-    position, target = found
-    between = [name for name, _uses, _with in stages[plan.index + 1 : position]]
+    position, declared = found
+    between = [name for name, _uses, _with in plan.stages[plan.index + 1 : position]]
     if between:
         yield Check(
-            f"qad must come right before its export '{target['name']}': stage(s) {', '.join(between)} between "
-            "them would change the weights it put on the export's grid (train, prune or quantize them again); "
-            "move qad after them",
+            f"qad must come right before '{declared.stage}', whose quantization it simulates: stage(s) "
+            f"{', '.join(between)} between them would change the weights it put on that grid (train, prune or "
+            "quantize them again); move qad after them",
             "error",
         )
-    if target["uses"] == "export" and plan.family != "encoder":
-        yield Check(
-            f"export '{target['name']}' of a {plan.family} writes a transformers checkpoint and quantizes nothing, "
-            "so qad has nothing to simulate there; put a gptq stage between qad and the export (qad then "
-            "simulates its weights)",
-            "error",
-        )
+    reason = unsupported(declared)
+    if reason is not None:
+        yield Check(f"qad cannot simulate stage '{declared.stage}': {reason}", "error")
         return
-    scheme = scheme_of(target)
-    if isinstance(scheme, GPTQScheme):
-        return
-    if scheme.weights == "fp32" and scheme.embeddings == "fp32":
+    if declared.weights is None and declared.embeddings is None:
         yield Check(
-            f"export '{target['name']}' quantizes nothing (weights and embeddings fp32): qad has nothing to simulate",
+            f"stage '{declared.stage}' quantizes nothing (weights and embeddings float): qad has nothing to simulate",
             "error",
         )
 

@@ -11,8 +11,8 @@ import copy
 
 from compose import hookimpl
 from compose.api import Check, TrainingExtension, TrainingSetup, load_schema_file
-from compose.plugins.architectures.checks import architecture_problems
-from compose.plugins.architectures.modules import architecture, stacks
+from compose.plugins.shared.architectures.checks import architecture_problems
+from compose.plugins.shared.architectures.modules import architecture, stacks
 
 
 def normalise(value) -> dict:

@@ -1,6 +1,6 @@
 """The `prune-ffn` stage: score every feed-forward neuron, then remove the weakest.
 
-The stage is ``stage``; where the neurons are is ``compose.plugins.architectures.ffn``.
+The stage is ``stage``; where the neurons are is ``compose.plugins.shared.architectures.ffn``.
 The settings schema is ``prune-ffn.schema.json``.
 """
 

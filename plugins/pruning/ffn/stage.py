@@ -5,7 +5,7 @@ channels"): intermediate neuron j of a block is row j of its up (and gate)
 projection and column j of its down projection; removing it shrinks those matrices
 and nothing else. The FFN holds about two thirds of a BERT block's weights and most
 of its FLOPs at short sequence lengths, which is why head pruning alone buys little
-speed. ``compose.plugins.architectures.ffn`` finds the blocks where the architecture table
+speed. ``compose.plugins.shared.architectures.ffn`` finds the blocks where the architecture table
 (``architectures.registry``) puts them: BERT, RoBERTa, Llama, Qwen2 (masked), GPT-2 (``Conv1D``:
 transposed weights), T5 (``wi`` or masked ``wi_0``/``wi_1``, then ``wo``) and BART
 (``fc1``, ``fc2``; encoder and decoder blocks).
@@ -45,9 +45,9 @@ from collections.abc import Mapping
 
 from compose import hookimpl
 from compose.api import Check, StageContext, load_schema_file
-from compose.plugins.architectures.ffn import check_widths, find_ffn, neuron_masks
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.base import UnitPruning
+from compose.plugins.shared.architectures.ffn import check_widths, find_ffn, neuron_masks
 
 STAGE = "prune-ffn"
 
@@ -371,7 +371,7 @@ def compose_register_stages(register):
         PRUNING.stage_type(
             schema=load_schema_file("compose.plugins.pruning.ffn", "prune-ffn.schema.json"),
             description="Remove the least important feed-forward neurons (taylor or magnitude scores), globally or "
-            "per block: every architecture of plugins/architectures/registry.py.",
+            "per block: every architecture of plugins/shared/architectures/registry.py.",
             leaves={"ffn_pruned": True, "structure_changed": True},
             rebuild=rebuild,
         )

@@ -53,10 +53,10 @@ import math
 
 from compose import hookimpl
 from compose.api import Check, StageContext, load_schema_file
-from compose.plugins.architectures.attention import find_attention
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.base import UnitPruning
 from compose.plugins.pruning.heads.removal import apply_kept, check_widths, head_masks
+from compose.plugins.shared.architectures.attention import find_attention
 
 STAGE = "prune-heads"
 
@@ -328,7 +328,7 @@ def compose_register_stages(register):
         PRUNING.stage_type(
             schema=load_schema_file("compose.plugins.pruning.heads", "prune-heads.schema.json"),
             description="Remove the least important attention heads (taylor or magnitude scores): "
-            "every architecture of plugins/architectures/registry.py.",
+            "every architecture of plugins/shared/architectures/registry.py.",
             leaves={"heads_pruned": True, "structure_changed": True},
             rebuild=rebuild,
         )

@@ -151,3 +151,60 @@ def test_duplicate_stage_names_and_missing_splits(write_recipe, fake_host):
 def test_model_needs_exactly_one_source(write_recipe, fake_host):
     found = problems(write_recipe, "- {name: a, uses: learn}\n", fake_host, overrides=["model.hub=bert-base-uncased"])
     assert any("exactly one model source" in p.message for p in found)
+
+
+# -- values YAML reads as comments, and run folders of recipes that extend others --------------
+
+
+def _with_task_line(path, line: str):
+    text = path.read_text(encoding="utf-8").replace("  max_length: 16\n", f"  max_length: 16\n  {line}\n")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_an_unquoted_hash_value_that_yaml_drops_is_a_warning_with_the_quoted_fix(write_recipe, host):
+    path = _with_task_line(write_recipe("- {name: ft, uses: train}\n"), "text_pair_column: #2 String")
+    recipe = load_recipe(path, [], host)
+    assert recipe.data["task"]["text_pair_column"] is None  # what YAML read
+    [warning] = [w for w in recipe.warnings if "comment" in w.message]
+    assert warning.severity == "warning" and warning.path == "$.task.text_pair_column"
+    assert warning.message == (
+        "YAML read `#2 String` as a comment, so 'text_pair_column' is empty (null); "
+        "quote it: text_pair_column: '#2 String'"
+    )
+    assert warning.line == path.read_text().splitlines().index("  text_pair_column: #2 String") + 1
+
+
+def test_where_the_schema_needs_a_string_the_error_carries_the_same_fix(write_recipe, host):
+    path = write_recipe("- {name: ft, uses: train}\n")
+    _with_task_line(path, "text_column: #1 String")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, [], host)
+    [problem] = [p for p in caught.value.problems if p.path == "$.task.text_column"]
+    assert problem.message.endswith(
+        "YAML read `#1 String` as a comment, so 'text_column' is empty (null); quote it: text_column: '#1 String'"
+    )
+
+
+def test_quoted_hash_values_and_comments_after_values_are_left_alone(write_recipe, host, tiny_data_dir, tmp_path):
+    path = write_recipe("- {name: ft, uses: train}\n")
+    for split in ("train", "dev"):  # a pair task whose columns are named like MRPC's
+        rows = (tiny_data_dir / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+        pairs = [f"{row.split(chr(9))[0]}\t{row.split(chr(9))[0]}\t{row.split(chr(9))[1]}" for row in rows]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(["#1 String\t#2 String\tlabel", *pairs]) + "\n")
+    text = path.read_text(encoding="utf-8").replace(str(tiny_data_dir), str(tmp_path))
+    path.write_text(text, encoding="utf-8")
+    _with_task_line(path, "text_column: '#1 String'  # the first sentence\n  text_pair_column: \"#2 String\"")
+    recipe = load_recipe(path, [], host)
+    assert (recipe.data["task"]["text_column"], recipe.data["task"]["text_pair_column"]) == ("#1 String", "#2 String")
+    assert not [w for w in recipe.warnings if "comment" in w.message]
+
+
+def test_a_recipe_that_extends_another_gets_its_own_run_folder(write_recipe, host, tmp_path):
+    base = write_recipe("- {name: ft, uses: train}\n", extra="output: {dir: runs/base-folder}\n", name="base.yaml")
+    child = tmp_path / "my-variant.yaml"
+    child.write_text(f"extends: {base.name}\nseed: 3\n", encoding="utf-8")
+    assert load_recipe(base, [], host).data["output"]["dir"] == "runs/base-folder"
+    assert load_recipe(child, [], host).data["output"]["dir"] == str(Path("runs") / "my-variant")
+    child.write_text(f"extends: {base.name}\noutput: {{dir: runs/mine}}\n", encoding="utf-8")
+    assert load_recipe(child, [], host).data["output"]["dir"] == "runs/mine"

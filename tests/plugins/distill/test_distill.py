@@ -16,7 +16,7 @@ from compose.errors import RecipeError
 from compose.evaluation.evaluator import evaluate
 from compose.plugins.distill import stage as distill
 from compose.plugins.distill.attention import use_eager_attention
-from compose.plugins.distill.loss import DistillationLoss
+from compose.plugins.shared.distillation.loss import DistillationLoss
 
 #: The teacher: the tiny BERT of conftest with 4 layers, so that a student can keep 2 of them.
 TEACHER = {"num_hidden_layers": 4}
@@ -740,7 +740,7 @@ def test_recipe_apply_train_then_distill_end_to_end_on_language_models(write_rec
 
 def _cached_and_live(model, student, settings, batches, family="encoder"):
     """(losses with a TeacherCache, losses with the live teacher) over ``batches``, and the cache."""
-    from compose.plugins.distill.teacher_cache import TeacherCache
+    from compose.plugins.shared.distillation.teacher_cache import TeacherCache
 
     cache = TeacherCache(max_megabytes=64)
     cached = DistillationLoss(model, settings, None, family=family, teacher_cache=cache)
@@ -778,7 +778,7 @@ def test_the_cached_teacher_keeps_a_language_models_logits_per_position(make_con
 
 
 def test_the_teacher_cache_is_used_only_where_it_is_exact():
-    from compose.plugins.distill.teacher_cache import why_not_cached
+    from compose.plugins.shared.distillation.teacher_cache import why_not_cached
 
     base = {
         "loss": {"soft": {"weight": 1.0}, "hidden": {"weight": 0}, "attention": {"weight": 0}},

@@ -8,6 +8,7 @@ import copy
 import json
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ from onnx import numpy_helper
 
 from compose.cli.main import main
 from compose.errors import RecipeError
-from compose.plugins.export.onnx_runtime import attention_fuses, export_classifier, onnx_module
-from compose.plugins.qad import fake_quant
+from compose.plugins.export.onnx_runtime import export_classifier, onnx_module
 from compose.plugins.qad.scheme import GPTQScheme, Scheme, scheme_of
 from compose.plugins.qad.simulation import bake, simulate, simulate_gptq
+from compose.plugins.shared.quantization import fake_quant
 from compose.recipe.load import load_recipe
 from compose.testing import HANG_S, PausedRun, recipe_command
 from tests.plugins.export.test_export import WIDE_BERT
@@ -45,8 +46,12 @@ EXPORT_DEFAULTS = {
 }
 
 
-def _scheme(settings) -> Scheme:
-    return scheme_of({"name": "deploy", "uses": "export", "with": settings})
+def _scheme(settings, model=None) -> Scheme:
+    """The simulation plan for the scheme the export stage declares for ``settings`` (and ``model``)."""
+    from compose.plugin_host import create_host
+
+    declared = create_host().stage("export").quantization(settings, "encoder", model)
+    return scheme_of(replace(declared, stage="deploy"))
 
 
 def _exported(model, tokenizer, folder: Path, settings) -> dict:
@@ -97,7 +102,7 @@ def test_the_export_stores_exactly_the_weights_the_model_was_trained_with(tiny_t
     torch.manual_seed(0)
     model = BertForSequenceClassification(AutoConfig.for_model("bert", num_labels=2, **config)).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    counts = simulate(model, _scheme(settings), attention_fuses(model))
+    counts = simulate(model, _scheme(settings, model))
     assert (
         counts["linear"] == 2 * 6 + 2
     )  # q, k, v, attention output, intermediate, output per layer; pooler, classifier
@@ -133,7 +138,7 @@ def test_the_simulated_forward_is_what_onnx_runtime_computes(tiny_tokenizer_dir,
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         plain = model(**batch).logits
-    simulate(model, _scheme(settings), attention_fuses(model))
+    simulate(model, _scheme(settings, model))
     with torch.no_grad():
         simulated = model(**batch).logits
     bake(model)
@@ -165,8 +170,11 @@ def test_train_qad_export_reports_the_scheme_and_serves_the_trained_weights(writ
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
-        (TRAIN + QAD, "no export or gptq stage after it"),
-        (TRAIN + QAD + TRAIN.replace("ft", "again") + "- {name: deploy, uses: export}\n", "right before its export"),
+        (TRAIN + QAD, "no stage that declares a quantization after it"),
+        (
+            TRAIN + QAD + TRAIN.replace("ft", "again") + "- {name: deploy, uses: export}\n",
+            "must come right before .deploy.",
+        ),
         (
             TRAIN + "- {name: g, uses: gptq, with: {bits: 8}}\n" + QAD + "- {name: deploy, uses: export}\n",
             "quantized",
@@ -185,7 +193,7 @@ def test_an_order_that_cannot_hold_is_refused_before_anything_runs(write_recipe,
 
 def test_a_decoders_export_quantizes_nothing_so_qad_before_it_is_refused(write_recipe, host):
     stages = TRAIN + QAD + "- {name: deploy, uses: export}\n"
-    with pytest.raises(RecipeError, match="writes a transformers checkpoint and quantizes nothing"):
+    with pytest.raises(RecipeError, match="no stage that declares a quantization after it"):
         load_recipe(write_recipe(stages, family="decoder"), [], host)
 
 

@@ -1,4 +1,4 @@
-"""The architecture table (plugins/architectures/registry.py): its paths exist in real models, the stages work
+"""The architecture table (plugins/shared/architectures/registry.py): its paths exist in real models, the stages work
 on every entry or are refused at validation, and docs/stages.md shows the table it renders."""
 
 import copy
@@ -10,11 +10,11 @@ import torch
 
 from compose.api import load_artifact, save_artifact
 from compose.errors import RecipeError
-from compose.plugins.architectures import modules
-from compose.plugins.architectures.attention import find_attention
-from compose.plugins.architectures.ffn import find_ffn
-from compose.plugins.architectures.registry import ARCHITECTURES, STAGES, lookup
-from compose.plugins.architectures.render import render_refusals, render_table
+from compose.plugins.shared.architectures import modules
+from compose.plugins.shared.architectures.attention import find_attention
+from compose.plugins.shared.architectures.ffn import find_ffn
+from compose.plugins.shared.architectures.registry import ARCHITECTURES, STAGES, lookup
+from compose.plugins.shared.architectures.render import render_refusals, render_table
 from compose.recipe.load import load_recipe
 from tests.conftest import TINY_LLAMA, TINY_T5
 
@@ -280,7 +280,7 @@ def test_an_unknown_model_type_is_refused_at_validation(write_recipe, host, stag
     assert (
         f"stage 's': {stage} does not know model type 'opt' (it knows: bert, roberta, gpt2, llama, qwen2, t5, bart)"
         in found
-        and "remove the stage, or add an entry for 'opt' to compose/plugins/architectures/registry.py" in found
+        and "remove the stage, or add an entry for 'opt' to compose/plugins/shared/architectures/registry.py" in found
     )
 
 
@@ -311,8 +311,8 @@ def test_export_is_refused_exactly_where_the_table_says(host, name):
 
 
 def test_the_stages_page_shows_the_tables_support_matrix_and_refusals():
-    readme = (Path(__file__).resolve().parents[3] / "docs" / "stages.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[4] / "docs" / "stages.md").read_text(encoding="utf-8")
     assert render_table() in readme, (
-        "docs/stages.md: paste the output of render_table() (plugins/architectures/render.py)"
+        "docs/stages.md: paste the output of render_table() (plugins/shared/architectures/render.py)"
     )
     assert render_refusals() in readme, "docs/stages.md: paste the output of render_refusals()"

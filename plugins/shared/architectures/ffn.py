@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from compose.plugins.architectures.modules import architecture, stacks, submodule
+from compose.plugins.shared.architectures.modules import architecture, stacks, submodule
 
 
 class FFNSite:

@@ -92,7 +92,7 @@ def int8_activation_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
 @cache
 def _gptqmodel_quantize():
     """GPTQModel's rounding function, imported on first use with its start-up chatter silenced."""
-    from compose.plugins.gptq.engine import engine
+    from compose.plugins.shared.quantization.gptqmodel import engine
 
     engine()
     from gptqmodel.quantization.quantizer import quantize

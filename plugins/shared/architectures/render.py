@@ -1,12 +1,12 @@
 """The table in docs/stages.md of what each stage does per architecture, rendered from the architecture table.
 
-tests/plugins/architectures/test_architectures.py checks that docs/stages.md contains exactly this text,
+tests/plugins/shared/architectures/test_architectures.py checks that docs/stages.md contains exactly this text,
 so the docs cannot claim what the table does not say.
 """
 
 from __future__ import annotations
 
-from compose.plugins.architectures.registry import ARCHITECTURES, STAGES
+from compose.plugins.shared.architectures.registry import ARCHITECTURES, STAGES
 
 
 def cell(arch, stage: str) -> str:

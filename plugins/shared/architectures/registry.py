@@ -3,7 +3,7 @@
 Every built-in stage that reaches inside a model (``distill``, ``prune-heads``,
 ``prune-ffn``, ``gptq``, ``parallel``) reads where things are from here, and
 validation reads from here what each stage can do with each architecture. Adding an
-architecture is one ``Architecture`` entry (and its tests: tests/plugins/architectures/test_architectures.py
+architecture is one ``Architecture`` entry (and its tests: tests/plugins/shared/architectures/test_architectures.py
 builds a tiny model of every entry and checks every path declared here).
 
 This module is plain data: it imports neither torch nor transformers, so validation
@@ -344,7 +344,7 @@ def lookup(model_type) -> Architecture | None:
 def unknown_message(stage: str, model_type, fix: str = "remove the stage") -> str:
     return (
         f"{stage} does not know model type '{model_type}' (it knows: {', '.join(known_types())}); use a "
-        f"model of a known type, {fix}, or add an entry for '{model_type}' to compose/plugins/architectures/registry.py"
+        f"model of a known type, {fix}, or add an entry for '{model_type}' to compose/plugins/shared/architectures/registry.py"
     )
 
 

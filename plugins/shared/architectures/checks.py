@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from compose.api import Check
-from compose.plugins.architectures.registry import Architecture, lookup, unknown_message
+from compose.plugins.shared.architectures.registry import Architecture, lookup, unknown_message
 
 #: What ``model_type_at`` returns when the model type cannot be known before running.
 UNKNOWN = None

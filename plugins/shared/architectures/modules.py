@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compose.plugins.architectures.registry import Architecture, Stack, require
+from compose.plugins.shared.architectures.registry import Architecture, Stack, require
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,20 @@ def layer_counts(model, stage: str = "this stage") -> dict[str, int]:
 
 
 __all__ = ["StackModules", "architecture", "layer_counts", "stacks", "submodule"]
+
+
+def linear_shape(module):
+    """(in_features, out_features, bias, weight as [out, in]) of an nn.Linear or a GPT-2 Conv1D."""
+    import torch
+
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features, module.bias is not None, module.weight.detach()
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return weight.shape[0], weight.shape[1], module.bias is not None, weight.detach().T
+    return None
+
+
+def block_linears(block) -> dict:
+    """{name: layer} of the block's nn.Linear and GPT-2 Conv1D layers: the matmuls a weight quantizer rounds."""
+    return {name: module for name, module in block.named_modules() if linear_shape(module) is not None}

@@ -29,7 +29,7 @@ the first three and columns of the last; the module's head-count attributes foll
 
 from __future__ import annotations
 
-from compose.plugins.architectures.modules import architecture, stacks, submodule
+from compose.plugins.shared.architectures.modules import architecture, stacks, submodule
 
 
 class AttentionSite:
