@@ -108,6 +108,21 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def append_line(path: Path, line: str) -> None:
+    """Add ``line`` to the log file ``path`` whole: one ``write`` of the line and its newline on a file opened
+    for appending (so lines of several processes never interleave), flushed to disk before returning. A line
+    cut short by a crash is the last one, and has no newline: readers skip it."""
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"only {written} of {len(data)} bytes of a line reached {path}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_folder(tmp: Path, folder: Path) -> None:
     """Put the complete folder ``tmp`` in place of ``folder`` (which may not exist)."""
     tmp, folder = Path(tmp), Path(folder)

@@ -23,9 +23,15 @@ def test_a_deprecation_raised_by_a_call_in_our_code_fails_the_suite(module, cate
         warn_from(module, category)
 
 
+def test_optunas_deprecations_of_its_arguments_fail_it_too():
+    """Optuna attributes a deprecated argument's warning to itself (as NSGAIISampler's constraints_func did)."""
+    with pytest.raises(FutureWarning):
+        warn_from("optuna.samplers.nsgaii._sampler", FutureWarning)
+
+
 def test_a_librarys_internal_deprecation_does_not():
     with warnings.catch_warnings(record=True) as caught:  # the suite's own filters stay in force
-        warn_from("optuna.storages._rdb", FutureWarning)
+        warn_from("transformers.modeling_utils", FutureWarning)
     assert [type(w.message) for w in caught] == [FutureWarning]
 
 

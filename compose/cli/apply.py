@@ -19,7 +19,7 @@ from compose.exit_codes import EXIT_INVALID, EXIT_STAGE_FAILED, help_text
 from compose.recipe.load import load_recipe
 from compose.run import interrupts
 from compose.run.distributed import launched_world_size
-from compose.run.run_folder import RunFolderError, claim, locked
+from compose.run.run_folder import RunFolderError, owned, resolve
 
 HELP = "validate a recipe, then run its stages in order and report each one"
 EXAMPLE = f"""\
@@ -94,7 +94,7 @@ def add_parser(subparsers) -> None:
 
 def launch(args, recipe) -> Report | None:
     """Run this same command on ``args.nproc`` processes with torch.distributed.run; read the report."""
-    run_dir = Path(args.output or recipe.data["output"]["dir"])
+    run_dir = resolve(recipe.data, args.output)
     command = [
         sys.executable,
         "-m",
@@ -183,13 +183,12 @@ def _apply(args) -> int:
             f"{args.recipe}: the recipe sets model.trust_remote_code, which also needs --trust-remote-code "
             "on the command line; nothing ran"
         )
-    run_dir = Path(args.output or recipe.data["output"]["dir"])
+    run_dir = resolve(recipe.data, args.output)
     owner = not os.environ.get(LAUNCHED_ENV) and int(os.environ.get("RANK", "0")) == 0  # claims and locks
     with ExitStack() as stack:
         if owner:
             try:
-                claim(run_dir, adopt=args.use_output_folder)
-                stack.enter_context(locked(run_dir))
+                stack.enter_context(owned(run_dir, adopt=args.use_output_folder))
             except RunFolderError as exc:
                 raise CommandError(str(exc)) from None
         return _run(args, recipe, host, run_dir, interval)

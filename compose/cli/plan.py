@@ -105,7 +105,7 @@ def run(args) -> int:
 
 
 def _search_plan(recipe) -> dict:
-    from compose.tune.space import dimensions
+    from compose.recipe.search_space import dimensions
 
     search = recipe.data["search"]
     objectives = " and ".join(search["objectives"])

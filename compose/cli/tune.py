@@ -129,7 +129,7 @@ def run(args) -> int:
         report_only=args.report_only,
         store=args.store,
     )
-    study = Study(options, host)
+    study = Study(options, host, recipe=recipe)
     try:
         with progress:
             report = study.run()
@@ -204,7 +204,7 @@ def _render_against_reference(against: dict | None, console: Console) -> None:
     """The winner beside --compare-with's hand-written run, on the evaluation split."""
     if not against:
         return
-    for key, label in (("winner", "winner"), ("hand_written", "hand-written")):
+    for key, label in (("winner", "winner"), ("reference", "hand-written")):
         side = against[key]
         ci = side["retained_ci"]
         interval = f" ({ci[0]:.1%}-{ci[1]:.1%})" if ci else ""

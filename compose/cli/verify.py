@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from compose import atomic
 from compose.cli._common import CommandError, dump_json, stderr
 from compose.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from compose.run import integrity
-from compose.run.integrity import STAGE_RECORD
+from compose.run.run_folder import STAGE_RECORD, read_stage_record, stage_record_paths
 
 HELP = "check a run folder's finished stages against the hashes recorded when they were written"
 EXAMPLE = """\
@@ -38,15 +37,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    records = sorted((args.run / "stages").glob(f"*/{STAGE_RECORD}")) if args.run.is_dir() else []
+    records = stage_record_paths(args.run) if args.run.is_dir() else []
     if not records:
         raise CommandError(f"{args.run} is not a run folder with finished stages (no stages/*/{STAGE_RECORD})")
     started = time.perf_counter()
     results, hashed = [], 0
     for path in records:
         folder = path.parent
+        record = read_stage_record(folder)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
             artifact = atomic.recover(Path(record["row"]["artifact"]))
         except (OSError, ValueError, KeyError, TypeError):
             results.append({"stage": folder.name, "ok": False, "problems": [f"{STAGE_RECORD} cannot be read"]})

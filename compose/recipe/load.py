@@ -46,7 +46,7 @@ def load_recipe(path, overrides=(), host=None, cwd: Path | None = None) -> Recip
     doc = load_document(path, overrides, cwd)
     recipe = validate_document(doc, path, host)
     if "search" in doc:
-        from compose.tune.space import check_search
+        from compose.recipe.search_space import check_search
 
         problems = check_search(doc, cwd, lambda candidate: validate_document(candidate, path, host))
         if problems:

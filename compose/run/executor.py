@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,12 @@ from compose.run.distributed import Ranks, init_ranks
 from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.run.gates import check_gates, gates_of
 from compose.run.modeling import count_parameters, load_model, load_tokenizer, name_labels
+from compose.run.run_folder import read_stage_record, resolve, stage_folder, write_stage_record
 from compose.stage import StageContext, StageResult
 from compose.tasks import build_task
 
 INPUT_ROW = "input"
-STAGE_RECORD, EVALUATION_RECORDS = integrity.STAGE_RECORD, integrity.EVALUATION_RECORDS
+EVALUATION_RECORDS = integrity.EVALUATION_RECORDS
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Executor:
         self.recipe = recipe
         self.host = host
         self.options = options or RunOptions()
-        self.run_dir = Path(self.options.output_dir or recipe.data["output"]["dir"])
+        self.run_dir = resolve(recipe.data, self.options.output_dir)
         self.progress = self.options.progress or Progress(enabled=False)
         self.device = pick_device()
         self.ranks = Ranks()
@@ -72,7 +72,7 @@ class Executor:
     # -- helpers -----------------------------------------------------------
 
     def _artifact_dir(self, index: int, name: str) -> Path:
-        return self.run_dir / "stages" / f"{index:02d}-{name}"
+        return stage_folder(self.run_dir, index, name)
 
     def _measure(self, name, plugin, model, tokenizer, task, index, seconds, details=None, written=None) -> StageRow:
         """``written``: a folder the stage wrote as its artifact (measured, not saved again)."""
@@ -353,7 +353,7 @@ class Executor:
             "row": row.to_json(),
             "files": files,
         }
-        atomic.write_json(folder / STAGE_RECORD, record)
+        write_stage_record(folder, record)
 
     def _cached_rows(self, names: list[str]) -> list[StageRow]:
         """Rows of the leading stages an earlier run in this folder finished with the same fingerprints."""
@@ -361,10 +361,8 @@ class Executor:
             return []
         rows = []
         for index, name in enumerate(names):
-            path = self._artifact_dir(index, name) / STAGE_RECORD
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+            record = read_stage_record(self._artifact_dir(index, name))
+            if record is None:
                 break
             if record.get("fingerprint") != self.fingerprints[index]:
                 break

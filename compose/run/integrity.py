@@ -16,7 +16,8 @@ from pathlib import Path
 __all__ = ["EVALUATION_RECORDS", "STAGE_RECORD", "changes", "digest", "kept_files", "stage_changes"]
 
 #: Written beside each finished stage's model: its fingerprint, its report row and its files' hashes.
-STAGE_RECORD = "stage.json"
+from compose.run.run_folder import STAGE_RECORD  # noqa: E402 - the run folder owns its layout
+
 #: Written beside it: the evaluation's per-example records (``Evaluation.records``), so that a
 #: resumed run compares new stages with a reused baseline.
 EVALUATION_RECORDS = "evaluation.pt"

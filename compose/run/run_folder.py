@@ -1,4 +1,13 @@
-"""Which folders a run may write into, and one run at a time in each.
+"""The run folder: where a run writes, its layout, its stage records, and one run at a time in each.
+
+This module is the one owner of the run-folder protocol that ``recipe apply``, ``recipe
+tune`` (its trials, its stage store and its final evaluations) and ``recipe verify`` share:
+
+- the folder a recipe runs in (``resolve``: ``--output``, else the recipe's ``output.dir``);
+- the layout: ``stages/NN-name/`` per stage (``stage_folder``), with the stage's record
+  (``STAGE_RECORD``, written and read by ``write_stage_record`` / ``read_stage_record``);
+- claiming and locking (``owned`` = ``claim`` + ``locked``), and the one other lock a study's
+  workers share (``waiting_lock``: wait for it, where ``locked`` refuses).
 
 A run folder carries a marker file (``MARKER``) that this tool wrote when it made or
 claimed the folder. ``claim`` lets a run write into a folder that does not exist yet, is
@@ -27,13 +36,60 @@ from pathlib import Path
 from compose import atomic
 from compose.errors import ComposeError
 
-__all__ = ["LOCK", "MARKER", "RunFolderError", "claim", "locked"]
+__all__ = [
+    "LOCK",
+    "MARKER",
+    "STAGES",
+    "STAGE_RECORD",
+    "RunFolderError",
+    "claim",
+    "locked",
+    "owned",
+    "read_stage_record",
+    "resolve",
+    "stage_folder",
+    "stage_record_paths",
+    "waiting_lock",
+    "write_stage_record",
+]
 
 MARKER = ".recipe-compose-run"
 LOCK = ".recipe-compose.lock"
 #: What a run writes at the top of its folder: a folder holding any of these is not adopted.
 WRITTEN = ("report.json", "recipe.resolved.yaml", "stages")
 _RESOLVED_HEADER = "# The fully resolved recipe"
+#: The folder of a run that holds one folder per stage.
+STAGES = "stages"
+#: A finished stage's record, in its folder: fingerprints, its report row, its files' digests.
+STAGE_RECORD = "stage.json"
+
+
+def resolve(recipe_data, output: Path | str | None = None) -> Path:
+    """The folder a recipe runs in: ``output`` (``--output``) if given, else the recipe's ``output.dir``."""
+    return Path(output or recipe_data["output"]["dir"])
+
+
+def stage_folder(run_dir: Path, index: int, name: str) -> Path:
+    """``run_dir/stages/NN-name``: where the stage at ``index`` (0: the input row) keeps its artifact and record."""
+    return Path(run_dir) / STAGES / f"{index:02d}-{name}"
+
+
+def stage_record_paths(run_dir: Path) -> list[Path]:
+    """The stage records of a run folder, in stage order."""
+    return sorted((Path(run_dir) / STAGES).glob(f"*/{STAGE_RECORD}"))
+
+
+def read_stage_record(folder: Path) -> dict | None:
+    """The record in a stage folder; None where there is none or it cannot be read."""
+    try:
+        record = json.loads((Path(folder) / STAGE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_stage_record(folder: Path, record: dict) -> None:
+    atomic.write_json(Path(folder) / STAGE_RECORD, record)
 
 
 class RunFolderError(ComposeError):
@@ -105,3 +161,26 @@ def locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # releases the lock
+
+
+@contextmanager
+def owned(folder: Path, adopt: bool = False) -> Iterator[Path]:
+    """Claim ``folder`` and hold its lock for the block (RunFolderError, with nothing changed, if it cannot be)."""
+    claim(folder, adopt=adopt)
+    with locked(folder):
+        yield Path(folder)
+
+
+@contextmanager
+def waiting_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block, waiting for other processes that hold it (a
+    study's workers, on this machine or a shared file system whose locks work)."""
+    import fcntl
+
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

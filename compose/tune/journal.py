@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 #: The Optuna versions whose private heartbeat protocol this module was checked against: [low, high).
-SUPPORTED_OPTUNA = ((4, 9), (6, 0))
+SUPPORTED_OPTUNA = ((5, 0), (6, 0))
 #: The folder beside a journal file that holds its running trials' heartbeats.
 HEARTBEATS_SUFFIX = ".heartbeats"
 

@@ -3,7 +3,7 @@
 A stage's fingerprint covers everything that determined its result (the recipe up to it,
 the model's and data's bytes, the plugins' versions, the seed), and the evaluation's
 fingerprint how it was measured; together they name the stage in the store. Before a
-trial runs, ``seed`` puts into its run folder every leading stage the store already
+trial runs, ``fill`` puts into its run folder every leading stage the store already
 holds, so the executor reuses them exactly as it reuses stages of an interrupted run
 (checking their hashes first); after it, ``publish`` adds the stages it ran. Files are
 hard links where the file system allows (artifacts are never modified in place: every
@@ -13,14 +13,20 @@ write replaces a file whole), copies elsewhere.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 from compose import atomic
-from compose.run.integrity import STAGE_RECORD
+from compose.run.run_folder import (
+    STAGE_RECORD,
+    STAGES,
+    read_stage_record,
+    stage_folder,
+    stage_record_paths,
+    waiting_lock,
+    write_stage_record,
+)
 
 #: The folder of a study's store, inside the tune folder.
 STORE = "stages"
@@ -44,17 +50,13 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
-def _stage_folder(run_dir: Path, index: int, name: str) -> Path:
-    return Path(run_dir) / "stages" / f"{index:02d}-{name}"
-
-
 def _place(source: Path, target: Path, record: dict) -> None:
     """``target``: the stage folder ``source`` (hard-linked, without its scratch files), its record pointing there."""
     with atomic.writing_folder(target) as tmp:
         _link_tree(source, tmp)
         shutil.rmtree(tmp / "work", ignore_errors=True)  # scratch files of the stage are not part of its result
-        (tmp / STAGE_RECORD).unlink()
-        atomic.write_json(tmp / STAGE_RECORD, _retarget(record, target))
+        (tmp / STAGE_RECORD).unlink()  # a hard link to the source's record: written anew, not through it
+        write_stage_record(tmp, _retarget(record, target))
 
 
 def _retarget(record: dict, folder: Path) -> dict:
@@ -65,55 +67,40 @@ def _retarget(record: dict, folder: Path) -> dict:
     return {**record, "row": row}
 
 
-@contextmanager
-def exclusive(lock_file: Path):
-    """Hold an exclusive lock on ``lock_file`` for the block; other processes wait for it (workers of one
-    study, on this machine or a shared file system)."""
-    import fcntl
-
-    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+", encoding="utf-8") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def fill(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
+    """Put the leading stages the store holds into the run folder ``run_dir``; how many (the input row counts
+    as one)."""
+    with waiting_lock(Path(store) / ".lock"):
+        return _fill(store, run_dir, names, fingerprints, evaluation)
 
 
-def seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
-    """Put the leading stages the store holds into ``run_dir``; how many (the input row counts as one)."""
-    with exclusive(Path(store) / ".lock"):
-        return _seed(store, run_dir, names, fingerprints, evaluation)
-
-
-def _seed(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
+def _fill(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     placed = 0
     for index, (name, fingerprint) in enumerate(zip(names, fingerprints)):
         stored = Path(store) / key(fingerprint, evaluation)
-        target = _stage_folder(run_dir, index, name)
+        target = stage_folder(run_dir, index, name)
         if (target / STAGE_RECORD).is_file():  # the trial's own folder has it (a resumed trial)
             placed += 1
             continue
         if not (stored / STAGE_RECORD).is_file():
             break
-        _place(stored, target, json.loads((stored / STAGE_RECORD).read_text(encoding="utf-8")))
+        _place(stored, target, read_stage_record(stored))
         placed += 1
     return placed
 
 
 def publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     """Add the finished stages of ``run_dir`` the store does not hold yet; how many were added."""
-    with exclusive(Path(store) / ".lock"):
+    with waiting_lock(Path(store) / ".lock"):
         return _publish(store, run_dir, names, fingerprints, evaluation)
 
 
 def _publish(store: Path, run_dir: Path, names: list[str], fingerprints: list[str], evaluation: str) -> int:
     added = 0
     for index, (name, fingerprint) in enumerate(zip(names, fingerprints)):
-        source = _stage_folder(run_dir, index, name)
-        try:
-            record = json.loads((source / STAGE_RECORD).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        source = stage_folder(run_dir, index, name)
+        record = read_stage_record(source)
+        if record is None:
             break  # the trial stopped before this stage
         if record.get("fingerprint") != fingerprint or record.get("evaluation") != evaluation:
             break
@@ -129,11 +116,11 @@ def link_stages(source_run: Path, target_run: Path) -> int:
     """Put every finished stage of the run folder ``source_run`` into ``target_run`` (hard links, records
     pointing at the new place), so that a run there reuses them; how many."""
     placed = 0
-    for folder in sorted((Path(source_run) / "stages").iterdir()):
-        record_path = folder / STAGE_RECORD
-        if not record_path.is_file():
+    for record_path in stage_record_paths(source_run):
+        folder = record_path.parent
+        record = read_stage_record(folder)
+        if record is None:
             continue
-        target = Path(target_run) / "stages" / folder.name
-        _place(folder, target, json.loads(record_path.read_text(encoding="utf-8")))
+        _place(folder, Path(target_run) / STAGES / folder.name, record)
         placed += 1
     return placed

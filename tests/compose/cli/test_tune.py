@@ -32,7 +32,7 @@ def lines(folder) -> list[dict]:
 def study_trials(folder, storage: str | None = None) -> list:
     import optuna
 
-    from compose.tune.study import storage_for
+    from compose.tune.driver import storage_for
 
     return optuna.load_study(study_name="recipe", storage=storage_for(storage, folder)).get_trials(deepcopy=False)
 

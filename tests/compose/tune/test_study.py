@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from compose.testing import run_recipe
+from compose.tune.front import ranked
 from compose.tune.study import BEST_RECIPE, REPORT_FILE, TRIALS_FILE, Study, TuneOptions
 
 STAGES = """\
@@ -130,10 +131,10 @@ def test_a_hand_written_run_is_drawn_reported_and_measured_beside_the_winner(wri
     hand = json.loads((tmp_path / "hand" / "report.json").read_text())["stages"][-1]
     assert against["split"] == "dev" and against["rounds"] == 3
     assert against["winner"]["size_bytes"] == final["size_bytes"] and against["winner"]["retained"] == final["retained"]
-    assert against["hand_written"]["size_bytes"] == hand["size_bytes"] == reference["size_bytes"]
-    assert against["hand_written"]["smaller_than_baseline"] == pytest.approx(hand["size_ratio"])
+    assert against["reference"]["size_bytes"] == hand["size_bytes"] == reference["size_bytes"]
+    assert against["reference"]["smaller_than_baseline"] == pytest.approx(hand["size_ratio"])
     assert against["smaller_by"] == pytest.approx(hand["size_bytes"] / final["size_bytes"])
-    speeds = [against[side]["side_by_side"]["throughput_per_s"] for side in ("winner", "hand_written")]
+    speeds = [against[side]["side_by_side"]["throughput_per_s"] for side in ("winner", "reference")]
     assert all(v > 0 for v in speeds) and against["faster_by"] == pytest.approx(speeds[0] / speeds[1])
     assert against["dominates"] == (
         against["smaller_by"] > 1 and against["faster_by"] > 1 and final["retained"] >= hand["retained"]
@@ -159,12 +160,11 @@ def test_the_front_is_measured_again_side_by_side_before_the_winner_is_named(wri
     study.run()
     trials = study.optuna_study().get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert len({tuple(t.params.items()) for t in trials}) == 2  # both settings ran
-    again = study.remeasure_front(trials, records(study))
+    again = study.speed.front(trials, records(study), study.objectives, study.recipes.selection_split)
     assert set(again) == {t.number for t in trials}
     assert all(m["throughput_per_s"] > 0 and m["batch1_p50_ms"] > 0 and m["threads"] >= 1 for m in again.values())
     fastest = max(trials, key=lambda t: again[t.number]["throughput_per_s"])
-    study.objectives = ["throughput"]
-    assert study._ranked(trials, again)[0] is fastest  # the winner is named on the side-by-side numbers
+    assert ranked(trials, ["throughput"], again)[0] is fastest  # the winner is named on the side-by-side numbers
 
 
 def test_list_choices_reach_the_report_the_final_evaluation_and_best_yaml_as_lists(write_recipe, host, tmp_path):
@@ -184,28 +184,6 @@ def test_list_choices_reach_the_report_the_final_evaluation_and_best_yaml_as_lis
     assert report["winner"]["final"]["status"] == "passed"
     best = yaml.safe_load((study.dir / BEST_RECIPE).read_text())
     assert best["stages"][1]["with"]["student"]["from_teacher"]["layers"] == layers
-
-
-def test_with_a_hand_written_run_the_members_that_beat_it_are_named_first(write_recipe, host, tmp_path):
-    from types import SimpleNamespace
-
-    from compose.tune.study import REFERENCE
-
-    space = "    - {path: stages.prune.with.ratio, choices: [0.25, 0.5]}\n"
-    study = Study(TuneOptions(recipe=write_recipe(STAGES, f"search:\n  space:\n{space}"), output=tmp_path), host)
-    smallest = SimpleNamespace(number=1, values=[5.0, 400.0])  # smaller than the hand-written run, but slower
-    faster = SimpleNamespace(number=2, values=[6.0, 1100.0])  # smaller and faster
-    side_by_side = {
-        1: {"throughput_per_s": 410.0, "batch1_p50_ms": 1.1},
-        2: {"throughput_per_s": 1220.0, "batch1_p50_ms": 0.7},
-        REFERENCE: {"throughput_per_s": 1000.0, "batch1_p50_ms": 0.9},
-    }
-    hand = SimpleNamespace(size_bytes=10.0)
-    assert study._ranked([smallest, faster], side_by_side) == [smallest, faster]  # by size alone
-    assert study._ranked([smallest, faster], side_by_side, hand) == [faster, smallest]
-    assert study.beats_reference(faster, side_by_side, hand) is True
-    assert study.beats_reference(smallest, side_by_side, hand) is False
-    assert study.beats_reference(faster, {2: side_by_side[2]}, hand) is None  # not measured beside it
 
 
 def test_every_split_that_reads_trains_rows_loses_the_selection_rows(write_recipe, host, tmp_path):

@@ -1,10 +1,10 @@
-"""compose.tune.space: a search section's errors are found before anything runs, at the line of their entry."""
+"""compose.recipe.search_space: a search section's errors are found before anything runs, at the line of their entry."""
 
 import pytest
 
 from compose.errors import RecipeError
 from compose.recipe.load import load_recipe
-from compose.tune.space import Dimension, dimensions, trial_overrides
+from compose.recipe.search_space import Dimension, dimensions, trial_overrides
 
 STAGES = """\
 - {name: ft, uses: train, with: {max_steps: 4, batch_size: 16}}

@@ -1,0 +1,110 @@
+"""The study on Optuna: its storage, its sampler, the budget shared by every worker, lost trials.
+
+Optuna keeps the study (``TUNE_DIR/study.db``, SQLite, by default; any database URL, or
+``journal:PATH`` for Optuna's journal file on a shared file system), so several ``recipe
+tune`` processes, on one machine or several, add trials to one study, and a killed one
+continues it when started again. Each worker records its running trial's heartbeat; a
+trial whose worker fell silent is failed by the next worker and retried with its settings
+(``RetryHeartbeatStaleTrialCallback``), and does not count against the budget.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from compose.recipe.search_space import choice_value
+from compose.run.run_folder import waiting_lock
+
+#: Optuna's direction of each objective.
+DIRECTIONS = {"size": "minimize", "throughput": "maximize", "latency": "minimize"}
+#: The name of a trial's feasibility constraint: the floor minus its judged retained (feasible at <= 0).
+FLOOR_CONSTRAINT = "retained_floor"
+#: The study's default database, in the tune folder.
+STUDY_DB = "study.db"
+
+
+def storage_for(url: str | None, tune_dir: Path, stale_after: float = 300.0):
+    """Optuna's storage: SQLite in the tune folder by default, a database URL, or ``journal:PATH``.
+
+    Each worker records its running trial's heartbeat (a database in a table, a journal in a file
+    beside it); a trial whose worker fell silent for ``stale_after`` seconds (killed, its machine
+    lost) is marked failed by the next worker that starts a trial, and retried with the same
+    settings (in the same run folder, so the stages it finished are kept).
+    """
+    import optuna
+
+    heartbeat = {
+        "heartbeat_interval": max(1, int(min(60, stale_after / 3))),
+        "grace_period": max(2, int(stale_after)),
+        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+    }
+    if url and url.startswith("journal:"):
+        from compose.tune.journal import HeartbeatJournalStorage
+
+        return HeartbeatJournalStorage(url.removeprefix("journal:"), **heartbeat)
+    url = url or f"sqlite:///{(tune_dir / STUDY_DB).resolve()}"
+    # SQLite serialises writers: wait for another worker's write instead of failing on a locked file
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+
+
+def params_of(trial) -> dict:
+    """A trial's settings as it ran them: stepped floats as written (0.6, not Optuna's 0.6000000000000001),
+    list and map choices as the values they stand for (Optuna stores them as JSON text)."""
+    return {
+        path: round(value, 10) if isinstance(value, float) else choice_value(value)
+        for path, value in trial.params.items()
+    }
+
+
+def lost(trial) -> bool:
+    """A trial whose worker died under it (failed by the heartbeat check, not by its recipe): retried."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL and "error" not in trial.user_attrs and "interrupted" not in trial.user_attrs
+
+
+def finished(study) -> int:
+    """The study's trials that count against its budget: complete, pruned or failed, not interrupted or lost."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return sum(1 for trial in done if not trial.user_attrs.get("interrupted") and not lost(trial))
+
+
+class Budget:
+    """Stop this worker once the study (every worker together) has ``trials`` finished trials."""
+
+    def __init__(self, trials: int):
+        self.trials = trials
+
+    def __call__(self, study, trial) -> None:
+        if finished(study) >= self.trials:
+            study.stop()
+
+
+def open_study(
+    name: str, storage_url: str | None, tune_dir: Path, objectives: list[str], seed: int, stale_after: float
+):
+    """The study (created, or loaded when another worker or an earlier run made it): TPE for one objective,
+    NSGA-II for several, both told which trials are feasible (each trial's ``FLOOR_CONSTRAINT``)."""
+    import optuna
+
+    from compose.quiet import verbose
+
+    # trials are recorded (and failures explained) by trials.jsonl and the report, not by Optuna's log
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose() else optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # feasibility: each trial's own constraint (``Trial.set_constraint``, FLOOR_CONSTRAINT), read by both samplers
+    sampler = (optuna.samplers.TPESampler if len(objectives) == 1 else optuna.samplers.NSGAIISampler)(seed=seed)
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    # two workers starting together must not both create the database's tables
+    with waiting_lock(tune_dir / ".study.lock"):
+        return optuna.create_study(
+            study_name=name,
+            storage=storage_for(storage_url, tune_dir, stale_after),
+            sampler=sampler,
+            directions=[DIRECTIONS[objective] for objective in objectives],
+            load_if_exists=True,
+        )
