@@ -43,7 +43,8 @@ from compose.recipe.rules import PlanView
 from compose.recipe.schema import TRAINING_SETTINGS_REF
 from compose.run.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
 from compose.run.modeling import count_parameters, task_model_kwargs
-from compose.run.training import TrainingSetup, TrainingStep, TrainingSummary, train_model
+from compose.run.training import train_model
+from compose.run.training_types import TrainingSetup, TrainingStep, TrainingSummary
 from compose.stage import (
     FAMILIES,
     KNOWN_FACTS,

@@ -71,6 +71,19 @@ class StageType:
                  task predicts with, read back from ``folder`` (the export stage's ONNX
                  Runtime module), so that the core can measure it again without running
                  the stage; None where the core's own loader reads the folder.
+    quantization: optional ``quantization(settings, family, model) -> QuantizationScheme | None``:
+                 the quantization this stage will apply (``compose.api.QuantizationScheme``),
+                 for a stage that prepares the model for it (``PlanView.next_quantization``,
+                 ``StageContext.next_quantization``). ``model`` is the model about to enter
+                 this stage where the caller has it (a stage right before it, at run time),
+                 else None: answer from the settings then. Return None when these settings
+                 quantize nothing this family can be prepared for.
+    replaces_model: optional ``replaces_model(settings) -> dict | None``: for a stage that
+                 replaces the model with another (a distillation student loaded from a
+                 folder), the config.json (as a dict) of the model it leaves; ``{}`` where
+                 that cannot be read before running (a hub model); None where the model
+                 keeps its architecture. Later stages' checks see it as
+                 ``PlanView.entering_config``.
     """
 
     name: str
@@ -87,6 +100,7 @@ class StageType:
     rebuild: Callable[[Any, Mapping[str, Any]], Any] | None = None
     load: Callable[[Path], Any] | None = None
     quantization: Callable[[Mapping[str, Any], str, Any], Any] | None = None
+    replaces_model: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None
 
 
 @dataclass

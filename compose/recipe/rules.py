@@ -38,6 +38,9 @@ class PlanView:
     set_by:    fact -> the name of the stage that last set it (facts the recipe's model
                starts with are absent), to name that stage in a message.
     stage_types: the ``StageType`` of every stage, in order (for ``next_quantization``).
+    entering_config: the config.json (as a dict) of the model entering this stage: the recipe's
+               model's, or the one an earlier stage replaced it with (``StageType.replaces_model``);
+               None where it cannot be read before running.
     """
 
     family: str
@@ -49,6 +52,7 @@ class PlanView:
     model_config: Mapping[str, Any] | None = None
     set_by: Mapping[str, str] = field(default_factory=dict)
     stage_types: tuple = ()
+    entering_config: Mapping[str, Any] | None = None
 
     def next_quantization(self, name: str | None = None):
         """(position, ``QuantizationScheme``) of the first later stage that declares a quantization (the one
@@ -169,6 +173,7 @@ def run_stage_checks(
     facts = initial_facts(recipe)
     set_by: dict[str, str] = {}
     stages = tuple((name, stage.name, s) for (name, stage), s in zip(named, settings))
+    entering = dict(model_config) if isinstance(model_config, Mapping) else None
     findings = []
     for index, ((name, stage), stage_settings) in enumerate(zip(named, settings)):
         view = PlanView(
@@ -181,6 +186,7 @@ def run_stage_checks(
             model_config,
             dict(set_by),
             tuple(stage for _, stage in named),
+            entering,
         )
         checks = []
         if stage.check is not None:
@@ -201,6 +207,10 @@ def run_stage_checks(
                 findings.append(RuleFinding(index, f"stage '{name}': {found.message}", found.severity, path))
         facts.update(stage.leaves)
         set_by.update(dict.fromkeys(stage.leaves, name))
+        if stage.replaces_model is not None and isinstance(stage_settings, Mapping):
+            replaced = stage.replaces_model(stage_settings)
+            if replaced is not None:
+                entering = dict(replaced) or None
     return findings
 
 

@@ -13,17 +13,18 @@ from compose.errors import ComposeError, StageFailed, explain_failure
 from compose.evaluation.evaluator import evaluate
 from compose.evaluation.latency import measure_latency, resolve_threads
 from compose.evaluation.paired import compare_with_baseline
-from compose.evaluation.report import REPORT_FILE, RESOLVED_RECIPE, Report, StageRow, row_from_json
+from compose.evaluation.report import REPORT_FILE, RESOLVED_RECIPE, Report, StageRow
 from compose.progress import Progress
 from compose.recipe.load import Recipe
 from compose.recipe.task_kinds import METRICS
 from compose.run import integrity, interrupts
-from compose.run.artifacts import load_artifact, load_stage_artifact, reloadable, save_artifact, size_on_disk
+from compose.run.artifacts import load_artifact, load_stage_artifact, save_artifact, size_on_disk
 from compose.run.distributed import Ranks, init_ranks
 from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.run.gates import check_gates, gates_of
 from compose.run.modeling import count_parameters, load_model, load_tokenizer, name_labels
-from compose.run.run_folder import read_stage_record, resolve, stage_folder, write_stage_record
+from compose.run.resume import record_finished_stage, reusable_rows
+from compose.run.run_folder import resolve, stage_folder
 from compose.stage import StageContext, StageResult
 from compose.tasks import build_task
 
@@ -339,52 +340,23 @@ class Executor:
         else:
             self._write(report, task)
 
-    # -- resuming ------------------------------------------------------------
+    # -- resuming: the stage records (compose.run.resume) -------------------------
 
     def _record(self, index: int, row: StageRow) -> None:
         """Note a finished stage (after its artifact is in place), so a later run can reuse it."""
-        if not self.ranks.is_main or row.artifact is None:
-            return
-        folder = self._artifact_dir(index, row.name)
-        files = integrity.digest(folder, integrity.kept_files(folder, Path(row.artifact)))
-        record = {
-            "fingerprint": self.fingerprints[index],
-            "evaluation": self.eval_fingerprint,
-            "row": row.to_json(),
-            "files": files,
-        }
-        write_stage_record(folder, record)
+        if self.ranks.is_main and row.artifact is not None:
+            record_finished_stage(
+                self._artifact_dir(index, row.name), row, self.fingerprints[index], self.eval_fingerprint
+            )
 
     def _cached_rows(self, names: list[str]) -> list[StageRow]:
-        """Rows of the leading stages an earlier run in this folder finished with the same fingerprints."""
         if not self.recipe.data["output"]["save_artifacts"]:
             return []
-        rows = []
-        for index, name in enumerate(names):
-            record = read_stage_record(self._artifact_dir(index, name))
-            if record is None:
-                break
-            if record.get("fingerprint") != self.fingerprints[index]:
-                break
-            row = row_from_json(record["row"])
-            artifact = atomic.recover(Path(row.artifact)) if row.artifact else None
-            if artifact is None or not (artifact / "config.json").is_file():
-                break
-            # Measured differently before (evaluate: changed): measure it again from its artifact, which
-            # the core can load only where it saved it (a stage's own format, such as an export, runs again).
-            remeasure = record.get("evaluation") != self.eval_fingerprint
-            if remeasure and not reloadable(artifact, self.host, row.plugin):
-                break
-            changed = integrity.stage_changes(
-                self._artifact_dir(index, name), record, artifact, evaluation=not remeasure
-            )
-            if changed:
-                why = "; ".join(changed[:3])
-                self.reuse_refused.append({"stage": name, "reason": why})
-                self.progress.log(f"not reusing stage '{name}' (and those after it): {why}")
-                break
-            row.reused, row.remeasured = True, remeasure
-            rows.append(row)
+        folders = [self._artifact_dir(index, name) for index, name in enumerate(names)]
+        rows, refused = reusable_rows(folders, names, self.fingerprints, self.eval_fingerprint, self.host)
+        if refused:
+            self.reuse_refused.append(refused)
+            self.progress.log(f"not reusing stage '{refused['stage']}' (and those after it): {refused['reason']}")
         return rows
 
     def _write_resolved_recipe(self) -> None:

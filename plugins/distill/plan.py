@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from compose.api import Check
@@ -72,6 +73,17 @@ def _config_json(folder) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def replaces_model(settings) -> dict | None:
+    """The config of the student that replaces the model: a saved student's config.json (``{}`` where it
+    cannot be read, or for a hub student); None for a student built from the teacher, of its type."""
+    student = settings.get("student")
+    if isinstance(student, Mapping) and "path" in student:
+        return _config_json(student["path"]) or {}
+    if isinstance(student, Mapping) and "hub" in student:
+        return {}
+    return None
 
 
 def _known_teacher_config(plan) -> dict | None:

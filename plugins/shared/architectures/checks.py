@@ -1,17 +1,15 @@
 """Plan-time: which architecture a stage will see, and whether the architecture table lets it run.
 
-The model type is read without loading the model: ``plan.model_config`` is the
-recipe's inline ``config`` or the config.json of its ``path`` / ``package`` folder.
-A ``distill`` stage replaces the model: a student loaded from a ``path`` brings its
-own config.json; one from the ``hub`` cannot be read offline (the checks then skip,
-as they do for a ``hub`` model).
+The model type is read without loading the model: ``plan.entering_config`` is the
+config of the model entering the stage (the recipe's inline ``config`` or the config.json
+of its ``path`` / ``package`` folder, or what an earlier stage that replaces the model
+declared, ``StageType.replaces_model``); None where it cannot be read offline (the checks
+then skip).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 from compose.api import Check
 from compose.plugins.shared.architectures.registry import Architecture, lookup, unknown_message
@@ -20,24 +18,10 @@ from compose.plugins.shared.architectures.registry import Architecture, lookup, 
 UNKNOWN = None
 
 
-def _folder_model_type(folder) -> str | None:
-    try:
-        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def model_type_at(plan) -> str | None:
     """The model_type of the model entering stage ``plan.index`` (None where it cannot be read)."""
-    config = plan.model_config if isinstance(plan.model_config, Mapping) else {}
-    model_type = config.get("model_type")
-    for _, uses, settings in plan.stages[: plan.index]:
-        student = settings.get("student") if uses == "distill" and isinstance(settings, Mapping) else None
-        if isinstance(student, Mapping) and "path" in student:
-            model_type = _folder_model_type(student["path"])
-        elif isinstance(student, Mapping) and "hub" in student:
-            model_type = UNKNOWN
-    return model_type
+    config = plan.entering_config if isinstance(plan.entering_config, Mapping) else {}
+    return config.get("model_type")
 
 
 def recipe_architecture(plan) -> Architecture | None:

@@ -15,7 +15,7 @@ def cell(arch, stage: str) -> str:
     return "no (refused at validation)" if arch.refusal(stage) else "yes"
 
 
-def render_table() -> str:
+def render_support_matrix() -> str:
     """Markdown: one row per stage, one column per architecture."""
     names = [" / ".join(arch.types) for arch in ARCHITECTURES]
     lines = [
@@ -42,4 +42,4 @@ def render_refusals() -> str:
     )
 
 
-__all__ = ["render_refusals", "render_table"]
+__all__ = ["render_refusals", "render_support_matrix"]

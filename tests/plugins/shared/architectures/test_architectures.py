@@ -14,7 +14,7 @@ from compose.plugins.shared.architectures import modules
 from compose.plugins.shared.architectures.attention import find_attention
 from compose.plugins.shared.architectures.ffn import find_ffn
 from compose.plugins.shared.architectures.registry import ARCHITECTURES, STAGES, lookup
-from compose.plugins.shared.architectures.render import render_refusals, render_table
+from compose.plugins.shared.architectures.render import render_refusals, render_support_matrix
 from compose.recipe.load import load_recipe
 from tests.conftest import TINY_LLAMA, TINY_T5
 
@@ -312,7 +312,7 @@ def test_export_is_refused_exactly_where_the_table_says(host, name):
 
 def test_the_stages_page_shows_the_tables_support_matrix_and_refusals():
     readme = (Path(__file__).resolve().parents[4] / "docs" / "stages.md").read_text(encoding="utf-8")
-    assert render_table() in readme, (
-        "docs/stages.md: paste the output of render_table() (plugins/shared/architectures/render.py)"
+    assert render_support_matrix() in readme, (
+        "docs/stages.md: paste the output of render_support_matrix() (plugins/shared/architectures/render.py)"
     )
     assert render_refusals() in readme, "docs/stages.md: paste the output of render_refusals()"
