@@ -42,6 +42,7 @@ from compose.quiet import library_chatter_off
 from compose.recipe.rules import PlanView
 from compose.recipe.schema import TRAINING_SETTINGS_REF
 from compose.run.artifacts import load_artifact, record_transform, save_artifact, size_on_disk, transforms_of
+from compose.run.budget import describe_length
 from compose.run.modeling import count_parameters, task_model_kwargs
 from compose.run.training import train_model
 from compose.run.training_types import TrainingSetup, TrainingStep, TrainingSummary
@@ -108,6 +109,7 @@ __all__ = [
     "TrainingStep",
     "TrainingSummary",
     "count_parameters",
+    "describe_length",
     "evaluate",
     "hookimpl",
     "library_chatter_off",

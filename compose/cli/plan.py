@@ -30,6 +30,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="key.path=value or ~key.path")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument(
+        "--no-data",
+        action="store_true",
+        help="do not read the data and the tokenizer (no token lengths, truncation or training steps)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -83,6 +88,10 @@ def run(args) -> int:
     }
     if "search" in recipe.data:
         plan["search"] = _search_plan(recipe)
+    if not args.no_data:
+        from compose.run.data_plan import data_plan
+
+        plan["data"] = data_plan(recipe)
     if args.json:
         dump_json(plan)
         return EXIT_OK
@@ -94,6 +103,8 @@ def run(args) -> int:
         tail = f" (leaves the model {step['leaves']})" if step["leaves"] else ""
         print(f"# {step['index']:2d}. {step['name']} [{step['uses']}]: {step['does']}{tail}")
     print(f"# retained is measured against: {plan['baseline']}")
+    if "data" in plan:
+        _print_data(plan["data"])
     if "search" in plan:
         search = plan["search"]
         print(f"\n# recipe tune searches {len(search['space'])} setting(s):")
@@ -102,6 +113,24 @@ def run(args) -> int:
         print(f"# each trial runs the stages above with its settings, evaluated on split {search['selection_split']}")
         print(f"# {search['goal']}")
     return EXIT_OK
+
+
+def _print_data(data: dict) -> None:
+    if data["max_length"] is not None:
+        auto = " (auto: 99% of the training split's rows fit whole)" if data["max_length_written"] == "auto" else ""
+        print(f"\n# the data under the recipe's tokenizer; max_length {data['max_length']}{auto}:")
+        for split, s in data["lengths"].items():
+            print(
+                f"#   {split}: {s['rows']:,} rows, tokens mean {s['mean']} p95 {s['p95']} max {s['max']}; "
+                f"truncated {s['truncated_share']:.1%}"
+            )
+    for warning in data["warnings"]:
+        print(f"# warning: {warning}")
+    if data["training"]:
+        print("# training budgets here:")
+    for item in data["training"]:
+        where = "" if item["settings"] == "with" else f" ({item['settings']})"
+        print(f"#   {item['stage']}{where}: {item['describe']} on '{item['split']}' ({item['rows']:,} rows)")
 
 
 def _search_plan(recipe) -> dict:

@@ -79,6 +79,9 @@ class Report:
     seconds: float = 0.0
     #: Finished stages of an earlier run in this folder that were not reused: [{stage, reason}].
     reuse_refused: list = field(default_factory=list)
+    #: The data as the run tokenized it: max_length in force (and whether ``auto`` chose it), and per split the
+    #: token lengths and the share of rows max_length truncated (``compose.tasks.lengths``).
+    data: dict | None = None
 
     @property
     def baseline(self) -> StageRow | None:
@@ -150,6 +153,7 @@ class Report:
             "reused_stages": [row.name for row in self.rows if row.reused],
             "remeasured_stages": [row.name for row in self.rows if row.remeasured],
             "reuse_refused": self.reuse_refused,
+            "data": self.data,
             "gates": [asdict(g) for g in self.gates],
             "error": self.error,
             "seconds": round(self.seconds, 3),
@@ -183,6 +187,7 @@ def report_from_json(data: dict) -> Report:
         status=data["status"],
         error=data.get("error"),
         seconds=data.get("seconds", 0.0),
+        data=data.get("data"),
     )
 
 

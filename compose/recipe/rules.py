@@ -17,6 +17,7 @@ from typing import Any
 
 from compose.recipe.model_source import model_config_dict
 from compose.recipe.schema import training_settings_paths
+from compose.run.budget import budget_problems
 from compose.stage import Check, StageType, TrainingExtension, describe_fact
 
 #: Up to this many stages, every order is tried to find one that works.
@@ -195,6 +196,10 @@ def run_stage_checks(
             training = _get(stage_settings, at)
             if not isinstance(training, Mapping):
                 continue  # e.g. an optional training block left out (recovery: null)
+            findings += [
+                RuleFinding(index, f"stage '{name}': {problem}", "error", ("with",) + tuple(at))
+                for problem in budget_problems(training)
+            ]
             for ext_name, ext in (extensions or {}).items():
                 value = training.get(ext_name, ext.schema.get("default"))
                 if ext.check is not None and value != ext.schema.get("default"):

@@ -186,6 +186,7 @@ class Executor:
         self._join_processes()
         task = build_task(self.recipe.data["task"], self.recipe.data["seed"])
         report = self._new_report(task)
+        report.data = self._data_lengths(task)
         started = time.perf_counter()
         current = INPUT_ROW
         try:
@@ -207,6 +208,25 @@ class Executor:
         finally:
             self._finish(report, task, time.perf_counter() - started, current)
         return report
+
+    def _data_lengths(self, task) -> dict:
+        """max_length resolved (``auto``) with the recipe's own tokenizer, and what it truncates in each split,
+        said where it cuts more than a little."""
+        from compose.tasks.lengths import truncation_warning
+
+        written = task.spec.get("max_length")
+        if task.kind == "causal-lm":
+            return {"max_length": None, "lengths": {}}
+        tokenizer = load_tokenizer(self.recipe.data["model"], task)
+        chosen = task.resolve_max_length(tokenizer)
+        if written == "auto":
+            self.progress.log(f"max_length: auto -> {chosen} (99% of the training split's rows fit whole)")
+        lengths = task.length_report(tokenizer)
+        for split, stats in lengths.items():
+            warning = truncation_warning(split, stats)
+            if warning:
+                self.progress.log(f"warning: {warning}")
+        return {"max_length": chosen, "max_length_written": written, "lengths": lengths}
 
     def _join_processes(self) -> None:
         """Join the other processes of a distributed run (one device each); the main one writes the recipe."""

@@ -8,18 +8,24 @@ distributed data parallelism come from the ``Accelerator`` the
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compose import atomic
 from compose.run import interrupts
+from compose.run.budget import TIMED_STEPS, Budget, after_timing, planned, unit_of
 from compose.run.distributed import gather_objects
 from compose.run.training_types import TrainingSetup, TrainingStep, TrainingSummary
 
 if TYPE_CHECKING:
     import torch
+
+#: In a training stage's work folder: the step count a minutes budget fixed (a resumed run keeps it).
+BUDGET_FILE = "training-budget.json"
 
 # torch, the checkpoints and evaluation are imported where training runs: plugins
 # import this module's types at load time, and validation must not pay for torch.
@@ -179,12 +185,10 @@ class _TrainingLoop:
         self.every = settings["checkpoint_every"] if setup.prepare_model and ctx.work_dir is not None else None
         self.folder = Path(ctx.work_dir) / _checkpoint().FOLDER if self.every else None
         self.position = None
-        self.start = time.perf_counter()
+        self.start = self.timing_from = time.perf_counter()
 
     def _prepare(self, model, extra_modules: list) -> None:
         """The data loader, optimizer and schedule, prepared by accelerate with the model."""
-        from transformers import get_scheduler
-
         ctx, setup, settings, accelerator = self.ctx, self.setup, self.settings, self.accelerator
         loader = ctx.task.batches(
             settings["split"],
@@ -206,18 +210,58 @@ class _TrainingLoop:
         self.loader = accelerator.prepare(loader) if setup.data_shard is None else loader
         self.clip = setup.clip_grad_norm or accelerator.clip_grad_norm_
         self.steps_per_epoch = max(1, math.ceil(len(self.loader) / settings["gradient_accumulation_steps"]))
-        self.total_steps = settings["max_steps"] or max(1, math.ceil(settings["epochs"] * self.steps_per_epoch))
-        # accelerate steps a prepared scheduler once per process for every optimizer step
-        # (the global batch is num_processes times larger), so the schedule is counted that way.
-        scale = accelerator.num_processes
-        scheduler = get_scheduler(
+        tokens = (
+            ctx.task.tokens_per_pass(settings["split"], ctx.tokenizer) if unit_of(settings) != "max_steps" else None
+        )
+        self.budget = planned(settings, self.steps_per_epoch, tokens)
+        self.total_steps = self.budget.steps
+        self.scheduler = accelerator.prepare(self._schedule())
+        self.trainable = [p for m in [self.model, *self.extra_modules] for p in m.parameters() if p.requires_grad]
+
+    def _schedule(self):
+        """The learning-rate schedule over ``total_steps``. accelerate steps a prepared scheduler once per
+        process for every optimizer step (the global batch is num_processes times larger), so it counts so."""
+        from transformers import get_scheduler
+
+        settings, scale = self.settings, self.accelerator.num_processes
+        return get_scheduler(
             settings["scheduler"] if settings["scheduler"] != "constant" else "constant_with_warmup",
             self.optimizer,
             num_warmup_steps=int(settings["warmup_ratio"] * self.total_steps) * scale,
             num_training_steps=self.total_steps * scale,
         )
-        self.scheduler = accelerator.prepare(scheduler)
-        self.trainable = [p for m in [self.model, *self.extra_modules] for p in m.parameters() if p.requires_grad]
+
+    def _decide_minutes(self) -> None:
+        """A minutes budget: after ``TIMED_STEPS`` steps, fix the step count from their time, and continue the
+        schedule as if it had been planned for that count from the start."""
+        import torch
+
+        if self.accelerator.num_processes > 1:  # every rank stops at the same step: rank 0's timing decides
+            decided = [self._minutes_decision()]
+            if torch.distributed.is_initialized():
+                torch.distributed.broadcast_object_list(decided, src=0)
+            budget = decided[0]
+        else:
+            budget = self._minutes_decision()
+        self._set_total(budget)
+        if self.ctx.work_dir is not None:
+            atomic.write_json(
+                Path(self.ctx.work_dir) / BUDGET_FILE, {"fingerprint": self.ctx.fingerprint, **budget.to_json()}
+            )
+        self.ctx.log(f"{self.settings['minutes']} minutes on this machine: {budget.describe()}")
+
+    def _minutes_decision(self) -> Budget:
+        elapsed = time.perf_counter() - self.start
+        timed = time.perf_counter() - self.timing_from
+        return after_timing(self.budget, self.settings["minutes"], elapsed, self.step, timed, self.step - 2)
+
+    def _set_total(self, budget: Budget) -> None:
+        """Train for ``budget``'s steps: a new schedule over them, advanced to the steps already taken."""
+        self.budget, self.total_steps = budget, budget.steps
+        schedule = self._schedule()
+        for _ in range(self.step * self.accelerator.num_processes):
+            schedule.step()
+        self.scheduler.scheduler = schedule  # accelerate's wrapper steps the new schedule from here on
 
     def _unwrapped_extras(self) -> list:
         return [self.accelerator.unwrap_model(m) for m in self.extra_modules]
@@ -228,6 +272,10 @@ class _TrainingLoop:
         self.position = checkpoint.find(self.folder, self.ctx.fingerprint) if self.every else None
         if self.position is None:
             return
+        decided = self._decided_minutes()
+        if decided is not None:  # the step count a minutes budget fixed before the kill: the schedule it ran
+            self.budget, self.total_steps = decided, decided.steps
+            self.scheduler.scheduler = self._schedule()
         self.random_state = checkpoint.restore(
             self.folder,
             self.accelerator.unwrap_model(self.model),
@@ -245,6 +293,23 @@ class _TrainingLoop:
         self.sampler.epoch = self.epoch  # replay the interrupted pass in the same order
         self.accelerator.step = self.skip  # where gradient accumulation was in that pass
         self.ctx.log(f"resuming from the checkpoint at step {self.step}")
+
+    def _decided_minutes(self) -> Budget | None:
+        if self.budget.unit != "minutes" or self.ctx.work_dir is None:
+            return None
+        try:
+            saved = json.loads((Path(self.ctx.work_dir) / BUDGET_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if saved.get("fingerprint") != self.ctx.fingerprint:
+            return None
+        return Budget(
+            "minutes",
+            saved["steps"],
+            self.budget.steps_per_pass,
+            self.budget.tokens_per_pass,
+            saved.get("decided_after_steps"),
+        )
 
     def train(self) -> None:
         self.model.train()
@@ -293,6 +358,12 @@ class _TrainingLoop:
         settings, ctx = self.settings, self.ctx
         self.step += 1
         interrupts.point(f"{ctx.name}/step {self.step}")
+        if self.budget.unit == "minutes" and self.budget.decided_after is None:
+            if self.step == 2:
+                self.timing_from = time.perf_counter()  # the first steps warm up: not timed
+            elif self.step >= min(TIMED_STEPS, self.total_steps) and self.step > 2:
+                self._decide_minutes()
+                bar.update(total=self.total_steps)
         # The mean stays on the device: reading it waits for the GPU to finish the step, so
         # it is read only when something needs the number (not on every step).
         self.pending, self.window = torch.stack(self.window).mean(), []
@@ -368,6 +439,13 @@ class _TrainingLoop:
             setup=self.setup.notes,
             resumed_from_step=self.position.step if self.position else None,
             tokens={"real": int(self.real_tokens), "computed": int(self.computed_tokens)},
+            budget=Budget(
+                self.budget.unit,
+                self.step,
+                self.budget.steps_per_pass,
+                self.budget.tokens_per_pass,
+                self.budget.decided_after,
+            ).to_json(),
         )
         if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
             digests = gather_objects(parameters_digest(model))

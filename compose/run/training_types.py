@@ -75,6 +75,8 @@ class TrainingSummary:
     #: mask set) and ``computed`` (the padded batches' size), so real/computed is how much of
     #: the work was not padding.
     tokens: dict = field(default_factory=dict)
+    #: The budget it ran (``compose.run.budget.Budget.to_json``): unit, steps, passes, tokens.
+    budget: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -88,4 +90,5 @@ class TrainingSummary:
             "resumed_from_step": self.resumed_from_step,
             "parameters_in_sync": self.parameters_in_sync,
             "tokens": self.tokens,
+            "budget": self.budget,
         }

@@ -114,6 +114,45 @@ class Task(abc.ABC):
         long, nothing to group). Computed once per split and tokenizer."""
         return None
 
+    def untruncated_lengths(self, split: str, tokenizer) -> list[int] | None:
+        """Each row's length in tokens before ``max_length`` cuts it (None: the task does not truncate rows)."""
+        return None
+
+    def length_report(self, tokenizer, splits=None) -> dict:
+        """{split: ``compose.tasks.lengths.length_stats``} for the splits whose rows ``max_length`` may cut."""
+        from compose.tasks.lengths import length_stats
+
+        found = {}
+        for split in splits or self.splits:
+            try:
+                lengths = self.untruncated_lengths(split, tokenizer)
+            except DataError:  # a split with a bad row: the stage that reads it fails, naming it
+                continue
+            if lengths is not None:
+                found[split] = length_stats(lengths, self.spec.get("max_length"))
+        return found
+
+    def resolve_max_length(self, tokenizer) -> int | None:
+        """With ``max_length: auto``: the length chosen from the training split (``lengths.auto_max_length``),
+        kept in this task's own copy of its spec; the length in force otherwise."""
+        from compose.tasks.lengths import auto_max_length, tokenizer_limit
+
+        if self.spec.get("max_length") != "auto":
+            return self.spec.get("max_length")
+        split = "train" if "train" in self.splits else self.splits[0]
+        lengths = self.untruncated_lengths(split, tokenizer) or []
+        self.spec = {**self.spec, "max_length": auto_max_length(lengths, tokenizer_limit(tokenizer))}
+        self._lengths.clear()  # lengths measured under another max_length
+        return self.spec["max_length"]
+
+    def tokens_per_pass(self, split: str, tokenizer) -> int:
+        """The tokens one pass over ``split`` trains on: its items as ``collate`` tokenizes them, padding not
+        counted (a ``tokens`` budget's unit)."""
+        lengths = self.example_lengths(split, tokenizer)
+        if lengths is not None:
+            return int(sum(lengths))
+        return int(sum(len(item) for item in self.examples(split, tokenizer)))  # equally long items (token blocks)
+
     def _cached_lengths(self, split: str, tokenizer, measure) -> list[int]:
         """``measure(rows) -> lengths`` once per split and tokenizer."""
         cached = self._lengths.get(split)

@@ -58,6 +58,13 @@ class SequenceClassificationTask(Task):
         pairs = [str(r[pair_column]) for r in rows] if pair_column else None
         return tokenizer(texts, pairs, truncation=True, max_length=self.spec["max_length"], **options)
 
+    def untruncated_lengths(self, split: str, tokenizer) -> list[int]:
+        rows = self.rows(split)
+        texts = [str(r[self.spec["text_column"]]) for r in rows]
+        pair_column = self.spec.get("text_pair_column")
+        pairs = [str(r[pair_column]) for r in rows] if pair_column else None
+        return [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+
     def example_lengths(self, split: str, tokenizer) -> list[int]:
         return self._cached_lengths(split, tokenizer, lambda rows: map(len, self._encode(rows, tokenizer)["input_ids"]))
 

@@ -58,6 +58,9 @@ class Seq2SeqTask(Task):
     def _sources(self, rows: list[dict]) -> list[str]:
         return [self.spec["source_prefix"] + str(r[self.spec["text_column"]]) for r in rows]
 
+    def untruncated_lengths(self, split: str, tokenizer) -> list[int]:
+        return [len(ids) for ids in tokenizer(self._sources(self.rows(split)), truncation=False)["input_ids"]]
+
     def example_lengths(self, split: str, tokenizer) -> list[int]:
         """The source's length (the encoder's input, most of a step's work)."""
 

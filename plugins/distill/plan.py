@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from compose.api import Check
+from compose.api import Check, describe_length
 from compose.plugins.distill.layer_maps import layer_map_form_problem, layer_map_problems, stack_label
 from compose.plugins.distill.sizes import (
     ALL_SIZE_KEYS,
@@ -51,7 +51,7 @@ def describe(settings) -> str:
     if loss_settings["attention"]["weight"] > 0:
         att = loss_settings["attention"]
         terms.append(f"attention {att['measure'].upper()} x{att['weight']} ({mapping})")
-    length = f"{training['max_steps']} steps" if training["max_steps"] else f"{training['epochs']} epoch(s)"
+    length = describe_length(training)
     not_cached = why_not_cached(settings, None)
     teacher = (
         f"teacher's logits cached per example, up to {settings['teacher_cache']['max_megabytes']:g} MB "

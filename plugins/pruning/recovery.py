@@ -3,7 +3,7 @@ settings, the shared training settings or null), and how ``recipe plan`` describ
 
 from __future__ import annotations
 
-from compose.api import StageContext, train_model
+from compose.api import StageContext, describe_length, train_model
 
 
 def recover(ctx: StageContext, model, recovery: dict | None):
@@ -18,5 +18,5 @@ def describe_recovery(recovery: dict | None) -> str:
     """ "; then recovery training for 100 steps at lr 5e-05" (or "; no recovery training")."""
     if recovery is None:
         return "; no recovery training"
-    length = f"{recovery['max_steps']} steps" if recovery["max_steps"] else f"{recovery['epochs']} epoch(s)"
+    length = describe_length(recovery)
     return f"; then recovery training for {length} at lr {recovery['learning_rate']}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compose import hookimpl
-from compose.api import StageContext, StageResult, StageType, load_schema_file, train_model
+from compose.api import StageContext, StageResult, StageType, describe_length, load_schema_file, train_model
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -12,7 +12,7 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def describe(settings) -> str:
-    length = f"{settings['max_steps']} steps" if settings["max_steps"] else f"{settings['epochs']} epoch(s)"
+    length = describe_length(settings)
     return (
         f"train on split '{settings['split']}' for {length}, batch {settings['batch_size']}, "
         f"{settings['optimizer']} lr {settings['learning_rate']} ({settings['scheduler']} schedule)"

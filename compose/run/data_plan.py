@@ -1,0 +1,62 @@
+"""What a recipe will do with its data, known before anything trains: lengths, truncation, training budgets.
+
+``recipe plan`` reads the data and the recipe's tokenizer (no model) to show, per split, the
+token lengths and the share of rows ``max_length`` truncates (and what ``auto`` picks), and
+per training stage the steps, passes over its split and tokens its budget means here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from compose.recipe.schema import training_settings_paths
+from compose.run.budget import planned
+from compose.tasks.lengths import truncation_warning
+
+
+def _blocks(settings, paths):
+    for at in paths:
+        block = settings
+        for key in at:
+            block = block.get(key) if isinstance(block, dict) else None
+        if isinstance(block, dict):
+            yield at, block
+
+
+def data_plan(recipe) -> dict:
+    from compose.run.modeling import load_tokenizer
+    from compose.tasks import build_task
+
+    data = recipe.data
+    task = build_task(data["task"], data["seed"])
+    tokenizer = load_tokenizer(data["model"], task)
+    written = data["task"].get("max_length")
+    chosen = task.resolve_max_length(tokenizer) if task.kind != "causal-lm" else None
+    lengths = task.length_report(tokenizer) if task.kind != "causal-lm" else {}
+    warnings = [w for split, stats in lengths.items() if (w := truncation_warning(split, stats))]
+    budgets = []
+    for stage, stage_type in zip(recipe.stages, recipe.stage_types):
+        for at, block in _blocks(stage["with"], training_settings_paths(stage_type.schema)):
+            split = block["split"]
+            items = len(task.examples(split, tokenizer))
+            steps_per_pass = max(
+                1, math.ceil(math.ceil(items / block["batch_size"]) / block["gradient_accumulation_steps"])
+            )
+            budget = planned(block, steps_per_pass, task.tokens_per_pass(split, tokenizer))
+            budgets.append(
+                {
+                    "stage": stage["name"],
+                    "settings": ".".join(("with", *at)) if at else "with",
+                    "split": split,
+                    "rows": items,
+                    **budget.to_json(),
+                    "describe": ("up to " if budget.unit == "minutes" else "") + budget.describe(),
+                }
+            )
+    return {
+        "max_length": chosen,
+        "max_length_written": written,
+        "lengths": lengths,
+        "warnings": warnings,
+        "training": budgets,
+    }
