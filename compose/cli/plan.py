@@ -92,6 +92,8 @@ def run(args) -> int:
         from compose.run.data_plan import data_plan
 
         plan["data"] = data_plan(recipe)
+        if "search" in plan:
+            plan["search"]["floor"] = _floor(args, recipe, host)
     if args.json:
         dump_json(plan)
         return EXIT_OK
@@ -112,6 +114,14 @@ def run(args) -> int:
             print(f"#   {line}")
         print(f"# each trial runs the stages above with its settings, evaluated on split {search['selection_split']}")
         print(f"# {search['goal']}")
+        floor = search.get("floor")
+        if floor:
+            print(
+                f"# on {floor['rows']:,} selection rows, retained's interval is about ±{floor['half_width']:.1%}: "
+                f"a trial qualifies with a point estimate of about {floor['point_needed']:.1%} or more"
+            )
+            if floor["warning"]:
+                print(f"# warning: {floor['warning']}")
     return EXIT_OK
 
 
@@ -131,6 +141,24 @@ def _print_data(data: dict) -> None:
     for item in data["training"]:
         where = "" if item["settings"] == "with" else f" ({item['settings']})"
         print(f"#   {item['stage']}{where}: {item['describe']} on '{item['split']}' ({item['rows']:,} rows)")
+
+
+def _floor(args, recipe, host) -> dict:
+    """Whether the search's floor can be met on its selection split (``compose.tune.floor``)."""
+    from pathlib import Path
+
+    from compose.tasks import build_task
+    from compose.tune.floor import floor_check
+    from compose.tune.study import Study, TuneOptions
+
+    study = Study(TuneOptions(recipe=Path(args.recipe), overrides=list(args.overrides)), host, recipe=recipe)
+    trial = study.trial_recipe({})[1]
+    task = build_task(trial.data["task"], trial.data["seed"])
+    rows = len(task.rows(study.recipes.selection_split))
+    train_rows = (
+        len(build_task(recipe.data["task"], recipe.data["seed"]).rows("train")) if study.recipes.carved else None
+    )
+    return floor_check(recipe.data["search"], rows, task.metric_name, train_rows)
 
 
 def _search_plan(recipe) -> dict:
