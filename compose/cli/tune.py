@@ -129,6 +129,16 @@ def run(args) -> int:
         report_only=args.report_only,
         store=args.store,
     )
+    if args.compare_with is not None:
+        from compose.tune.reference import mismatches
+
+        differ = mismatches(Path(args.compare_with), recipe.data)
+        if differ:
+            raise CommandError(
+                f"--compare-with {args.compare_with} is not a run of this recipe's task, so its numbers do not "
+                f"compare with the trials': {'; '.join(differ)}. Nothing ran: give a run of the same task, data and "
+                "metric (recipe apply of the hand-written recipe)"
+            )
     study = Study(options, host, recipe=recipe)
     try:
         with progress:

@@ -24,8 +24,11 @@ _FORMATS = {
 }
 
 
-def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[dict]:
-    """Rows of one split as dicts, checked to have ``columns``; limited/shuffled as the spec says."""
+def read_split(
+    name: str, spec: Mapping, columns: list[str], seed: int, *, text_columns: list[str] | None = None
+) -> list[dict]:
+    """Rows of one split as dicts, checked to have ``columns``; limited/shuffled as the spec says.
+    ``text_columns``: the columns a ``holdout.whole_texts`` compares (default: the first of ``columns``)."""
     if "path" in spec:
         rows = read_file(Path(spec["path"]), spec.get("format", "auto"), columns, name)
     else:
@@ -34,7 +37,7 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
         where = spec.get("path") or spec.get("dataset")
         raise DataError(f"split '{name}' ({where}) has no rows")
     if spec.get("holdout"):
-        rows = held_out(rows, spec["holdout"], columns[0])
+        rows = held_out(rows, spec["holdout"], text_columns or columns[:1], name)
     limit = spec.get("limit")
     if spec.get("shuffle"):
         rows = rows[:]
@@ -44,24 +47,63 @@ def read_split(name: str, spec: Mapping, columns: list[str], seed: int) -> list[
     return rows
 
 
-def held_out(rows: list[dict], holdout: Mapping, text_column: str) -> list[dict]:
-    """The rows of one part of a file split in two by ``holdout`` (share, seed, part, whole_texts):
+def held_out(rows: list[dict], holdout: Mapping, text_columns: list[str], split: str = "") -> list[dict]:
+    """The rows of one part of a file split in two by ``holdout`` (share, seed, part, whole_texts, group_by):
     ``held`` is a share of the rows drawn by the seed, ``rest`` every other row. Two splits of one
     file, one ``held`` and one ``rest`` with the same settings, never share a row.
 
-    With ``whole_texts``, only rows whose text no other row's text contains are drawn (SST-2's whole
-    sentences, whose phrases are rows of their own), and ``rest`` also leaves out every row whose text
-    lies inside a held one: no part of a held-out text is trained on."""
+    With ``whole_texts``, only rows none of whose texts (``text_columns``: a pair task's two) another
+    row's text contains are drawn (SST-2's whole sentences, whose phrases are rows of their own), and
+    ``rest`` also leaves out every row with a text inside a held one: no part of a held-out text is
+    trained on. With ``group_by`` (a column or several), rows that share a value in those columns (the
+    same sentence, the same id) are drawn together: they all land on one side."""
+    if holdout.get("group_by"):
+        held = _group_draw(rows, holdout["group_by"], holdout["share"], holdout.get("seed", 0), split)
+        keep = holdout["part"] == "held"
+        return [row for row, is_held in zip(rows, held) if is_held == keep]
     if not holdout.get("whole_texts"):
         rng = random.Random(f"holdout:{holdout['seed']}")
         held = [rng.random() < holdout["share"] for _ in rows]
         keep = holdout["part"] == "held"
         return [row for row, is_held in zip(rows, held) if is_held == keep]
-    texts = tuple(" ".join(str(row.get(text_column, "")).split()) for row in rows)
+    texts = tuple(tuple(" ".join(str(row.get(column, "")).split()) for column in text_columns) for row in rows)
     held, inside = _whole_text_draw(texts, holdout["share"], holdout["seed"])
     if holdout["part"] == "held":
         return [row for row, is_held in zip(rows, held) if is_held]
-    return [row for row, is_held, text in zip(rows, held, texts) if not is_held and text not in inside]
+    return [
+        row
+        for row, is_held, row_texts in zip(rows, held, texts)
+        if not is_held and not any(text in inside for text in row_texts)
+    ]
+
+
+def _group_draw(rows: list[dict], group_by, share: float, seed: int, split: str) -> list[bool]:
+    """Held mask where rows sharing a value in any ``group_by`` column are one group (drawn as one)."""
+    columns = [group_by] if isinstance(group_by, str) else list(group_by)
+    parent: dict = {}
+
+    def root(key):
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    keys = []
+    for number, row in enumerate(rows, start=1):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"split '{split}': holdout.group_by names column(s) {missing} that row {number} lacks")
+        values = [("value", str(row[c]).strip()) for c in columns]
+        for other in values[1:]:
+            parent[root(other)] = root(values[0])
+        keys.append(values[0])
+    groups = [root(key) for key in keys]
+    rng = random.Random(f"holdout:{seed}")
+    drawn: dict = {}
+    for group in groups:  # in order of first appearance: the same file and seed always hold out the same groups
+        if group not in drawn:
+            drawn[group] = rng.random() < share
+    return [drawn[group] for group in groups]
 
 
 def _word_spans(text: str, *, strict: bool) -> set[str]:
@@ -72,17 +114,18 @@ def _word_spans(text: str, *, strict: bool) -> set[str]:
 
 
 @functools.lru_cache(maxsize=4)  # one file is read by several splits (train, selection, a distillation split)
-def _whole_text_draw(texts: tuple[str, ...], share: float, seed: int) -> tuple[list[bool], frozenset[str]]:
-    """(held mask, every text inside a held one) for a holdout by whole texts."""
+def _whole_text_draw(texts: tuple[tuple[str, ...], ...], share: float, seed: int) -> tuple[list[bool], frozenset[str]]:
+    """(held mask, every text inside a held one) for a holdout by whole texts; ``texts``: each row's texts."""
     inner = set()
-    for text in set(texts):
+    for text in {text for row in texts for text in row}:
         inner |= _word_spans(text, strict=True)
     rng = random.Random(f"holdout:{seed}")
-    held = [text not in inner and rng.random() < share for text in texts]
+    held = [all(text not in inner for text in row) and rng.random() < share for row in texts]
     inside = set()
-    for text, is_held in zip(texts, held):
+    for row, is_held in zip(texts, held):
         if is_held:
-            inside |= _word_spans(text, strict=False)
+            for text in row:
+                inside |= _word_spans(text, strict=False)
     return held, frozenset(inside)
 
 

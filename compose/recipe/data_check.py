@@ -29,6 +29,7 @@ def check_data(data: Mapping, checker: SchemaChecker, sample_lines: int = SAMPLE
     rule = label_rule(task)
     problems = []
     for split, spec in task["data"].items():
+        problems.extend(_holdout_problems(checker, split, spec))
         if "path" not in spec:
             continue
         where = ("task", "data", split, "path")
@@ -44,6 +45,16 @@ def check_data(data: Mapping, checker: SchemaChecker, sample_lines: int = SAMPLE
         if not rows:
             problems.append(checker.problem(where, f"split '{split}': {spec['path']} has no rows"))
             continue
+        group_by = (spec.get("holdout") or {}).get("group_by")
+        absent = [c for c in ([group_by] if isinstance(group_by, str) else group_by or []) if c not in rows[0]]
+        if absent:
+            problems.append(
+                checker.problem(
+                    ("task", "data", split, "holdout", "group_by"),
+                    f"split '{split}': holdout.group_by names column(s) {absent} that {spec['path']} lacks; "
+                    f"its columns: {', '.join(rows[0])}",
+                )
+            )
         found = first_unknown_label(rows, rule) if rule is not None else None
         if found is not None:
             number, value = found
@@ -54,6 +65,18 @@ def check_data(data: Mapping, checker: SchemaChecker, sample_lines: int = SAMPLE
                 )
             )
     return problems
+
+
+def _holdout_problems(checker: SchemaChecker, split: str, spec: Mapping) -> list[Problem]:
+    holdout = spec.get("holdout") or {}
+    if holdout.get("whole_texts") and holdout.get("group_by"):
+        return [
+            checker.problem(
+                ("task", "data", split, "holdout", "group_by"),
+                f"split '{split}': a holdout draws by whole_texts or by group_by, not both; remove one",
+            )
+        ]
+    return []
 
 
 def _column_problems(checker: SchemaChecker, exc: MissingColumns, settings) -> list[Problem]:

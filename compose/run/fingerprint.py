@@ -65,13 +65,15 @@ def _source_digest(spec: Mapping) -> Any:
     return {"folder": folder_digest(folder)}
 
 
-def _data_digest(task: Mapping) -> dict:
+def data_digest(task: Mapping) -> dict:
     out = {}
     for split, spec in task["data"].items():
         source = dict(spec)
-        if source.get("holdout") and not source["holdout"].get("whole_texts"):
-            # whole_texts came later: at its default it leaves a holdout's fingerprint, and so reuse, as it was
-            source["holdout"] = {k: v for k, v in source["holdout"].items() if k != "whole_texts"}
+        if source.get("holdout"):
+            # whole_texts and group_by came later: at their defaults they leave a holdout's fingerprint, and so
+            # reuse, as it was
+            later = {"whole_texts": False, "group_by": None}
+            source["holdout"] = {k: v for k, v in source["holdout"].items() if not (k in later and not v)}
         for key in ("path", "data_files"):
             if spec.get(key) and Path(spec[key]).is_file():
                 source[key] = file_digest(Path(spec[key]))
@@ -93,7 +95,7 @@ def stage_fingerprints(recipe: Recipe, host) -> list[str]:
         "model": {k: v for k, v in _settings(model).items() if k != "tokenizer"},
         "source": _source_digest(model),
         "tokenizer": {**_settings(tokenizer), "source": _source_digest(tokenizer)} if tokenizer else None,
-        "task": {**{k: v for k, v in data["task"].items() if k != "data"}, "data": _data_digest(data["task"])},
+        "task": {**{k: v for k, v in data["task"].items() if k != "data"}, "data": data_digest(data["task"])},
         "seed": data["seed"],
     }
     fingerprints = [_hash(base)]
@@ -117,7 +119,7 @@ def evaluation_fingerprint(recipe: Recipe, threads: int | None = None) -> str:
     return _hash(
         {
             "evaluate": data["evaluate"],
-            "split": _data_digest({"data": {split: data["task"]["data"][split]}}),
+            "split": data_digest({"data": {split: data["task"]["data"][split]}}),
             "latency_threads": threads,
         }
     )

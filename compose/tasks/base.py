@@ -19,6 +19,7 @@ from compose.recipe.data import read_split
 from compose.recipe.task_kinds import (
     METRICS,
     MetricInfo,
+    column_settings,
     columns,
     describe_unknown_label,
     first_unknown_label,
@@ -54,12 +55,20 @@ class Task(abc.ABC):
         """The columns the task reads from every row (``compose.recipe.task_kinds.column_settings``)."""
         return columns(self.spec)
 
+    def text_columns(self) -> list[str]:
+        """The columns that hold text (a pair task's two): what a holdout by whole texts compares."""
+        return [
+            column for setting, column in column_settings(self.spec) if setting in ("text_column", "text_pair_column")
+        ]
+
     def rows(self, split: str) -> list[dict]:
         """The raw rows of a split (read once, then cached)."""
         if split not in self.spec["data"]:
             raise DataError(f"no split '{split}' in task.data (it has: {', '.join(self.splits)})")
         if split not in self._rows:
-            rows = read_split(split, self.spec["data"][split], self.columns(), self.seed)
+            rows = read_split(
+                split, self.spec["data"][split], self.columns(), self.seed, text_columns=self.text_columns()
+            )
             self._check_rows(split, rows)
             self._rows[split] = rows
         return self._rows[split]

@@ -139,3 +139,52 @@ def test_a_holdout_by_whole_texts_holds_out_sentences_and_trains_on_none_of_thei
     assert len(rest) == 4 * (80 - len(held))  # every row of every other sentence is kept
     plain = {"path": str(path), "holdout": {**holdout, "whole_texts": False, "part": "held"}}
     assert any(len(r["sentence"].split()) < 6 for r in read_split("selection", plain, columns, 0))
+
+
+def _pair_file(tmp_path):
+    """Sentence pairs where each first sentence recurs in several pairs (as paraphrase corpora do)."""
+    rows = [(f"first {i // 4} a b", f"second {i} c d", i % 2) for i in range(400)]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("#1 String\t#2 String\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows), "utf-8")
+    return path
+
+
+def test_a_holdout_by_group_keeps_every_pair_of_a_sentence_on_one_side(tmp_path):
+    path = _pair_file(tmp_path)
+    columns = ["#1 String", "#2 String", "label"]
+    holdout = {"share": 0.25, "seed": 0, "group_by": "#1 String"}
+    held = read_split("selection", {"path": str(path), "holdout": {**holdout, "part": "held"}}, columns, 0)
+    rest = read_split("train", {"path": str(path), "holdout": {**holdout, "part": "rest"}}, columns, 0)
+    assert len(held) + len(rest) == 400 and len(held) % 4 == 0 and 60 <= len(held) <= 140
+    assert not {r["#1 String"] for r in held} & {r["#1 String"] for r in rest}
+    # a plain holdout splits the groups: the same sentence lands on both sides
+    plain = {"share": 0.25, "seed": 0}
+    held_plain = read_split("selection", {"path": str(path), "holdout": {**plain, "part": "held"}}, columns, 0)
+    rest_plain = read_split("train", {"path": str(path), "holdout": {**plain, "part": "rest"}}, columns, 0)
+    assert {r["#1 String"] for r in held_plain} & {r["#1 String"] for r in rest_plain}
+
+
+def test_a_group_over_two_columns_ties_a_sentence_found_in_either(tmp_path):
+    rows = [("s0", "s1"), ("s1", "s2"), ("s3", "s4"), ("s5", "s3")] * 1 + [(f"x{i}", f"y{i}") for i in range(200)]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tb\tlabel\n" + "".join(f"{a}\t{b}\t0\n" for a, b in rows), "utf-8")
+    holdout = {"share": 0.5, "seed": 1, "group_by": ["a", "b"]}
+    held = read_split("h", {"path": str(path), "holdout": {**holdout, "part": "held"}}, ["a", "b", "label"], 0)
+    texts = {r["a"] for r in held} | {r["b"] for r in held}
+    assert ("s0" in texts) == ("s2" in texts) and ("s4" in texts) == ("s5" in texts)  # chained through s1, s3
+
+
+def test_whole_texts_on_pairs_compare_both_texts(tmp_path):
+    rows = [(f"w{i} x y z", f"v{i} p q r") for i in range(60)] + [(f"v{i} p", f"other {i}") for i in range(60)]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tb\tlabel\n" + "".join(f"{a}\t{b}\t0\n" for a, b in rows), "utf-8")
+    holdout = {"share": 0.5, "seed": 0, "whole_texts": True}
+    spec = {"path": str(path)}
+    kwargs = {"text_columns": ["a", "b"]}
+    held = read_split("h", {**spec, "holdout": {**holdout, "part": "held"}}, ["a", "b", "label"], 0, **kwargs)
+    rest = read_split("r", {**spec, "holdout": {**holdout, "part": "rest"}}, ["a", "b", "label"], 0, **kwargs)
+    # rows whose first text is a phrase of another row's second text are never drawn, and a held pair's second
+    # text takes every row holding one of its phrases out of training
+    assert held and all(r["a"].startswith("w") for r in held)
+    held_second = {r["b"].split()[0] for r in held}
+    assert not any(r["a"].split()[0] in held_second for r in rest)

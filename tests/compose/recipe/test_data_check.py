@@ -100,3 +100,15 @@ def test_recipe_validate_reports_the_data_problems_as_json(tmp_path, tiny_tokeni
     result = json.loads(capsys.readouterr().out)
     [problem] = result["recipes"][0]["problems"]
     assert problem["path"] == "$.task.data.train.path" and problem["line"] == 7
+
+
+def test_a_holdout_by_group_needs_its_columns_and_not_whole_texts_too(write_recipe, host):
+    path = write_recipe("- {name: ft, uses: train}\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, ["task.data.train.holdout={share: 0.2, part: rest, group_by: speaker}"], host)
+    assert "holdout.group_by names column(s) ['speaker'] that" in str(caught.value)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(
+            path, ["task.data.train.holdout={share: 0.2, part: rest, group_by: sentence, whole_texts: true}"], host
+        )
+    assert "a holdout draws by whole_texts or by group_by, not both; remove one" in str(caught.value)

@@ -96,7 +96,13 @@ def test_a_selection_split_carved_from_train_is_what_trials_are_compared_on(writ
     assert record["selection_split"] == "selection" and record["status"] == "passed"
     _, recipe = study.trial_recipe(record["params"])
     data = recipe.data["task"]["data"]
-    assert data["train"]["holdout"] == {"share": 0.25, "seed": 1, "whole_texts": False, "part": "rest"}
+    assert data["train"]["holdout"] == {
+        "share": 0.25,
+        "seed": 1,
+        "whole_texts": False,
+        "group_by": None,
+        "part": "rest",
+    }
     assert data["selection"]["holdout"]["part"] == "held" and recipe.data["evaluate"]["split"] == "selection"
     columns = ["sentence", "label"]
     trained = read_split("train", data["train"], columns, 0)
