@@ -82,6 +82,8 @@ class Report:
     #: The data as the run tokenized it: max_length in force (and whether ``auto`` chose it), and per split the
     #: token lengths and the share of rows max_length truncated (``compose.tasks.lengths``).
     data: dict | None = None
+    #: What the run found questionable without failing (e.g. a baseline close to a constant prediction).
+    warnings: list = field(default_factory=list)
 
     @property
     def baseline(self) -> StageRow | None:
@@ -154,6 +156,7 @@ class Report:
             "remeasured_stages": [row.name for row in self.rows if row.remeasured],
             "reuse_refused": self.reuse_refused,
             "data": self.data,
+            "warnings": self.warnings,
             "gates": [asdict(g) for g in self.gates],
             "error": self.error,
             "seconds": round(self.seconds, 3),
@@ -188,6 +191,7 @@ def report_from_json(data: dict) -> Report:
         error=data.get("error"),
         seconds=data.get("seconds", 0.0),
         data=data.get("data"),
+        warnings=data.get("warnings", []),
     )
 
 
@@ -329,4 +333,6 @@ def render_table(report: Report, console: Console) -> None:
             got = f"{gate.value:.4f}" if gate.value is not None else "-"
             wants.append(f"{report.metric} {got} {op} {gate.min_metric}")
         console.print(f"gate on {gate.stage}: {', '.join(wants)}: {verdict}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning['message']}")
     console.print(f"report: {Path(report.run_dir) / REPORT_FILE}")

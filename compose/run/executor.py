@@ -19,6 +19,7 @@ from compose.recipe.load import Recipe
 from compose.recipe.task_kinds import METRICS
 from compose.run import integrity, interrupts
 from compose.run.artifacts import load_artifact, load_stage_artifact, save_artifact, size_on_disk
+from compose.run.data_notes import check_baseline, data_lengths
 from compose.run.distributed import Ranks, init_ranks
 from compose.run.fingerprint import evaluation_fingerprint, stage_fingerprints
 from compose.run.gates import check_gates, gates_of
@@ -143,6 +144,8 @@ class Executor:
         reference = self.records.get(self.baseline_name)
         if not reference:
             return
+        if self.ranks.is_main:
+            check_baseline(report, task, self.recipe.data["evaluate"]["split"], self.baseline_name, self.progress)
         settings = self.recipe.data["evaluate"]["against_baseline"]
         for row in report.rows:
             if row.retained_ci is not None or row.agreement is not None or row.name not in self.records:
@@ -186,7 +189,7 @@ class Executor:
         self._join_processes()
         task = build_task(self.recipe.data["task"], self.recipe.data["seed"])
         report = self._new_report(task)
-        report.data = self._data_lengths(task)
+        report.data = data_lengths(self.recipe.data["model"], task, self.progress)
         started = time.perf_counter()
         current = INPUT_ROW
         try:
@@ -208,25 +211,6 @@ class Executor:
         finally:
             self._finish(report, task, time.perf_counter() - started, current)
         return report
-
-    def _data_lengths(self, task) -> dict:
-        """max_length resolved (``auto``) with the recipe's own tokenizer, and what it truncates in each split,
-        said where it cuts more than a little."""
-        from compose.tasks.lengths import truncation_warning
-
-        written = task.spec.get("max_length")
-        if task.kind == "causal-lm":
-            return {"max_length": None, "lengths": {}}
-        tokenizer = load_tokenizer(self.recipe.data["model"], task)
-        chosen = task.resolve_max_length(tokenizer)
-        if written == "auto":
-            self.progress.log(f"max_length: auto -> {chosen} (99% of the training split's rows fit whole)")
-        lengths = task.length_report(tokenizer)
-        for split, stats in lengths.items():
-            warning = truncation_warning(split, stats)
-            if warning:
-                self.progress.log(f"warning: {warning}")
-        return {"max_length": chosen, "max_length_written": written, "lengths": lengths}
 
     def _join_processes(self) -> None:
         """Join the other processes of a distributed run (one device each); the main one writes the recipe."""

@@ -19,6 +19,7 @@ from compose import atomic
 from compose.run import interrupts
 from compose.run.budget import TIMED_STEPS, Budget, after_timing, planned, unit_of
 from compose.run.distributed import gather_objects
+from compose.run.early_stopping import EarlyStopping
 from compose.run.training_types import TrainingSetup, TrainingStep, TrainingSummary
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class _TrainingLoop:
         self.window, self.last_loss, self.pending, self.random_state = [], None, None, None
         self.real_tokens = self.computed_tokens = 0  # tensors on the device once counting starts (read once at the end)
         self.history = []
+        self.judge = EarlyStopping(self.stopping) if self.stopping else None
         host = ctx.plugin_host
         step_hooks = host.hook.compose_training_step_end.get_hookimpls() if host is not None else []
         self.watched = bool(setup.on_step_end or step_hooks)  # someone reads every step's loss
@@ -190,8 +192,13 @@ class _TrainingLoop:
     def _prepare(self, model, extra_modules: list) -> None:
         """The data loader, optimizer and schedule, prepared by accelerate with the model."""
         ctx, setup, settings, accelerator = self.ctx, self.setup, self.settings, self.accelerator
+        self.stopping = settings.get("early_stopping")
+        split = settings["split"]
+        if self.stopping:  # the rows early stopping judges on are never trained on
+            split, self.stop_split = ctx.task.carve(split, self.stopping["held_out"], ctx.seed, "early-stop")
+        self.train_split = split
         loader = ctx.task.batches(
-            settings["split"],
+            split,
             ctx.tokenizer,
             settings["batch_size"],
             shuffle=True,
@@ -210,9 +217,7 @@ class _TrainingLoop:
         self.loader = accelerator.prepare(loader) if setup.data_shard is None else loader
         self.clip = setup.clip_grad_norm or accelerator.clip_grad_norm_
         self.steps_per_epoch = max(1, math.ceil(len(self.loader) / settings["gradient_accumulation_steps"]))
-        tokens = (
-            ctx.task.tokens_per_pass(settings["split"], ctx.tokenizer) if unit_of(settings) != "max_steps" else None
-        )
+        tokens = ctx.task.tokens_per_pass(split, ctx.tokenizer) if unit_of(settings) != "max_steps" else None
         self.budget = planned(settings, self.steps_per_epoch, tokens)
         self.total_steps = self.budget.steps
         self.scheduler = accelerator.prepare(self._schedule())
@@ -317,6 +322,8 @@ class _TrainingLoop:
             while self.step < self.total_steps:
                 self.epoch += 1
                 self._one_pass(bar)
+                if self.stopping and self.judge.after_pass(self):
+                    break
                 between = self.settings["eval_every_epoch"] and self.setup.evaluate_between_epochs
                 if between and self.step < self.total_steps:  # the stage's own evaluation follows the last
                     self._evaluate_epoch()
@@ -427,6 +434,8 @@ class _TrainingLoop:
         if self.folder is not None and accelerator.is_main_process:
             _checkpoint().remove(self.folder)  # the stage's artifact is the result now
         model = accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # no autocast left on forward
+        if self.judge is not None:
+            self.judge.restore(model)
         for callback in self.setup.on_train_end:
             model = callback(model) or model
         model.eval()
@@ -439,6 +448,7 @@ class _TrainingLoop:
             setup=self.setup.notes,
             resumed_from_step=self.position.step if self.position else None,
             tokens={"real": int(self.real_tokens), "computed": int(self.computed_tokens)},
+            early_stopping=self.judge.summary() if self.judge is not None else None,
             budget=Budget(
                 self.budget.unit,
                 self.step,

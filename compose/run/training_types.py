@@ -77,6 +77,8 @@ class TrainingSummary:
     tokens: dict = field(default_factory=dict)
     #: The budget it ran (``compose.run.budget.Budget.to_json``): unit, steps, passes, tokens.
     budget: dict = field(default_factory=dict)
+    #: With early_stopping: the metric on the held-out rows after each pass, the best pass, where it stopped.
+    early_stopping: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -91,4 +93,5 @@ class TrainingSummary:
             "parameters_in_sync": self.parameters_in_sync,
             "tokens": self.tokens,
             "budget": self.budget,
+            "early_stopping": self.early_stopping,
         }

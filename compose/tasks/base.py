@@ -61,8 +61,25 @@ class Task(abc.ABC):
             column for setting, column in column_settings(self.spec) if setting in ("text_column", "text_pair_column")
         ]
 
+    def carve(self, split: str, share: float, seed: int, purpose: str) -> tuple[str, str]:
+        """Split ``split``'s rows in two, drawn by ``seed``: (the rest, the ``share`` held out), as two splits of
+        this task named ``SPLIT:fit`` and ``SPLIT:PURPOSE`` (e.g. a training split's early-stopping rows)."""
+        import random
+
+        rows = self.rows(split)
+        rng = random.Random(f"carve:{purpose}:{seed}")
+        held = [rng.random() < share for _ in rows]
+        if not any(held) or all(held):  # a tiny split: at least one row on each side
+            held = [index == 0 for index in range(len(rows))]
+        names = (f"{split}:fit", f"{split}:{purpose}")
+        self._rows[names[0]] = [row for row, is_held in zip(rows, held) if not is_held]
+        self._rows[names[1]] = [row for row, is_held in zip(rows, held) if is_held]
+        return names
+
     def rows(self, split: str) -> list[dict]:
         """The raw rows of a split (read once, then cached)."""
+        if split in self._rows:
+            return self._rows[split]
         if split not in self.spec["data"]:
             raise DataError(f"no split '{split}' in task.data (it has: {', '.join(self.splits)})")
         if split not in self._rows:

@@ -58,6 +58,11 @@ class SequenceClassificationTask(Task):
         pairs = [str(r[pair_column]) for r in rows] if pair_column else None
         return tokenizer(texts, pairs, truncation=True, max_length=self.spec["max_length"], **options)
 
+    def label_ids(self, split: str) -> list[int]:
+        """Each row's class index (task.labels' order)."""
+        index = self._label_index()
+        return [index[str(r[self.spec["label_column"]]).strip()] for r in self.rows(split)]
+
     def untruncated_lengths(self, split: str, tokenizer) -> list[int]:
         rows = self.rows(split)
         texts = [str(r[self.spec["text_column"]]) for r in rows]

@@ -91,3 +91,19 @@ def test_a_minutes_budget_is_decided_after_timing_and_reported(make_context, tin
     )
     assert summary.budget["unit"] == "minutes" and summary.budget["decided_after_steps"] == 10
     assert summary.steps == 10  # out of time as soon as the steps were timed: the cap (48) would be far more
+
+
+def test_early_stopping_judges_held_out_training_rows_and_keeps_the_best_pass(make_context, tiny_bert):
+    ctx, summary = _trained(
+        make_context,
+        tiny_bert,
+        "{epochs: 12, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false, "
+        "early_stopping: {patience: 1, held_out: 0.25, min_delta: 1.0}}",  # no change can count: stops after 2
+    )
+    stopping = summary.early_stopping
+    assert [entry["pass"] for entry in stopping["history"]] == [1, 2]
+    assert stopping["best_pass"] == 1 and stopping["stopped_after_pass"] == 2 and stopping["restored_best"]
+    fit, held = ctx.task.rows("train:fit"), ctx.task.rows("train:early-stop")
+    assert len(fit) + len(held) == 256 and 30 <= len(held) <= 100
+    assert summary.budget["steps_per_pass"] == -(-len(fit) // 16)  # only the rest is trained on
+    assert summary.steps == 2 * summary.budget["steps_per_pass"]  # of a 12-pass cap
