@@ -84,6 +84,11 @@ class StageType:
                  that cannot be read before running (a hub model); None where the model
                  keeps its architecture. Later stages' checks see it as
                  ``PlanView.entering_config``.
+    cost:        optional ``cost(settings, config) -> StageCost``: for ``recipe plan --time``,
+                 a training step of this stage relative to one of the model entering it
+                 (``step``: a distillation also runs its teacher), and the compute of the
+                 model it leaves relative to the one entering (``leaves``: a pruned
+                 model is cheaper). ``config``: the recipe model's config.json, if known.
     """
 
     name: str
@@ -101,6 +106,15 @@ class StageType:
     load: Callable[[Path], Any] | None = None
     quantization: Callable[[Mapping[str, Any], str, Any], Any] | None = None
     replaces_model: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None
+    cost: Callable[[Mapping[str, Any], Mapping[str, Any]], StageCost] | None = None
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What a stage costs to train and what it leaves, relative to the model entering it (``StageType.cost``)."""
+
+    step: float = 1.0
+    leaves: float = 1.0
 
 
 @dataclass

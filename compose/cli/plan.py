@@ -31,6 +31,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("overrides", nargs="*", help="key.path=value or ~key.path")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument(
+        "--time",
+        action="store_true",
+        help="estimate each stage's time on this machine: loads the recipe's model and times a few training "
+        "steps on the real data (seconds to a minute)",
+    )
+    p.add_argument(
         "--no-data",
         action="store_true",
         help="do not read the data and the tokenizer (no token lengths, truncation or training steps)",
@@ -91,7 +97,7 @@ def run(args) -> int:
     if not args.no_data:
         from compose.run.data_plan import data_plan
 
-        plan["data"] = data_plan(recipe)
+        plan["data"] = data_plan(recipe, host, estimate_time=args.time)
         if "search" in plan:
             plan["search"]["floor"] = _floor(args, recipe, host)
     if args.json:
@@ -141,6 +147,16 @@ def _print_data(data: dict) -> None:
     for item in data["training"]:
         where = "" if item["settings"] == "with" else f" ({item['settings']})"
         print(f"#   {item['stage']}{where}: {item['describe']} on '{item['split']}' ({item['rows']:,} rows)")
+    if data.get("time"):
+        time = data["time"]
+        print(
+            f"# estimated time on this machine (the recipe's model measured here: a training step "
+            f"{time['calibration']['fixed_seconds']:.3f} s + {time['calibration']['seconds_per_token'] * 1e3:.3f} ms "
+            "a token):"
+        )
+        for item in time["stages"]:
+            print(f"#   {item['stage']}: ~{item['seconds']:.0f} s (training ~{item['training_seconds']:.0f} s)")
+        print(f"#   in all: ~{time['total_seconds'] / 60:.1f} min, besides loading and the input's evaluation")
 
 
 def _floor(args, recipe, host) -> dict:

@@ -23,7 +23,7 @@ def _blocks(settings, paths):
             yield at, block
 
 
-def data_plan(recipe) -> dict:
+def data_plan(recipe, host=None, estimate_time: bool = False) -> dict:
     from compose.run.modeling import load_tokenizer
     from compose.tasks import build_task
 
@@ -49,11 +49,27 @@ def data_plan(recipe) -> dict:
                     "settings": ".".join(("with", *at)) if at else "with",
                     "split": split,
                     "rows": items,
+                    "batch_size": block["batch_size"],
+                    "group_by_length": block["group_by_length"],
                     **budget.to_json(),
                     "describe": ("up to " if budget.unit == "minutes" else "") + budget.describe(),
                 }
             )
+    timing = None
+    if estimate_time and budgets:
+        from compose.run.estimate import calibrate, estimate
+
+        first = next(s for s, t in zip(recipe.stages, recipe.stage_types) if s["name"] == budgets[0]["stage"])
+        block = next(b for _, b in _blocks(first["with"], training_settings_paths(host.stage(first["uses"]).schema)))
+        calibration = calibrate(recipe, host, task, tokenizer, first, block)
+        stages = estimate(recipe, host, task, budgets, calibration)
+        timing = {
+            "calibration": calibration,
+            "stages": stages,
+            "total_seconds": round(sum(s["seconds"] for s in stages), 1),
+        }
     return {
+        "time": timing,
         "max_length": chosen,
         "max_length_written": written,
         "lengths": lengths,

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from compose.api import Check, describe_length
+from compose.api import Check, StageCost, describe_length
 from compose.plugins.distill.layer_maps import layer_map_form_problem, layer_map_problems, stack_label
 from compose.plugins.distill.sizes import (
     ALL_SIZE_KEYS,
@@ -73,6 +74,25 @@ def _config_json(folder) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def cost(settings, config) -> StageCost:
+    """The student's compute relative to its teacher (the share of layers it keeps), and a training step's: the
+    student's plus the teacher's forward pass (a third of a training step), which the teacher cache pays once
+    per example instead of once per step."""
+    arch = lookup((config or {}).get("model_type"))
+    counts = arch.layer_counts(config) if arch is not None else None
+    rule = (settings.get("student") or {}).get("from_teacher")
+    if not counts or not isinstance(rule, Mapping):
+        return StageCost()
+    first = next(iter(counts.values()))
+    layers = rule.get("layers")
+    share = min(1.0, (len(layers) if isinstance(layers, list) else math.ceil(first / 2)) / first)
+    training = settings["training"]
+    passes = training["epochs"] if not any(training.get(k) for k in ("max_steps", "tokens", "minutes")) else 1.0
+    cached = why_not_cached(settings, arch.family) is None
+    teacher_forward = 1 / 3 / max(1.0, passes) if cached else 1 / 3
+    return StageCost(step=share + teacher_forward, leaves=share)
 
 
 def replaces_model(settings) -> dict | None:

@@ -33,7 +33,7 @@ from compose import hookimpl
 from compose.api import StageContext, StageResult, StageType, count_parameters, load_schema_file, train_model
 from compose.plugins.distill.attention import heads_per_layer, restore, set_attention_dropout, use_eager_attention
 from compose.plugins.distill.layer_maps import resolve_layer_maps, stack_label
-from compose.plugins.distill.plan import check, describe, replaces_model
+from compose.plugins.distill.plan import check, cost, describe, replaces_model
 from compose.plugins.distill.student import build_student, config_differences
 from compose.plugins.shared.architectures.modules import layer_counts
 from compose.plugins.shared.distillation.loss import TERMS, DistillationLoss
@@ -160,5 +160,6 @@ def compose_register_stages(register):
             check=check,
             describe=describe,
             replaces_model=replaces_model,
+            cost=cost,
         )
     )

@@ -16,10 +16,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from compose.api import Check, StageContext, StageResult, StageType, count_parameters, record_transform
+from compose.api import (
+    Check,
+    StageContext,
+    StageCost,
+    StageResult,
+    StageType,
+    count_parameters,
+    record_transform,
+)
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.recovery import describe_recovery, recover
 from compose.plugins.shared.architectures.checks import architecture_problems, recipe_architecture
+from compose.plugins.shared.architectures.costs import block_shares
 
 
 class UnitPruning(ABC):
@@ -165,4 +174,18 @@ class UnitPruning(ABC):
             check=self.check,
             describe=self.describe,
             rebuild=rebuild,
+            cost=self.cost,
         )
+
+    #: Which share of a block's compute (``shared.architectures.costs.block_shares``) the pruned units are.
+    compute_part = "ffn"
+
+    def cost(self, settings, config) -> StageCost:
+        """The pruned model's compute (a ``ratio`` of the units gone from their share of every block); its recovery
+        trains that model."""
+        shares = block_shares(config)
+        ratio = settings.get("ratio")
+        if shares is None or not ratio:
+            return StageCost()
+        left = 1.0 - ratio * shares[self.compute_part]
+        return StageCost(step=left, leaves=left)

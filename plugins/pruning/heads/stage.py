@@ -177,6 +177,7 @@ def _unit_words(sites) -> str:
 class HeadPruning(UnitPruning):
     stage = STAGE
     units = "heads"
+    compute_part = "attention"
     taylor_words = "taylor head importance"
 
     find_sites = staticmethod(find_attention)

@@ -1,0 +1,132 @@
+"""How long each stage will take on this machine, estimated before anything runs (``recipe plan --time``).
+
+One short calibration measures the recipe's own model: a few real training steps through the
+shared loop (its mixed precision and extensions, batches of the data's real lengths) and an
+evaluation forward pass. Each stage's time is then its training steps (``data_plan``) times
+that step time, scaled by the stage's batch size and by what the stages before it left (a
+3-layer student steps faster than its 6-layer teacher): stage types say so with
+``StageType.cost`` (``compose.api.StageCost``). Plus its evaluation, a forward pass over the
+evaluation split. Setup, calibration of pruning, exports and latency measurements are not
+estimated (seconds on a small model).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+#: Steps of the calibration: the difference of two short runs (WARM and WARM + TIMED steps) is the step time.
+WARM, TIMED = 2, 6
+
+
+def _context(recipe, host, task, tokenizer, model, stage, settings):
+    import torch
+
+    from compose.progress import Progress
+    from compose.stage import StageContext
+
+    return StageContext(
+        name=f"{stage['name']} (calibration)",
+        plugin=stage["uses"],
+        settings=settings,
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        family=recipe.family,
+        work_dir=None,
+        seed=recipe.data["seed"],
+        device=torch.device("cpu"),
+        progress=Progress(enabled=False),
+        recipe=recipe.data,
+        plugin_host=host,
+    )
+
+
+def _per_step(recipe, host, task, tokenizer, model, stage, block, batch_size: int) -> tuple[float, float]:
+    """(seconds, padded tokens) of one training step at ``batch_size``, from two short runs of the real loop."""
+    from compose.run.training import train_model
+
+    found = {}
+    for steps in (WARM, WARM + TIMED):
+        settings = {
+            **block,
+            "batch_size": batch_size,
+            "max_steps": steps,
+            "tokens": None,
+            "minutes": None,
+            "early_stopping": None,
+            "group_by_length": False,  # random batches: a length-grouped pass starts with its longest
+            "eval_every_epoch": False,
+            "checkpoint_every": None,
+        }
+        ctx = _context(recipe, host, task, tokenizer, copy.deepcopy(model), stage, settings)
+        _, summary = train_model(ctx, settings=settings)
+        found[steps] = (summary.seconds, summary.tokens["computed"], summary.tokens["real"])
+    (t0, c0, r0), (t1, c1, r1) = found[WARM], found[WARM + TIMED]
+    return max(1e-6, (t1 - t0) / TIMED), (c1 - c0) / TIMED, (r1 - r0) / TIMED
+
+
+def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
+    """A training step's time on this machine as ``fixed + per_token x tokens`` (the optimizer's step costs the
+    same for any batch; the forward and backward passes grow with the tokens), from steps of the recipe's own
+    model at two batch sizes through the shared loop (``block``: the first training stage's settings); and the
+    time of an evaluation batch."""
+    import torch
+
+    from compose.evaluation.evaluator import evaluate
+    from compose.run.modeling import load_model
+
+    model = load_model(recipe.data["model"], task, tokenizer=tokenizer)
+    large, small = block["batch_size"], max(1, block["batch_size"] // 4)
+    (t_large, c_large, r_large), (t_small, c_small, _) = (
+        _per_step(recipe, host, task, tokenizer, model, stage, block, size) for size in (large, small)
+    )
+    per_token = max(0.0, (t_large - t_small) / max(1.0, c_large - c_small))
+    fixed = max(0.0, t_large - per_token * c_large)
+    evaluation = recipe.data["evaluate"]
+    started = time.perf_counter()
+    result = evaluate(
+        model, tokenizer, task, {**evaluation, "limit": 4 * evaluation["batch_size"]}, torch.device("cpu")
+    )
+    per_batch = (time.perf_counter() - started) / max(1, math.ceil(result.examples / evaluation["batch_size"]))
+    return {
+        "fixed_seconds": round(fixed, 4),
+        "seconds_per_token": per_token,
+        "padding": round(c_large / max(1.0, r_large), 3),  # padded tokens per real token of a random batch
+        "step_seconds": round(t_large, 4),
+        "batch_size": large,
+        "eval_batch_seconds": round(per_batch, 4),
+    }
+
+
+#: Padded tokens per real token in a length-grouped pass (batches of similar lengths pad little).
+GROUPED_PADDING = 1.05
+
+
+def step_seconds(calibration: dict, block: dict) -> float:
+    """A training step of the recipe's model with ``block``'s batches (``data_plan``'s budget row)."""
+    real = (block["tokens_per_pass"] or 0) / max(1, block["steps_per_pass"])
+    padding = GROUPED_PADDING if block.get("group_by_length", True) else calibration["padding"]
+    return calibration["fixed_seconds"] + calibration["seconds_per_token"] * real * padding
+
+
+def estimate(recipe, host, task, training: list[dict], calibration: dict) -> list[dict]:
+    """Per stage: estimated seconds of training and of its evaluation. ``training``: ``data_plan``'s budgets."""
+    from compose.recipe.model_source import model_config_dict
+
+    evaluation = recipe.data["evaluate"]
+    eval_batches = math.ceil(len(task.rows(evaluation["split"])) / evaluation["batch_size"])
+    config = model_config_dict(recipe.data["model"]) or {}
+    factor = 1.0  # compute of the model entering the stage, relative to the recipe's model
+    found = []
+    for stage, stage_type in zip(recipe.stages, recipe.stage_types):
+        cost = stage_type.cost(stage["with"], config) if stage_type.cost is not None else None
+        step = cost.step if cost is not None else 1.0
+        blocks = [b for b in training if b["stage"] == stage["name"]]
+        train = sum(b["steps"] * step_seconds(calibration, b) * factor * step for b in blocks)
+        if cost is not None:
+            factor *= cost.leaves
+        seconds = train + eval_batches * calibration["eval_batch_seconds"] * factor
+        found.append({"stage": stage["name"], "training_seconds": round(train, 1), "seconds": round(seconds, 1)})
+    return found

@@ -1,0 +1,63 @@
+"""compose.run.estimate: stage times from one calibration, scaled by what the stages before leave."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compose.recipe.load import load_recipe
+from compose.run.estimate import GROUPED_PADDING, estimate, step_seconds
+from compose.tasks import build_task
+from compose.testing import run_recipe
+
+STAGES = (
+    "- {name: ft, uses: train, with: {epochs: 1, batch_size: 16, eval_every_epoch: false}}\n"
+    "- {name: d, uses: distill, with: {student: {from_teacher: {layers: [0]}}, "
+    "training: {epochs: 2, batch_size: 16, eval_every_epoch: false}}}\n"
+    "- {name: ffn, uses: prune-ffn, with: {ratio: 0.5, recovery: {epochs: 0.5, batch_size: 16}}}\n"
+)
+CALIBRATION = {"fixed_seconds": 0.01, "seconds_per_token": 1e-4, "padding": 1.4, "eval_batch_seconds": 0.0}
+
+
+def block(stage, steps, tokens_per_pass=16_000, steps_per_pass=16, grouped=True):
+    return {
+        "stage": stage,
+        "steps": steps,
+        "tokens_per_pass": tokens_per_pass,
+        "steps_per_pass": steps_per_pass,
+        "group_by_length": grouped,
+    }
+
+
+def test_a_step_costs_a_fixed_part_and_its_tokens():
+    assert step_seconds(CALIBRATION, block("ft", 16)) == pytest.approx(0.01 + 1e-4 * 1000 * GROUPED_PADDING)
+    assert step_seconds(CALIBRATION, block("ft", 16, grouped=False)) == pytest.approx(0.01 + 1e-4 * 1000 * 1.4)
+
+
+def test_later_stages_are_scaled_by_what_the_stages_before_leave(write_recipe, host):
+    recipe = load_recipe(write_recipe(STAGES), [], host)
+    task = build_task(recipe.data["task"], 0)
+    per_step = step_seconds(CALIBRATION, block("ft", 16))
+    found = {
+        s["stage"]: s["training_seconds"]
+        for s in estimate(recipe, host, task, [block("ft", 16), block("d", 32), block("ffn", 8)], CALIBRATION)
+    }
+    assert found["ft"] == pytest.approx(16 * per_step, abs=0.05)
+    # the tiny BERT has 2 layers: the student keeps 1 (half), and its teacher's forward pass (a third of a step)
+    # runs once per example over 2 passes (teacher cache)
+    assert found["d"] == pytest.approx(32 * per_step * (0.5 + 1 / 3 / 2), abs=0.05)
+    # half of the FFN (its share of a block: 2 h i / (4 h^2 + 2 h i)) of the half-size student
+    config = recipe.data["model"]["config"]
+    ffn = 2 * config["intermediate_size"] / (4 * config["hidden_size"] + 2 * config["intermediate_size"])
+    assert found["ffn"] == pytest.approx(8 * per_step * 0.5 * (1 - 0.5 * ffn), abs=0.05)
+
+
+def test_plan_time_calibrates_on_this_machine_and_prints_every_stage(write_recipe, capsys):
+    path = write_recipe(STAGES)
+    assert run_recipe("plan", str(path), "--time", "--json") == 0
+    timing = json.loads(capsys.readouterr().out)["data"]["time"]
+    assert [s["stage"] for s in timing["stages"]] == ["ft", "d", "ffn"]
+    assert timing["calibration"]["step_seconds"] > 0 and timing["calibration"]["seconds_per_token"] >= 0
+    assert all(s["seconds"] > 0 for s in timing["stages"])
+    assert timing["total_seconds"] == pytest.approx(sum(s["seconds"] for s in timing["stages"]), abs=0.5)
