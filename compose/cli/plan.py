@@ -100,6 +100,8 @@ def run(args) -> int:
         plan["data"] = data_plan(recipe, host, estimate_time=args.time)
         if "search" in plan:
             plan["search"]["floor"] = _floor(args, recipe, host)
+            if plan["data"].get("time"):
+                plan["search"]["trial_cost"] = _trial_cost(recipe, plan["data"]["time"])
     if args.json:
         dump_json(plan)
         return EXIT_OK
@@ -128,6 +130,13 @@ def run(args) -> int:
             )
             if floor["warning"]:
                 print(f"# warning: {floor['warning']}")
+        cost = search.get("trial_cost")
+        if cost:
+            print(
+                f"# a trial: ~{cost['first_trial_seconds'] / 60:.1f} min the first time, ~{cost['later_trial_seconds'] / 60:.1f} "
+                f"min once {', '.join(cost['shared_stages']) or 'no stage'} is shared"
+                + (f"; {cost['minutes']} minutes buy ~{cost['trials_in_minutes']} trials" if cost["minutes"] else "")
+            )
     return EXIT_OK
 
 
@@ -175,6 +184,32 @@ def _floor(args, recipe, host) -> dict:
         len(build_task(recipe.data["task"], recipe.data["seed"]).rows("train")) if study.recipes.carved else None
     )
     return floor_check(recipe.data["search"], rows, task.metric_name, train_rows)
+
+
+def _trial_cost(recipe, timing: dict) -> dict:
+    """A trial's estimated time: the first runs every stage, later ones reuse the stages before the first one
+    the search changes (the store); and how many trials search.minutes buys."""
+    from compose.recipe.search_space import dimensions
+
+    search = recipe.data["search"]
+    searched = {d.path.split(".")[1] for d in dimensions(search) if d.path.startswith("stages.")}
+    names = [s["name"] for s in recipe.stages]
+    first = min((names.index(n) for n in searched if n in names), default=len(names))
+    seconds = {s["stage"]: s["seconds"] for s in timing["stages"]}
+    full = sum(seconds.values())
+    later = sum(seconds[n] for n in names[first:])
+    minutes = search["minutes"]
+    trials = 0
+    if minutes:
+        left = minutes * 60 - full
+        trials = 0 if left < 0 else 1 + int(left // max(later, 1e-6))
+    return {
+        "first_trial_seconds": round(full, 3),
+        "later_trial_seconds": round(later, 3),
+        "shared_stages": names[:first],
+        "minutes": minutes,
+        "trials_in_minutes": trials,
+    }
 
 
 def _search_plan(recipe) -> dict:

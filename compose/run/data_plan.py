@@ -66,7 +66,7 @@ def data_plan(recipe, host=None, estimate_time: bool = False) -> dict:
         timing = {
             "calibration": calibration,
             "stages": stages,
-            "total_seconds": round(sum(s["seconds"] for s in stages), 1),
+            "total_seconds": round(sum(s["seconds"] for s in stages), 3),
         }
     return {
         "time": timing,

@@ -128,5 +128,5 @@ def estimate(recipe, host, task, training: list[dict], calibration: dict) -> lis
         if cost is not None:
             factor *= cost.leaves
         seconds = train + eval_batches * calibration["eval_batch_seconds"] * factor
-        found.append({"stage": stage["name"], "training_seconds": round(train, 1), "seconds": round(seconds, 1)})
+        found.append({"stage": stage["name"], "training_seconds": round(train, 3), "seconds": round(seconds, 3)})
     return found

@@ -61,3 +61,13 @@ def test_plan_time_calibrates_on_this_machine_and_prints_every_stage(write_recip
     assert timing["calibration"]["step_seconds"] > 0 and timing["calibration"]["seconds_per_token"] >= 0
     assert all(s["seconds"] > 0 for s in timing["stages"])
     assert timing["total_seconds"] == pytest.approx(sum(s["seconds"] for s in timing["stages"]), abs=0.5)
+
+
+def test_a_tune_recipes_plan_says_what_a_trial_costs_and_what_the_budget_buys(write_recipe, capsys):
+    search = "search:\n  space:\n    - {path: stages.ffn.with.ratio, choices: [0.25, 0.5]}\n  minutes: 30\n"
+    assert run_recipe("plan", str(write_recipe(STAGES, search)), "--time", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    cost, stages = plan["search"]["trial_cost"], plan["data"]["time"]["stages"]
+    assert cost["shared_stages"] == ["ft", "d"]  # before the first stage the search changes: run once, reused
+    assert cost["later_trial_seconds"] == pytest.approx(stages[-1]["seconds"], abs=0.1)
+    assert cost["trials_in_minutes"] == 1 + int((30 * 60 - cost["first_trial_seconds"]) // cost["later_trial_seconds"])
