@@ -115,6 +115,10 @@ class StageCost:
 
     step: float = 1.0
     leaves: float = 1.0
+    #: Work besides training, in forward-and-backward passes of a batch of ``extra_batch_size`` of the model
+    #: entering the stage (a pruning stage's importance scoring on calibration batches).
+    extra_passes: float = 0.0
+    extra_batch_size: int = 32
 
 
 @dataclass

@@ -90,6 +90,7 @@ def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
         model, tokenizer, task, {**evaluation, "limit": 4 * evaluation["batch_size"]}, torch.device("cpu")
     )
     per_batch = (time.perf_counter() - started) / max(1, math.ceil(result.examples / evaluation["batch_size"]))
+    single = _single_example_seconds(model, tokenizer, task, evaluation["split"])
     return {
         "fixed_seconds": round(fixed, 4),
         "seconds_per_token": per_token,
@@ -97,7 +98,25 @@ def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
         "step_seconds": round(t_large, 4),
         "batch_size": large,
         "eval_batch_seconds": round(per_batch, 4),
+        "single_example_seconds": round(single, 5),
     }
+
+
+def _single_example_seconds(model, tokenizer, task, split: str) -> float:
+    """A batch-1 forward pass of the recipe's model (what latency measurements time, 50 of them a stage)."""
+    import torch
+
+    batches = iter(task.batches(split, tokenizer, 1))
+    first = next(batches)
+    with torch.no_grad():
+        model.eval()(**{k: v for k, v in first.items() if k != "labels"})
+        started, count = time.perf_counter(), 0
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+            count += 1
+            if count == 8:
+                break
+    return (time.perf_counter() - started) / max(1, count)
 
 
 #: Padded tokens per real token in a length-grouped pass (batches of similar lengths pad little).
@@ -117,6 +136,15 @@ def estimate(recipe, host, task, training: list[dict], calibration: dict) -> lis
 
     evaluation = recipe.data["evaluate"]
     eval_batches = math.ceil(len(task.rows(evaluation["split"])) / evaluation["batch_size"])
+    latency = evaluation["latency"]
+    measuring = 0.0
+    if latency["enabled"]:  # batch-1 examples and full batches, as the evaluation's forward passes
+        measuring = (
+            latency["batch1_samples"] * calibration["single_example_seconds"]
+            + (latency["throughput_batches"] * calibration["eval_batch_seconds"] * latency["throughput_batch_size"])
+            / evaluation["batch_size"]
+        )
+    per_token_step = calibration["step_seconds"] / calibration["batch_size"]  # a forward and backward, per example
     config = model_config_dict(recipe.data["model"]) or {}
     factor = 1.0  # compute of the model entering the stage, relative to the recipe's model
     found = []
@@ -126,7 +154,8 @@ def estimate(recipe, host, task, training: list[dict], calibration: dict) -> lis
         blocks = [b for b in training if b["stage"] == stage["name"]]
         train = sum(b["steps"] * step_seconds(calibration, b) * factor * step for b in blocks)
         if cost is not None:
+            train += cost.extra_passes * cost.extra_batch_size * per_token_step * factor * (2 / 3)  # no optimizer step
             factor *= cost.leaves
-        seconds = train + eval_batches * calibration["eval_batch_seconds"] * factor
+        seconds = train + (eval_batches * calibration["eval_batch_seconds"] + measuring) * factor
         found.append({"stage": stage["name"], "training_seconds": round(train, 3), "seconds": round(seconds, 3)})
     return found

@@ -186,6 +186,9 @@ class UnitPruning(ABC):
         shares = block_shares(config)
         ratio = settings.get("ratio")
         if shares is None or not ratio:
-            return StageCost()
+            return StageCost()  # heads_per_layer: the share removed depends on the model's layout
         left = 1.0 - ratio * shares[self.compute_part]
-        return StageCost(step=left, leaves=left)
+        scoring = settings["calibration_batches"] if settings.get("importance") == "taylor" else 0
+        return StageCost(
+            step=left, leaves=left, extra_passes=scoring, extra_batch_size=settings.get("calibration_batch_size", 32)
+        )
