@@ -15,9 +15,17 @@ STAGES = (
     "- {name: ft, uses: train, with: {epochs: 1, batch_size: 16, eval_every_epoch: false}}\n"
     "- {name: d, uses: distill, with: {student: {from_teacher: {layers: [0]}}, "
     "training: {epochs: 2, batch_size: 16, eval_every_epoch: false}}}\n"
-    "- {name: ffn, uses: prune-ffn, with: {ratio: 0.5, recovery: {epochs: 0.5, batch_size: 16}}}\n"
+    "- {name: ffn, uses: prune-ffn, with: {ratio: 0.5, importance: magnitude, recovery: {epochs: 0.5, batch_size: 16}}}\n"
 )
-CALIBRATION = {"fixed_seconds": 0.01, "seconds_per_token": 1e-4, "padding": 1.4, "eval_batch_seconds": 0.0}
+CALIBRATION = {
+    "fixed_seconds": 0.01,
+    "seconds_per_token": 1e-4,
+    "padding": 1.4,
+    "eval_batch_seconds": 0.0,
+    "single_example_seconds": 0.0,
+    "step_seconds": 0.1,
+    "batch_size": 16,
+}
 
 
 def block(stage, steps, tokens_per_pass=16_000, steps_per_pass=16, grouped=True):
