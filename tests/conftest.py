@@ -292,3 +292,26 @@ def make_context(write_recipe, host, tmp_path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/servers.py); skipped, with the reason, only where none
+    can be started on this machine."""
+    from tests import servers
+
+    reason = servers.why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    server = servers.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A new empty database on the session's server, for one test; its SQLAlchemy URL."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{id(request) % 100000}"
+    return postgres_server.create_database(name)

@@ -44,9 +44,61 @@ def storage_for(url: str | None, tune_dir: Path, stale_after: float = 300.0):
 
         return HeartbeatJournalStorage(url.removeprefix("journal:"), **heartbeat)
     url = url or f"sqlite:///{(tune_dir / STUDY_DB).resolve()}"
-    # SQLite serialises writers: wait for another worker's write instead of failing on a locked file
-    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+    if url.startswith("sqlite"):  # SQLite serialises writers: wait for another worker's write, not fail
+        engine = {"connect_args": {"timeout": 120}}
+    elif url.startswith("postgresql"):  # a server that does not answer is said within seconds
+        engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    else:
+        engine = None
+    return _database(url, engine, heartbeat)
+
+
+#: Seconds to wait for a database server before saying it cannot be reached.
+CONNECT_TIMEOUT_S = 10
+
+
+class StorageError(Exception):
+    """The study's storage cannot be opened: the message names it with its password hidden."""
+
+
+def masked(url: str) -> str:
+    """``url`` with its password hidden (what messages and the report may show)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: hide anything between ':' and '@'
+        import re
+
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _database(url: str, engine, heartbeat):
+    """Optuna's RDB storage on ``url``, connected now. Workers that start together on a new database race to
+    create its tables: the loser tries again once they exist."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+        except (SQLAlchemyError, ImportError) as exc:
+            cause = exc
+            text = (
+                str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                if str(exc).strip()
+                else type(exc).__name__
+            )
+            racing = "already exists" in str(exc) or "duplicate key" in str(exc)
+            if not racing or attempt == 2:
+                raise StorageError(
+                    f"cannot open the study's storage {masked(url)}: {masked(text)}; nothing ran. Check the host, "
+                    "port, database, user and password (and that the server accepts connections from here)"
+                ) from None
+            time.sleep(0.5 + attempt)
+    raise StorageError(f"cannot open the study's storage {masked(url)}: {cause}")  # pragma: no cover
 
 
 def params_of(trial) -> dict:
@@ -98,12 +150,14 @@ def open_study(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # feasibility: each trial's own constraint (``Trial.set_constraint``, FLOOR_CONSTRAINT), read by both samplers
     sampler = (optuna.samplers.TPESampler if len(objectives) == 1 else optuna.samplers.NSGAIISampler)(seed=seed)
+    # a database or journal given by URL is opened first: one that cannot be reached leaves nothing behind
+    storage = storage_for(storage_url, tune_dir, stale_after) if storage_url else None
     tune_dir.mkdir(parents=True, exist_ok=True)
-    # two workers starting together must not both create the database's tables
+    # two workers starting together must not both create the default database's tables
     with waiting_lock(tune_dir / ".study.lock"):
         return optuna.create_study(
             study_name=name,
-            storage=storage_for(storage_url, tune_dir, stale_after),
+            storage=storage or storage_for(storage_url, tune_dir, stale_after),
             sampler=sampler,
             directions=[DIRECTIONS[objective] for objective in objectives],
             load_if_exists=True,
