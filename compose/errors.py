@@ -91,18 +91,28 @@ _FILE_FAULTS = {
 }
 
 
-def _as_os_error(exc: BaseException) -> BaseException:
-    """A library's error that reports an OS error only in its text (safetensors: "... (os error 28)")."""
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The operating system's error behind ``exc``: ``exc`` itself, one it was raised from or during (its
+    ``__cause__`` / ``__context__`` chain), or one a library reports only in its text: safetensors' "... (os
+    error 28)", or "[Errno 28] ..." in a message. None where there is none."""
     import os
     import re
 
-    if isinstance(exc, OSError):
-        return exc
-    found = re.search(r"\(os error (\d+)\)", str(exc))
-    if found is None:
-        return exc
-    code = int(found.group(1))
-    return OSError(code, os.strerror(code))
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        found = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(exc))
+        if found is not None:
+            code = int(found.group(1) or found.group(2))
+            return OSError(code, os.strerror(code), getattr(exc, "filename", None))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _as_os_error(exc: BaseException) -> BaseException:
+    return os_error_in(exc) or exc
 
 
 def file_fault_message(exc: OSError) -> str | None:
@@ -112,10 +122,10 @@ def file_fault_message(exc: OSError) -> str | None:
     name = errno.errorcode.get(exc.errno or -1)
     path = exc.filename or "a file of the run"
     if name in ("ENOSPC", "EDQUOT"):
-        what = "the disk is full" if name == "ENOSPC" else "the disk quota is used up"
+        what = "no space left on the device" if name == "ENOSPC" else "the disk quota is used up"
         return (
-            f"{what} while writing {path}; the partial files were removed and finished stages are kept: "
-            "free some space and run `recipe apply` again to resume"
+            f"{what} (the disk is full) while writing {path}; the partial files were removed and finished "
+            "stages are kept: free some space and run `recipe apply` again to resume"
         )
     if name in _FILE_FAULTS:
         what, fix = _FILE_FAULTS[name]

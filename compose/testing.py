@@ -177,6 +177,15 @@ class PausedRun:
         self._clear()
         self.process.send_signal(sig)
 
+    def resume(self) -> None:
+        """Let the paused run go on from where it paused (after the test changed the world under it)."""
+        from compose.run.interrupts import RESUME_SUFFIX
+
+        flags = self._flags()
+        self._clear()
+        for flag in flags:
+            Path(str(flag) + RESUME_SUFFIX).write_text("", encoding="utf-8")
+
     def wait(self) -> int:
         return self.process.wait(timeout=HANG_S)
 

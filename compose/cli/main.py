@@ -9,7 +9,7 @@ import sys
 from compose import __version__
 from compose.cli import apply, compare, plan, plugins, schema, tune, validate, verify
 from compose.cli._common import CommandError, stderr
-from compose.errors import file_fault_message
+from compose.errors import file_fault_message, os_error_in
 from compose.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, help_text
 from compose.quiet import VERBOSE_ENV, quiet_libraries
 
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         stderr.print("[yellow]interrupted[/]")
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug of ours: say so briefly unless debugging
-        message = file_fault_message(exc) if isinstance(exc, OSError) else None
+        found = os_error_in(exc)
+        message = file_fault_message(found) if found is not None else None
         if message is not None:  # the machine's fault (a full disk, a read-only folder ...), not ours
             stderr.print("[red]error:[/] ", end="")
             stderr.print(message, markup=False, soft_wrap=True)

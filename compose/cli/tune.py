@@ -104,6 +104,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from compose.progress import Progress, interval_from_env
     from compose.tune.driver import StorageError
+    from compose.tune.store import StoreError
     from compose.tune.study import Study, TuneOptions
 
     host = host_or_exit()
@@ -144,7 +145,7 @@ def run(args) -> int:
     try:
         with progress:
             report = study.run()
-    except StorageError as exc:
+    except (StorageError, StoreError) as exc:
         raise CommandError(str(exc)) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted:[/] the study is kept; run the same command again to continue it")

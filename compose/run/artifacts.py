@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compose import atomic
-from compose.errors import ModelLoadError
+from compose.errors import ModelLoadError, os_error_in
 from compose.run import interrupts
 
 MANIFEST = "compose-artifact.json"
@@ -54,6 +54,17 @@ def save_artifact(
     """
     directory = Path(directory)
     before_replace = (lambda: interrupts.point(point)) if point is not None else None
+    try:
+        return _save(model, tokenizer, directory, task_kind, extra, before_replace)
+    except Exception as exc:
+        found = os_error_in(exc)
+        if found is None or isinstance(exc, OSError):
+            raise
+        # a library's wrapper of the machine's error (safetensors' SafetensorError): said with the folder
+        raise OSError(found.errno, found.strerror, str(directory)) from exc
+
+
+def _save(model, tokenizer, directory: Path, task_kind: str, extra, before_replace) -> Path:
     with atomic.writing_folder(directory, before_replace) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:

@@ -206,7 +206,7 @@ class Executor:
             interrupts.point("run/result")  # a signal that some library swallowed still stops the run here
             passed = not stopped and check_gates(report, final=True)
             report.status = "passed" if passed else "gate_failed"
-        except (StageFailed, ComposeError, OSError, KeyboardInterrupt) as exc:
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - what is not ours to say is raised again
             self._record_failure(report, exc, current)
         finally:
             self._finish(report, task, time.perf_counter() - started, current)

@@ -37,6 +37,8 @@ PAUSE_AT_ENV = "RECIPE_COMPOSE_PAUSE_AT"
 PAUSE_FILE_ENV = "RECIPE_COMPOSE_PAUSE_FILE"
 #: A paused run that no signal reaches goes on after this long (a test that died must not leave it hanging).
 PAUSE_LIMIT_S = 600.0
+#: Beside the pause file: its presence ends a pause, and the run goes on from that point.
+RESUME_SUFFIX = ".resume"
 EXIT_INTERRUPTED = 130
 
 _IDLE, _REQUESTED, _STOPPING = "idle", "requested", "stopping"
@@ -127,6 +129,10 @@ def _pause(name: str) -> None:
         atomic.write_text(path, f"{name}\n{os.getpid()}\n")
     else:
         print(f"[paused at {name}; pid {os.getpid()}]", file=sys.stderr, flush=True)
+    resume = Path(str(path) + RESUME_SUFFIX) if target else None
     deadline = time.monotonic() + PAUSE_LIMIT_S
     while time.monotonic() < deadline:
         time.sleep(0.05)  # a signal's KeyboardInterrupt (or os._exit) ends the wait
+        if resume is not None and resume.exists():  # the test changed what it wanted to and lets the run go on
+            resume.unlink(missing_ok=True)
+            return

@@ -36,6 +36,52 @@ def key(stage_fingerprint: str, evaluation_fingerprint: str) -> str:
     return hashlib.sha256(f"{stage_fingerprint}|{evaluation_fingerprint}".encode()).hexdigest()[:32]
 
 
+class StoreError(Exception):
+    """The stage store cannot be used by several workers (its file system's locks do not work)."""
+
+
+def probe(store: Path, run_root: Path) -> dict:
+    """What the store's file system allows, checked before a trial runs: exclusive locks (without them two
+    workers could publish one stage at once: refused, ``StoreError``) and hard links from the store into the
+    trials' folders (without them stages are copied: more disk and time, said in the report)."""
+    import errno
+
+    store, run_root = Path(store), Path(run_root)
+    store.mkdir(parents=True, exist_ok=True)
+    run_root.mkdir(parents=True, exist_ok=True)
+    try:
+        with waiting_lock(store / ".lock"):
+            pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise StoreError(
+                f"the stage store {store} is on a file system without working file locks ({exc.strerror}); "
+                "several workers could write one stage at once: put the tune folder (or --store) on a file system "
+                "with locks (a local disk; NFS with its lock service), or give each machine its own --store"
+            ) from None
+        raise
+    source = store / f".probe-{os.getpid()}"
+    target = run_root / f".probe-{os.getpid()}"
+    source.write_bytes(b"")
+    try:
+        os.link(source, target)
+        links = True
+    except OSError:
+        links = False
+    finally:
+        source.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+    note = (
+        None
+        if links
+        else (
+            f"the stage store {store} cannot hard-link into {run_root} (another file system, or one without hard "
+            "links): finished stages are copied into each trial's folder instead (more disk and time)"
+        )
+    )
+    return {"path": str(store), "hard_links": links, "note": note}
+
+
 def _link_tree(source: Path, target: Path) -> None:
     """``target``: the files of ``source``, hard-linked (copied across file systems)."""
     for path in sorted(source.rglob("*")):

@@ -126,6 +126,9 @@ class Study:
     def run(self) -> dict:
         """Run trials until the study has ``trials`` finished ones or ``minutes`` pass; the tune report."""
         study = self.optuna_study()
+        self.store_check = store.probe(Path(self.options.store or self.dir / store.STORE), self.dir / "trials")
+        if self.store_check["note"] and self.progress is not None:
+            self.progress.log(f"note: {self.store_check['note']}")
         trials = self.options.trials or self.search["trials"]
         minutes = self.options.minutes or self.search["minutes"]
         if not self.options.report_only and (not trials or finished(study) < trials):
@@ -153,6 +156,7 @@ class Study:
         if side_by_side:  # speed on a shared machine moves between runs: rank the front on one measurement
             front = ranked(front, self.objectives, side_by_side, reference)
         report = study_report(study, self.recipes, records, front, side_by_side, reference_run, self.path)
+        report["store"] = getattr(self, "store_check", None)
         report["best_recipe"] = None
         drawn = plot_study(
             records, [t.number for t in front], self.search["min_retained"], self.dir / PLOT_FILE, report["reference"]
