@@ -88,6 +88,11 @@ def writing_file(path: Path, mode: str = "wb", encoding: str | None = None) -> I
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None and exc.errno is not None:  # a failed write names no file: this one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -155,6 +160,11 @@ def writing_folder(folder: Path, before_replace: Callable[[], None] | None = Non
         if before_replace is not None:
             before_replace()
         replace_folder(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.filename is None and exc.errno is not None:  # a failed write names no file: this folder
+            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
