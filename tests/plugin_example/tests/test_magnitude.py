@@ -7,7 +7,6 @@ from this package's folder (`pytest tests`) as well as in recipe-compose's suite
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -191,35 +190,14 @@ def test_later_training_keeps_the_zeros_only_with_hold_in_training(host, bert, h
     assert zero_fraction(bert.bert.encoder.layer[1].intermediate.dense.weight) == (0.5 if hold else 0.0)
 
 
-def test_end_to_end_train_prune_recover(tmp_path, monkeypatch):
+def test_end_to_end_train_prune_recover(tmp_path, monkeypatch, example_recipe):
     """`recipe apply` with the installed plugin (entry point), as a user runs it."""
-    from transformers import BertTokenizer
-
-    BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(tmp_path / "tok")
-    rng = random.Random(0)
-    for split, n in (("train", 64), ("dev", 32)):
-        rows = [(rng.randint(0, 1), rng.choice(WORDS[11:])) for _ in range(n)]
-        lines = [f"{rng.choice(['good great fun', 'bad awful dull'][1 - y].split())} {w}\t{y}" for y, w in rows]
-        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"""\
-model:
-  config: {{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4,
-           intermediate_size: 64, max_position_embeddings: 32, vocab_size: {len(WORDS)}}}
-  tokenizer: {{path: {tmp_path / "tok"}}}
-task:
-  kind: sequence-classification
-  data: {{train: {{path: {tmp_path / "train.tsv"}}}, dev: {{path: {tmp_path / "dev.tsv"}}}}}
-  max_length: 8
-evaluate: {{batch_size: 32, latency_batches: 1}}
-stages:
-  - {{name: finetune, uses: train, with: {{max_steps: 4, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}}}
-  - {{name: prune, uses: magnitude-prune, with: {{sparsity: 0.6, granularity: global}}}}
-  - {{name: recover, uses: train, with: {{max_steps: 2, batch_size: 16, learning_rate: 1.0e-3, eval_every_epoch: false}}}}
-output: {{dir: {tmp_path / "run"}}}
-""",
-        encoding="utf-8",
+    recipe = example_recipe(
+        "  - {name: finetune, uses: train, with: {max_steps: 4, batch_size: 16, learning_rate: 3.0e-3, "
+        "eval_every_epoch: false}}\n"
+        "  - {name: prune, uses: magnitude-prune, with: {sparsity: 0.6, granularity: global}}\n"
+        "  - {name: recover, uses: train, with: {max_steps: 2, batch_size: 16, learning_rate: 1.0e-3, "
+        "eval_every_epoch: false}}\n"
     )
     monkeypatch.setenv("RECIPE_COMPOSE_PLUGINS", "train,magnitude")
     assert run_recipe("apply", str(recipe), "--quiet") == 0

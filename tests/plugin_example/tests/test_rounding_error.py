@@ -7,7 +7,6 @@ recipe-compose's suite.
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -15,37 +14,10 @@ import torch
 from compose.testing import run_recipe
 from recipe_compose_magnitude.rounding_error import rounded
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "great", "fun", "bad", "awful", "dull", "the", "film"]
-
-
-def write_recipe(tmp_path, stages: str):
-    from transformers import BertTokenizer
-
-    BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(tmp_path / "tok")
-    rng = random.Random(0)
-    for split, n in (("train", 64), ("dev", 32)):
-        rows = [(rng.randint(0, 1), rng.choice(WORDS[11:])) for _ in range(n)]
-        lines = [f"{rng.choice(['good great fun', 'bad awful dull'][1 - y].split())} {w}\t{y}" for y, w in rows]
-        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"""\
-model:
-  config: {{model_type: bert, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4,
-           intermediate_size: 64, max_position_embeddings: 32, vocab_size: {len(WORDS)}}}
-  tokenizer: {{path: {tmp_path / "tok"}}}
-task:
-  kind: sequence-classification
-  data: {{train: {{path: {tmp_path / "train.tsv"}}}, dev: {{path: {tmp_path / "dev.tsv"}}}}}
-  max_length: 8
-evaluate: {{batch_size: 32, latency_batches: 1}}
-stages:
-  - {{name: finetune, uses: train, with: {{max_steps: 4, batch_size: 16, learning_rate: 3.0e-3, eval_every_epoch: false}}}}
-{stages}output: {{dir: {tmp_path / "run"}}}
-""",
-        encoding="utf-8",
-    )
-    return recipe
+FINETUNE = (
+    "  - {name: finetune, uses: train, with: {max_steps: 4, batch_size: 16, learning_rate: 3.0e-3, "
+    "eval_every_epoch: false}}\n"
+)
 
 
 @pytest.mark.parametrize(("bits", "group_size"), [(8, -1), (8, 0), (4, 16)])
@@ -66,9 +38,11 @@ def test_the_grid_has_the_declared_levels(bits, group_size):
     [("{weights: int8, per_channel: true}", 8, -1), ("{weights: int4, block_size: 16}", 4, 16)],
     ids=["int8 per channel", "4-bit blocks"],
 )
-def test_it_measures_against_the_scheme_the_export_declares(tmp_path, monkeypatch, export, bits, group_size):
+def test_it_measures_against_the_scheme_the_export_declares(
+    tmp_path, monkeypatch, example_recipe, export, bits, group_size
+):
     stages = "  - {name: check, uses: rounding-error}\n" + f"  - {{name: deploy, uses: export, with: {export}}}\n"
-    recipe = write_recipe(tmp_path, stages)
+    recipe = example_recipe(FINETUNE + stages)
     monkeypatch.setenv("RECIPE_COMPOSE_PLUGINS", "train,export,rounding-error")
     assert run_recipe("apply", str(recipe), "--quiet") == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -79,8 +53,8 @@ def test_it_measures_against_the_scheme_the_export_declares(tmp_path, monkeypatc
     assert 0 < details["mean_relative_error"] < (0.05 if bits == 8 else 0.4)
 
 
-def test_without_a_quantizing_stage_after_it_the_recipe_is_refused(tmp_path, monkeypatch, capsys):
-    recipe = write_recipe(tmp_path, "  - {name: check, uses: rounding-error}\n")
+def test_without_a_quantizing_stage_after_it_the_recipe_is_refused(monkeypatch, capsys, example_recipe):
+    recipe = example_recipe(FINETUNE + "  - {name: check, uses: rounding-error}\n")
     monkeypatch.setenv("RECIPE_COMPOSE_PLUGINS", "train,export,rounding-error")
     assert run_recipe("validate", str(recipe)) == 2
     assert "no later stage declares one" in capsys.readouterr().err
