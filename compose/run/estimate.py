@@ -16,8 +16,10 @@ import copy
 import math
 import time
 
-#: Steps of the calibration: the difference of two short runs (WARM and WARM + TIMED steps) is the step time.
-WARM, TIMED = 2, 6
+from compose import hookimpl
+
+#: Steps of a calibration run: the first WARM warm up; the median time between the next TIMED is a step's.
+WARM, TIMED = 3, 10
 
 
 def _context(recipe, host, task, tokenizer, model, stage, settings):
@@ -43,28 +45,47 @@ def _context(recipe, host, task, tokenizer, model, stage, settings):
     )
 
 
-def _per_step(recipe, host, task, tokenizer, model, stage, block, batch_size: int) -> tuple[float, float]:
-    """(seconds, padded tokens) of one training step at ``batch_size``, from two short runs of the real loop."""
+class _StepClock:
+    """A plugin, registered only while calibrating, that notes when each optimizer step ends."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    @hookimpl
+    def compose_training_step_end(self, step):
+        self.ends.append(time.perf_counter())
+
+
+def _per_step(recipe, host, task, tokenizer, model, stage, block, batch_size: int) -> tuple[float, float, float]:
+    """(seconds, padded tokens, real tokens) of one training step at ``batch_size``: the median time between
+    steps after ``WARM`` warm-up steps, through the real loop (its precision and extensions)."""
+    import statistics
+
+    from compose.plugin_host import PluginInfo
     from compose.run.training import train_model
 
-    found = {}
-    for steps in (WARM, WARM + TIMED):
-        settings = {
-            **block,
-            "batch_size": batch_size,
-            "max_steps": steps,
-            "tokens": None,
-            "minutes": None,
-            "early_stopping": None,
-            "group_by_length": False,  # random batches: a length-grouped pass starts with its longest
-            "eval_every_epoch": False,
-            "checkpoint_every": None,
-        }
+    settings = {
+        **block,
+        "batch_size": batch_size,
+        "max_steps": WARM + TIMED,
+        "tokens": None,
+        "minutes": None,
+        "early_stopping": None,
+        "group_by_length": False,  # random batches: a length-grouped pass starts with its longest
+        "eval_every_epoch": False,
+        "checkpoint_every": None,
+    }
+    clock = _StepClock()
+    name = f"calibration-clock-{id(clock)}"
+    host.register(clock, PluginInfo(name=name, package="recipe-compose", version="", module=__name__))
+    try:
         ctx = _context(recipe, host, task, tokenizer, copy.deepcopy(model), stage, settings)
         _, summary = train_model(ctx, settings=settings)
-        found[steps] = (summary.seconds, summary.tokens["computed"], summary.tokens["real"])
-    (t0, c0, r0), (t1, c1, r1) = found[WARM], found[WARM + TIMED]
-    return max(1e-6, (t1 - t0) / TIMED), (c1 - c0) / TIMED, (r1 - r0) / TIMED
+    finally:
+        host.unregister(name)
+    gaps = [later - earlier for earlier, later in zip(clock.ends[WARM - 1 :], clock.ends[WARM:])]
+    steps = max(1, summary.steps)
+    return statistics.median(gaps), summary.tokens["computed"] / steps, summary.tokens["real"] / steps
 
 
 def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
@@ -85,6 +106,7 @@ def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
     per_token = max(0.0, (t_large - t_small) / max(1.0, c_large - c_small))
     fixed = max(0.0, t_large - per_token * c_large)
     evaluation = recipe.data["evaluate"]
+    evaluate(model, tokenizer, task, {**evaluation, "limit": evaluation["batch_size"]}, torch.device("cpu"))  # warm-up
     started = time.perf_counter()
     result = evaluate(
         model, tokenizer, task, {**evaluation, "limit": 4 * evaluation["batch_size"]}, torch.device("cpu")
