@@ -189,10 +189,10 @@ class Executor:
         self._join_processes()
         task = build_task(self.recipe.data["task"], self.recipe.data["seed"])
         report = self._new_report(task)
-        report.data = data_lengths(self.recipe.data["model"], task, self.progress)
         started = time.perf_counter()
         current = INPUT_ROW
         try:
+            report.data = data_lengths(self.recipe.data["model"], task, self.progress)
             model, tokenizer, reused = self._start(report, task)
             stopped = not check_gates(report, final=False)
             for index, (stage, stage_type) in enumerate(zip(self.recipe.stages, self.recipe.stage_types), start=1):

@@ -120,11 +120,13 @@ class SideBySide:
         compared = len(front) + (reference is not None and bool(front))
         if compared < 2 or not {"throughput", "latency"} & set(objectives):
             return {}
-        latest = {r["number"]: r for r in records}
+        latest = {r["number"]: r["run_dir"] for r in records}
         finals = {}
-        for trial in front:
-            report = json.loads((Path(latest[trial.number]["run_dir"]) / "report.json").read_text(encoding="utf-8"))
-            finals[trial.number] = report["stages"][-1]
+        for trial in front:  # a trial another worker ran: its folder as the study records it
+            folder = Path(latest.get(trial.number) or trial.user_attrs.get("run_dir") or "")
+            if not (folder / "report.json").is_file():
+                return {}  # on another machine (one store per machine): its model cannot be measured here
+            finals[trial.number] = json.loads((folder / "report.json").read_text(encoding="utf-8"))["stages"][-1]
         if reference is not None:
             finals[REFERENCE] = {"artifact": reference.artifact, "plugin": reference.plugin}
         return self.measure(finals, split)

@@ -188,6 +188,9 @@ class Study:
 
         if self.recipes.selection_split == self.recipes.evaluation_split:
             return None
+        source = Path(trial.user_attrs.get("run_dir") or "")
+        if not (source / "stages").is_dir():  # run by a worker on another machine (one store per machine)
+            return {"status": "its trial folder is on another machine", "run_dir": str(source)}
         _, recipe = self.trial_recipe(params_of(trial), final=True)
         target = self.final_dir(trial)
         try:

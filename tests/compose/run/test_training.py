@@ -206,4 +206,6 @@ def test_summary_json():
         "resumed_from_step": None,
         "parameters_in_sync": None,
         "tokens": {},
+        "budget": {},
+        "early_stopping": None,
     }
