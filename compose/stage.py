@@ -115,6 +115,9 @@ class StageCost:
 
     step: float = 1.0
     leaves: float = 1.0
+    #: The parameters of the model it leaves, relative to the entering model's (an optimizer step and a
+    #: save cost per parameter; a student keeps its teacher's whole embedding table).
+    leaves_parameters: float = 1.0
     #: Work besides training, in forward-and-backward passes of a batch of ``extra_batch_size`` of the model
     #: entering the stage (a pruning stage's importance scoring on calibration batches).
     extra_passes: float = 0.0

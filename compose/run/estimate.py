@@ -113,6 +113,7 @@ def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
     )
     per_batch = (time.perf_counter() - started) / max(1, math.ceil(result.examples / evaluation["batch_size"]))
     single = _single_example_seconds(model, tokenizer, task, evaluation["split"])
+    save = _save_seconds(model, tokenizer, task)
     return {
         "fixed_seconds": round(fixed, 4),
         "seconds_per_token": per_token,
@@ -121,7 +122,21 @@ def calibrate(recipe, host, task, tokenizer, stage, block) -> dict:
         "batch_size": large,
         "eval_batch_seconds": round(per_batch, 4),
         "single_example_seconds": round(single, 5),
+        "save_seconds": round(save, 3),
     }
+
+
+def _save_seconds(model, tokenizer, task) -> float:
+    """Saving the recipe's model as a stage saves its artifact (every stage does once)."""
+    import tempfile
+    from pathlib import Path
+
+    from compose.run.artifacts import save_artifact
+
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        save_artifact(model, tokenizer, Path(folder) / "model", task.kind)
+        return time.perf_counter() - started
 
 
 def _single_example_seconds(model, tokenizer, task, split: str) -> float:
@@ -145,11 +160,16 @@ def _single_example_seconds(model, tokenizer, task, split: str) -> float:
 GROUPED_PADDING = 1.05
 
 
-def step_seconds(calibration: dict, block: dict) -> float:
-    """A training step of the recipe's model with ``block``'s batches (``data_plan``'s budget row)."""
+def token_seconds(calibration: dict, block: dict) -> float:
+    """The part of a training step of the recipe's model that grows with ``block``'s batches' tokens."""
     real = (block["tokens_per_pass"] or 0) / max(1, block["steps_per_pass"])
     padding = GROUPED_PADDING if block.get("group_by_length", True) else calibration["padding"]
-    return calibration["fixed_seconds"] + calibration["seconds_per_token"] * real * padding
+    return calibration["seconds_per_token"] * real * padding
+
+
+def step_seconds(calibration: dict, block: dict) -> float:
+    """A training step of the recipe's model with ``block``'s batches (``data_plan``'s budget row)."""
+    return calibration["fixed_seconds"] + token_seconds(calibration, block)
 
 
 def estimate(recipe, host, task, training: list[dict], calibration: dict) -> list[dict]:
@@ -169,15 +189,27 @@ def estimate(recipe, host, task, training: list[dict], calibration: dict) -> lis
     per_token_step = calibration["step_seconds"] / calibration["batch_size"]  # a forward and backward, per example
     config = model_config_dict(recipe.data["model"]) or {}
     factor = 1.0  # compute of the model entering the stage, relative to the recipe's model
+    parameters = 1.0  # its parameters, likewise
     found = []
     for stage, stage_type in zip(recipe.stages, recipe.stage_types):
         cost = stage_type.cost(stage["with"], config) if stage_type.cost is not None else None
         step = cost.step if cost is not None else 1.0
         blocks = [b for b in training if b["stage"] == stage["name"]]
-        train = sum(b["steps"] * step_seconds(calibration, b) * factor * step for b in blocks)
+        # the model this stage trains is the one it leaves (a student, a pruned model): its parameters set an
+        # optimizer step's fixed part; the tokens cost what the entering model's compute, times ``step``, costs
+        trained = parameters * (cost.leaves_parameters if cost is not None else 1.0)
+        train = sum(
+            b["steps"] * (calibration["fixed_seconds"] * trained + token_seconds(calibration, b) * factor * step)
+            for b in blocks
+        )
         if cost is not None:
             train += cost.extra_passes * cost.extra_batch_size * per_token_step * factor * (2 / 3)  # no optimizer step
             factor *= cost.leaves
-        seconds = train + (eval_batches * calibration["eval_batch_seconds"] + measuring) * factor
+        parameters = trained
+        seconds = (
+            train
+            + (eval_batches * calibration["eval_batch_seconds"] + measuring) * factor
+            + calibration.get("save_seconds", 0.0) * parameters
+        )
         found.append({"stage": stage["name"], "training_seconds": round(train, 3), "seconds": round(seconds, 3)})
     return found

@@ -8,25 +8,22 @@ distributed data parallelism come from the ``Accelerator`` the
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compose import atomic
 from compose.run import interrupts
-from compose.run.budget import TIMED_STEPS, Budget, after_timing, planned, unit_of
+from compose.run.budget import Budget, planned, unit_of
 from compose.run.distributed import gather_objects
 from compose.run.early_stopping import EarlyStopping
+from compose.run.minutes import MinutesBudget
+from compose.run.optimizers import decay_groups, optimizer_for
 from compose.run.training_types import TrainingSetup, TrainingStep, TrainingSummary
 
 if TYPE_CHECKING:
     import torch
-
-#: In a training stage's work folder: the step count a minutes budget fixed (a resumed run keeps it).
-BUDGET_FILE = "training-budget.json"
 
 # torch, the checkpoints and evaluation are imported where training runs: plugins
 # import this module's types at load time, and validation must not pay for torch.
@@ -46,33 +43,6 @@ def parameters_digest(model) -> str:
 
 def default_loss(model, batch):
     return model(**batch).loss
-
-
-def _decay_groups(modules: Iterable[torch.nn.Module], weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    seen = set()
-    for module in modules:
-        for name, param in module.named_parameters():
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _optimizer(settings: dict, groups: list[dict]):
-    """AdamW (fused into one kernel per step where every parameter is a plain CPU or CUDA tensor:
-    MiniLM's 60-step bench ran 1.44x the steps/s, as the per-step update of its 23M parameters,
-    most of them the embedding table, dominates short-sequence steps), or SGD with momentum."""
-    import torch
-
-    if settings["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=settings["learning_rate"], momentum=0.9)
-    params = [p for group in groups for p in group["params"]]
-    plain = all(
-        type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
-    )
-    return torch.optim.AdamW(groups, lr=settings["learning_rate"], fused=plain and bool(params))
 
 
 def fresh_accelerator(**kwargs):
@@ -187,7 +157,7 @@ class _TrainingLoop:
         self.every = settings["checkpoint_every"] if setup.prepare_model and ctx.work_dir is not None else None
         self.folder = Path(ctx.work_dir) / _checkpoint().FOLDER if self.every else None
         self.position = None
-        self.start = self.timing_from = time.perf_counter()
+        self.start = time.perf_counter()
 
     def _prepare(self, model, extra_modules: list) -> None:
         """The data loader, optimizer and schedule, prepared by accelerate with the model."""
@@ -210,7 +180,7 @@ class _TrainingLoop:
         self.sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "epoch") else loader.sampler
         if len(loader) == 0:
             raise ValueError(f"split '{settings['split']}' has no rows to train on")
-        optimizer = _optimizer(settings, _decay_groups([model, *extra_modules], settings["weight_decay"]))
+        optimizer = optimizer_for(settings, decay_groups([model, *extra_modules], settings["weight_decay"]))
         prepared = accelerator.prepare(optimizer, *extra_modules)
         self.optimizer, *self.extra_modules = prepared if extra_modules else (prepared,)
         self.model = accelerator.prepare(model) if setup.prepare_model else model
@@ -220,6 +190,7 @@ class _TrainingLoop:
         tokens = ctx.task.tokens_per_pass(split, ctx.tokenizer) if unit_of(settings) != "max_steps" else None
         self.budget = planned(settings, self.steps_per_epoch, tokens)
         self.total_steps = self.budget.steps
+        self.minutes = MinutesBudget(self) if self.budget.unit == "minutes" else None
         self.scheduler = accelerator.prepare(self._schedule())
         self.trainable = [p for m in [self.model, *self.extra_modules] for p in m.parameters() if p.requires_grad]
 
@@ -236,38 +207,6 @@ class _TrainingLoop:
             num_training_steps=self.total_steps * scale,
         )
 
-    def _decide_minutes(self) -> None:
-        """A minutes budget: after ``TIMED_STEPS`` steps, fix the step count from their time, and continue the
-        schedule as if it had been planned for that count from the start."""
-        import torch
-
-        if self.accelerator.num_processes > 1:  # every rank stops at the same step: rank 0's timing decides
-            decided = [self._minutes_decision()]
-            if torch.distributed.is_initialized():
-                torch.distributed.broadcast_object_list(decided, src=0)
-            budget = decided[0]
-        else:
-            budget = self._minutes_decision()
-        self._set_total(budget)
-        if self.ctx.work_dir is not None:
-            atomic.write_json(
-                Path(self.ctx.work_dir) / BUDGET_FILE, {"fingerprint": self.ctx.fingerprint, **budget.to_json()}
-            )
-        self.ctx.log(f"{self.settings['minutes']} minutes on this machine: {budget.describe()}")
-
-    def _minutes_decision(self) -> Budget:
-        elapsed = time.perf_counter() - self.start
-        timed = time.perf_counter() - self.timing_from
-        return after_timing(self.budget, self.settings["minutes"], elapsed, self.step, timed, self.step - 2)
-
-    def _set_total(self, budget: Budget) -> None:
-        """Train for ``budget``'s steps: a new schedule over them, advanced to the steps already taken."""
-        self.budget, self.total_steps = budget, budget.steps
-        schedule = self._schedule()
-        for _ in range(self.step * self.accelerator.num_processes):
-            schedule.step()
-        self.scheduler.scheduler = schedule  # accelerate's wrapper steps the new schedule from here on
-
     def _unwrapped_extras(self) -> list:
         return [self.accelerator.unwrap_model(m) for m in self.extra_modules]
 
@@ -277,10 +216,8 @@ class _TrainingLoop:
         self.position = checkpoint.find(self.folder, self.ctx.fingerprint) if self.every else None
         if self.position is None:
             return
-        decided = self._decided_minutes()
-        if decided is not None:  # the step count a minutes budget fixed before the kill: the schedule it ran
-            self.budget, self.total_steps = decided, decided.steps
-            self.scheduler.scheduler = self._schedule()
+        if self.minutes is not None:
+            self.minutes.resume()  # the step count it fixed before the kill: the schedule it ran
         self.random_state = checkpoint.restore(
             self.folder,
             self.accelerator.unwrap_model(self.model),
@@ -298,23 +235,6 @@ class _TrainingLoop:
         self.sampler.epoch = self.epoch  # replay the interrupted pass in the same order
         self.accelerator.step = self.skip  # where gradient accumulation was in that pass
         self.ctx.log(f"resuming from the checkpoint at step {self.step}")
-
-    def _decided_minutes(self) -> Budget | None:
-        if self.budget.unit != "minutes" or self.ctx.work_dir is None:
-            return None
-        try:
-            saved = json.loads((Path(self.ctx.work_dir) / BUDGET_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if saved.get("fingerprint") != self.ctx.fingerprint:
-            return None
-        return Budget(
-            "minutes",
-            saved["steps"],
-            self.budget.steps_per_pass,
-            self.budget.tokens_per_pass,
-            saved.get("decided_after_steps"),
-        )
 
     def train(self) -> None:
         self.model.train()
@@ -365,12 +285,8 @@ class _TrainingLoop:
         settings, ctx = self.settings, self.ctx
         self.step += 1
         interrupts.point(f"{ctx.name}/step {self.step}")
-        if self.budget.unit == "minutes" and self.budget.decided_after is None:
-            if self.step == 2:
-                self.timing_from = time.perf_counter()  # the first steps warm up: not timed
-            elif self.step >= min(TIMED_STEPS, self.total_steps) and self.step > 2:
-                self._decide_minutes()
-                bar.update(total=self.total_steps)
+        if self.minutes is not None and self.minutes.after_step():
+            bar.update(total=self.total_steps)
         # The mean stays on the device: reading it waits for the GPU to finish the step, so
         # it is read only when something needs the number (not on every step).
         self.pending, self.window = torch.stack(self.window).mean(), []

@@ -19,6 +19,7 @@ from compose.plugins.distill.sizes import (
 )
 from compose.plugins.distill.student import chosen_layers
 from compose.plugins.shared.architectures.checks import architecture_problems, model_type_at
+from compose.plugins.shared.architectures.costs import embedding_share
 from compose.plugins.shared.architectures.registry import lookup
 from compose.plugins.shared.distillation.loss import TERMS
 from compose.plugins.shared.distillation.teacher_cache import why_not_cached
@@ -92,7 +93,8 @@ def cost(settings, config) -> StageCost:
     passes = training["epochs"] if not any(training.get(k) for k in ("max_steps", "tokens", "minutes")) else 1.0
     cached = why_not_cached(settings, arch.family) is None
     teacher_forward = 1 / 3 / max(1.0, passes) if cached else 1 / 3
-    return StageCost(step=share + teacher_forward, leaves=share)
+    table = embedding_share(config) or 0.0
+    return StageCost(step=share + teacher_forward, leaves=share, leaves_parameters=table + (1 - table) * share)
 
 
 def replaces_model(settings) -> dict | None:

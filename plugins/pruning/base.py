@@ -28,7 +28,7 @@ from compose.api import (
 from compose.plugins.pruning import importance
 from compose.plugins.pruning.recovery import describe_recovery, recover
 from compose.plugins.shared.architectures.checks import architecture_problems, recipe_architecture
-from compose.plugins.shared.architectures.costs import block_shares
+from compose.plugins.shared.architectures.costs import block_shares, embedding_share
 
 
 class UnitPruning(ABC):
@@ -188,7 +188,12 @@ class UnitPruning(ABC):
         if shares is None or not ratio:
             return StageCost()  # heads_per_layer: the share removed depends on the model's layout
         left = 1.0 - ratio * shares[self.compute_part]
+        table = embedding_share(config) or 0.0
         scoring = settings["calibration_batches"] if settings.get("importance") == "taylor" else 0
         return StageCost(
-            step=left, leaves=left, extra_passes=scoring, extra_batch_size=settings.get("calibration_batch_size", 32)
+            step=left,
+            leaves=left,
+            leaves_parameters=table + (1 - table) * left,
+            extra_passes=scoring,
+            extra_batch_size=settings.get("calibration_batch_size", 32),
         )

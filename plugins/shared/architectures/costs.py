@@ -25,6 +25,20 @@ def block_shares(config: Mapping | None) -> dict[str, float] | None:
     return {"attention": attention / (attention + ffn), "ffn": ffn / (attention + ffn)}
 
 
+def embedding_share(config: Mapping | None) -> float | None:
+    """The share of the model's parameters in its token embedding table (vocabulary x hidden); None where the
+    config does not say."""
+    arch = lookup((config or {}).get("model_type"))
+    if arch is None:
+        return None
+    hidden, inner = arch.config_value(config, "hidden"), arch.config_value(config, "intermediate")
+    layers, vocab = layer_total(config), (config or {}).get("vocab_size")
+    if not (hidden and inner and layers and isinstance(vocab, int)):
+        return None
+    table = vocab * hidden
+    return table / (table + layers * (4 * hidden * hidden + 2 * hidden * inner))
+
+
 def layer_total(config: Mapping | None) -> int | None:
     """Every stack's layers together; None where the config does not say."""
     arch = lookup((config or {}).get("model_type"))

@@ -106,7 +106,7 @@ def test_out_of_memory_in_a_stage_says_what_to_do(write_recipe, tmp_path, monkey
     def no_memory(*args, **kwargs):
         raise MemoryError("cannot allocate 64 GiB")
 
-    monkeypatch.setattr(training, "_optimizer", no_memory)
+    monkeypatch.setattr(training, "optimizer_for", no_memory)
     out = tmp_path / "run"
     assert main(["apply", str(write_recipe(TRAIN)), "--output", str(out), "-q"]) == 3
     report = json.loads((out / "report.json").read_text())

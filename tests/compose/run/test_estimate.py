@@ -7,7 +7,7 @@ import json
 import pytest
 
 from compose.recipe.load import load_recipe
-from compose.run.estimate import GROUPED_PADDING, estimate, step_seconds
+from compose.run.estimate import GROUPED_PADDING, estimate, step_seconds, token_seconds
 from compose.tasks import build_task
 from compose.testing import run_recipe
 
@@ -46,19 +46,23 @@ def test_a_step_costs_a_fixed_part_and_its_tokens():
 def test_later_stages_are_scaled_by_what_the_stages_before_leave(write_recipe, host):
     recipe = load_recipe(write_recipe(STAGES), [], host)
     task = build_task(recipe.data["task"], 0)
-    per_step = step_seconds(CALIBRATION, block("ft", 16))
-    found = {
-        s["stage"]: s["training_seconds"]
-        for s in estimate(recipe, host, task, [block("ft", 16), block("d", 32), block("ffn", 8)], CALIBRATION)
-    }
-    assert found["ft"] == pytest.approx(16 * per_step, abs=0.05)
-    # the tiny BERT has 2 layers: the student keeps 1 (half), and its teacher's forward pass (a third of a step)
-    # runs once per example over 2 passes (teacher cache)
-    assert found["d"] == pytest.approx(32 * per_step * (0.5 + 1 / 3 / 2), abs=0.05)
-    # half of the FFN (its share of a block: 2 h i / (4 h^2 + 2 h i)) of the half-size student
+    fixed, tokens = CALIBRATION["fixed_seconds"], token_seconds(CALIBRATION, block("ft", 16))
+    blocks = [block("ft", 16), block("d", 32), block("ffn", 8)]
+    found = {s["stage"]: s["training_seconds"] for s in estimate(recipe, host, task, blocks, CALIBRATION)}
     config = recipe.data["model"]["config"]
+    distill = host.stage("distill").cost(recipe.stages[1]["with"], config)
+    prune = host.stage("prune-ffn").cost(recipe.stages[2]["with"], config)
+    # the tiny BERT has 2 layers: the student keeps 1 (half the compute; its embedding table whole), and its
+    # teacher's forward pass (a third of a step) runs once per example over 2 passes (teacher cache)
+    assert (distill.leaves, distill.step) == (0.5, pytest.approx(0.5 + 1 / 3 / 2))
+    assert 0.5 < distill.leaves_parameters < 1
+    assert found["ft"] == pytest.approx(16 * (fixed + tokens), abs=1e-3)
+    assert found["d"] == pytest.approx(32 * (fixed * distill.leaves_parameters + tokens * distill.step), abs=1e-3)
+    # half of the FFN (its share of a block: 2 h i / (4 h^2 + 2 h i)) of the half-size student
     ffn = 2 * config["intermediate_size"] / (4 * config["hidden_size"] + 2 * config["intermediate_size"])
-    assert found["ffn"] == pytest.approx(8 * per_step * 0.5 * (1 - 0.5 * ffn), abs=0.05)
+    assert prune.leaves == pytest.approx(1 - 0.5 * ffn)
+    expected = 8 * (fixed * distill.leaves_parameters * prune.leaves_parameters + tokens * 0.5 * prune.step)
+    assert found["ffn"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_plan_time_calibrates_on_this_machine_and_prints_every_stage(write_recipe, capsys):
