@@ -42,8 +42,8 @@ def warning(task, split: str, baseline_name: str, baseline_value: float | None) 
     return {
         "kind": "weak_baseline",
         "message": (
-            f"the baseline '{baseline_name}' scores {task.metric_name} {baseline_value:.4f} on '{split}', within "
-            f"{MARGIN:.2f} of always predicting '{name}' ({score:.4f}): retained against it flatters every stage; "
+            f"the baseline '{baseline_name}' scores {task.metric_name} {baseline_value:.4f} on '{split}', less than "
+            f"{MARGIN:.2f} above always predicting '{name}' ({score:.4f}): retained against it flatters every stage; "
             "train it longer (epochs, or early_stopping with a higher epochs cap) or check the labels"
         ),
         "baseline": baseline_value,

@@ -39,7 +39,7 @@ def test_the_warning_gives_both_numbers_only_when_close(write_recipe, host, tiny
     task = build_task(recipe.data["task"], 0)
     found = warning(task, "dev", "ft", 0.78)
     assert found["constant_prediction"] == {"class": "1", "score": 0.75} and found["baseline"] == 0.78
-    assert "scores accuracy 0.7800 on 'dev', within 0.05 of always predicting '1' (0.7500)" in found["message"]
+    assert "scores accuracy 0.7800 on 'dev', less than 0.05 above always predicting '1' (0.7500)" in found["message"]
     assert warning(task, "dev", "ft", 0.75 + MARGIN) is None
 
 
