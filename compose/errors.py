@@ -111,10 +111,6 @@ def os_error_in(exc: BaseException) -> OSError | None:
     return None
 
 
-def _as_os_error(exc: BaseException) -> BaseException:
-    return os_error_in(exc) or exc
-
-
 def file_fault_message(exc: OSError) -> str | None:
     """The machine's words for a file-system fault: the path, what went wrong, what to do (None: not one)."""
     import errno
@@ -149,8 +145,8 @@ def explain_failure(exc: BaseException, run_dir=None) -> BaseException:
             f"out of memory ({exc}); lower the stage's batch_size, or turn on `checkpointing: true` "
             "for stages that train; finished stages are kept, so `recipe apply` resumes after them"
         )
-    os_error = _as_os_error(exc)
-    message = file_fault_message(os_error) if isinstance(os_error, OSError) else None
+    os_error = os_error_in(exc)
+    message = file_fault_message(os_error) if os_error is not None else None
     if message is None:
         return exc
     return DiskFull(message) if os_error.errno in (errno.ENOSPC, errno.EDQUOT) else MachineFault(message)

@@ -7,24 +7,30 @@ from __future__ import annotations
 from compose.run.modeling import load_tokenizer
 
 
-def data_lengths(model_spec, task, progress) -> dict:
-    """max_length resolved (``auto``) with the recipe's own tokenizer, and what it truncates in each split,
-    said where it cuts more than a little."""
+def length_facts(task, tokenizer) -> tuple[dict, list[str]]:
+    """({max_length in force, as written, each split's lengths}, the truncation warnings), with max_length
+    resolved (``auto``) on ``task`` with ``tokenizer``; causal-lm cuts no rows (token blocks)."""
     from compose.tasks.lengths import truncation_warning
 
-    written = task.spec.get("max_length")
     if task.kind == "causal-lm":
-        return {"max_length": None, "lengths": {}}
-    tokenizer = load_tokenizer(model_spec, task)
+        return {"max_length": None, "lengths": {}}, []
+    written = task.spec.get("max_length")
     chosen = task.resolve_max_length(tokenizer)
-    if written == "auto":
-        progress.log(f"max_length: auto -> {chosen} (99% of the training split's rows fit whole)")
     lengths = task.length_report(tokenizer)
-    for split, stats in lengths.items():
-        warning = truncation_warning(split, stats)
-        if warning:
-            progress.log(f"warning: {warning}")
-    return {"max_length": chosen, "max_length_written": written, "lengths": lengths}
+    warnings = [found for split, stats in lengths.items() if (found := truncation_warning(split, stats))]
+    return {"max_length": chosen, "max_length_written": written, "lengths": lengths}, warnings
+
+
+def data_lengths(model_spec, task, progress) -> dict:
+    """``length_facts`` with the recipe's own tokenizer, said where max_length cuts more than a little."""
+    if task.kind == "causal-lm":
+        return length_facts(task, None)[0]
+    facts, warnings = length_facts(task, load_tokenizer(model_spec, task))
+    if facts["max_length_written"] == "auto":
+        progress.log(f"max_length: auto -> {facts['max_length']} (99% of the training split's rows fit whole)")
+    for warning in warnings:
+        progress.log(f"warning: {warning}")
+    return facts
 
 
 def check_baseline(report, task, split: str, baseline_name: str, progress) -> None:

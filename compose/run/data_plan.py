@@ -11,7 +11,7 @@ import math
 
 from compose.recipe.schema import training_settings_paths
 from compose.run.budget import planned
-from compose.tasks.lengths import truncation_warning
+from compose.run.data_notes import length_facts
 
 
 def _blocks(settings, paths):
@@ -30,10 +30,7 @@ def data_plan(recipe, host=None, estimate_time: bool = False) -> dict:
     data = recipe.data
     task = build_task(data["task"], data["seed"])
     tokenizer = load_tokenizer(data["model"], task)
-    written = data["task"].get("max_length")
-    chosen = task.resolve_max_length(tokenizer) if task.kind != "causal-lm" else None
-    lengths = task.length_report(tokenizer) if task.kind != "causal-lm" else {}
-    warnings = [w for split, stats in lengths.items() if (w := truncation_warning(split, stats))]
+    facts, warnings = length_facts(task, tokenizer)
     budgets = []
     for stage, stage_type in zip(recipe.stages, recipe.stage_types):
         for at, block in _blocks(stage["with"], training_settings_paths(stage_type.schema)):
@@ -70,9 +67,9 @@ def data_plan(recipe, host=None, estimate_time: bool = False) -> dict:
         }
     return {
         "time": timing,
-        "max_length": chosen,
-        "max_length_written": written,
-        "lengths": lengths,
+        "max_length": facts["max_length"],
+        "max_length_written": data["task"].get("max_length"),
+        "lengths": facts["lengths"],
         "warnings": warnings,
         "training": budgets,
     }

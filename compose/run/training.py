@@ -11,11 +11,12 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compose.run import interrupts
-from compose.run.budget import Budget, planned, unit_of
+from compose.run.budget import planned, unit_of
 from compose.run.distributed import gather_objects
 from compose.run.early_stopping import EarlyStopping
 from compose.run.minutes import MinutesBudget
@@ -365,13 +366,7 @@ class _TrainingLoop:
             resumed_from_step=self.position.step if self.position else None,
             tokens={"real": int(self.real_tokens), "computed": int(self.computed_tokens)},
             early_stopping=self.judge.summary() if self.judge is not None else None,
-            budget=Budget(
-                self.budget.unit,
-                self.step,
-                self.budget.steps_per_pass,
-                self.budget.tokens_per_pass,
-                self.budget.decided_after,
-            ).to_json(),
+            budget=replace(self.budget, steps=self.step).to_json(),  # what ran (early stopping may end sooner)
         )
         if accelerator.num_processes > 1:  # after on_train_end, every rank holds the whole model
             digests = gather_objects(parameters_digest(model))

@@ -52,11 +52,14 @@ class SequenceClassificationTask(Task):
             index.setdefault(name, i)
         return index
 
-    def _encode(self, rows: list[dict], tokenizer, **options):
-        texts = [str(r[self.spec["text_column"]]) for r in rows]
+    def _texts(self, rows: list[dict]) -> tuple[list[str], list[str] | None]:
+        """(each row's text, each row's second text or None)."""
         pair_column = self.spec.get("text_pair_column")
-        pairs = [str(r[pair_column]) for r in rows] if pair_column else None
-        return tokenizer(texts, pairs, truncation=True, max_length=self.spec["max_length"], **options)
+        texts = [str(r[self.spec["text_column"]]) for r in rows]
+        return texts, ([str(r[pair_column]) for r in rows] if pair_column else None)
+
+    def _encode(self, rows: list[dict], tokenizer, **options):
+        return tokenizer(*self._texts(rows), truncation=True, max_length=self.spec["max_length"], **options)
 
     def label_ids(self, split: str) -> list[int]:
         """Each row's class index (task.labels' order)."""
@@ -64,11 +67,7 @@ class SequenceClassificationTask(Task):
         return [index[str(r[self.spec["label_column"]]).strip()] for r in self.rows(split)]
 
     def untruncated_lengths(self, split: str, tokenizer) -> list[int]:
-        rows = self.rows(split)
-        texts = [str(r[self.spec["text_column"]]) for r in rows]
-        pair_column = self.spec.get("text_pair_column")
-        pairs = [str(r[pair_column]) for r in rows] if pair_column else None
-        return [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+        return [len(ids) for ids in tokenizer(*self._texts(self.rows(split)), truncation=False)["input_ids"]]
 
     def example_lengths(self, split: str, tokenizer) -> list[int]:
         return self._cached_lengths(split, tokenizer, lambda rows: map(len, self._encode(rows, tokenizer)["input_ids"]))

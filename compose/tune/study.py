@@ -68,6 +68,7 @@ class Study:
         self.dir = Path(options.output or Path(str(recipe.data["output"]["dir"]) + "-tune"))
         self.progress = options.progress
         self.speed = SideBySide(host, lambda: self.trial_recipe({})[1])
+        self.store_check: dict | None = None  # what the store's file system allows (``run`` probes it)
 
     @property
     def name(self) -> str:
@@ -156,7 +157,7 @@ class Study:
         if side_by_side:  # speed on a shared machine moves between runs: rank the front on one measurement
             front = ranked(front, self.objectives, side_by_side, reference)
         report = study_report(study, self.recipes, records, front, side_by_side, reference_run, self.path)
-        report["store"] = getattr(self, "store_check", None)
+        report["store"] = self.store_check
         report["best_recipe"] = None
         drawn = plot_study(
             records, [t.number for t in front], self.search["min_retained"], self.dir / PLOT_FILE, report["reference"]
