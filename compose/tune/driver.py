@@ -118,11 +118,37 @@ def lost(trial) -> bool:
 
 
 def finished(study) -> int:
-    """The study's trials that count against its budget: complete, pruned or failed, not interrupted or lost."""
+    """The study's trials that count against its budget: complete, pruned or failed, not interrupted, lost
+    or skipped as another running trial's twin."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return sum(1 for trial in done if not trial.user_attrs.get("interrupted") and not lost(trial))
+    return sum(
+        1
+        for trial in done
+        if not trial.user_attrs.get("interrupted") and TWIN_OF not in trial.user_attrs and not lost(trial)
+    )
+
+
+#: The user attribute of a trial skipped because another worker was running the same settings.
+TWIN_OF = "twin_of"
+#: Twins a worker skips in a row before it runs one anyway (a search space smaller than the workers).
+MAX_TWINS_IN_A_ROW = 3
+
+
+def running_twin(trial) -> int | None:
+    """The number of another trial running now with ``trial``'s settings, or None.
+
+    Workers that start together drew alike before their samplers were seeded apart; a twin would
+    run the same stages again in a second folder, so the caller skips it and reseeds its sampler.
+    """
+    from optuna.trial import TrialState
+
+    params = trial.params
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if other.number != trial.number and other.params == params:
+            return other.number
+    return None
 
 
 class Budget:
@@ -140,7 +166,13 @@ def open_study(
     name: str, storage_url: str | None, tune_dir: Path, objectives: list[str], seed: int, stale_after: float
 ):
     """The study (created, or loaded when another worker or an earlier run made it): TPE for one objective,
-    NSGA-II for several, both told which trials are feasible (each trial's ``FLOOR_CONSTRAINT``)."""
+    NSGA-II for several, both told which trials are feasible (each trial's ``FLOOR_CONSTRAINT``).
+
+    The sampler is seeded with ``seed`` plus the number of trials the study already holds: a worker that
+    joins a study, or continues it after a stop, does not draw again what the first draws were (a
+    sampler's random state is not stored). Workers that start together on a new study see the same
+    count; the first trial each draws that another worker is running is skipped (``running_twin``).
+    """
     import optuna
 
     from compose.quiet import verbose
@@ -149,16 +181,24 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose() else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # feasibility: each trial's own constraint (``Trial.set_constraint``, FLOOR_CONSTRAINT), read by both samplers
-    sampler = (optuna.samplers.TPESampler if len(objectives) == 1 else optuna.samplers.NSGAIISampler)(seed=seed)
+    kind = optuna.samplers.TPESampler if len(objectives) == 1 else optuna.samplers.NSGAIISampler
+
+    def sampler(seeded: int):
+        return kind(seed=seeded)
+
     # a database or journal given by URL is opened first: one that cannot be reached leaves nothing behind
     storage = storage_for(storage_url, tune_dir, stale_after) if storage_url else None
     tune_dir.mkdir(parents=True, exist_ok=True)
     # two workers starting together must not both create the default database's tables
     with waiting_lock(tune_dir / ".study.lock"):
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=name,
             storage=storage or storage_for(storage_url, tune_dir, stale_after),
-            sampler=sampler,
+            sampler=sampler(seed),
             directions=[DIRECTIONS[objective] for objective in objectives],
             load_if_exists=True,
         )
+    held = len(study.get_trials(deepcopy=False))
+    if held:
+        study.sampler = sampler(seed + held)
+    return study

@@ -11,7 +11,7 @@ import yaml
 
 from compose import atomic
 from compose.recipe.yaml_source import to_plain
-from compose.tune.driver import DIRECTIONS, params_of
+from compose.tune.driver import DIRECTIONS, TWIN_OF, params_of
 from compose.tune.front import REFERENCE, REMEASURE_ROUNDS, beats_reference
 
 #: Files a study writes into its tune folder.
@@ -104,6 +104,8 @@ def study_report(
     objectives = list(search["objectives"])
     reference = reference_run.final if reference_run else None
     by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    by_state["skipped_twins"] = sum(1 for trial in pruned if TWIN_OF in trial.user_attrs)  # among the pruned
     winner = front[0] if front else None
     return {
         "recipe": str(recipe_path),

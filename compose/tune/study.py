@@ -21,7 +21,16 @@ from compose.recipe.load import load_document, validate_document
 from compose.recipe.search_space import dimensions
 from compose.run import interrupts
 from compose.tune import store
-from compose.tune.driver import FLOOR_CONSTRAINT, Budget, finished, open_study, params_of
+from compose.tune.driver import (
+    FLOOR_CONSTRAINT,
+    MAX_TWINS_IN_A_ROW,
+    TWIN_OF,
+    Budget,
+    finished,
+    open_study,
+    params_of,
+    running_twin,
+)
 from compose.tune.front import SideBySide, pareto_front, ranked
 from compose.tune.plot import PLOT_FILE, plot_study
 from compose.tune.report import BEST_RECIPE, REPORT_FILE, against_reference, study_report, write_best
@@ -69,6 +78,7 @@ class Study:
         self.progress = options.progress
         self.speed = SideBySide(host, lambda: self.trial_recipe({})[1])
         self.store_check: dict | None = None  # what the store's file system allows (``run`` probes it)
+        self.twins_in_a_row = 0  # trials skipped in a row because another worker ran their settings
 
     @property
     def name(self) -> str:
@@ -90,6 +100,13 @@ class Study:
         import optuna
 
         params = {d.path: d.suggest(trial) for d in self.space}
+        twin = running_twin(trial)
+        if twin is not None and self.twins_in_a_row < MAX_TWINS_IN_A_ROW:
+            self.twins_in_a_row += 1
+            trial.study.sampler.reseed_rng()
+            trial.set_user_attr(TWIN_OF, twin)
+            raise optuna.TrialPruned(f"trial {twin} runs these settings now (another worker drew them first)")
+        self.twins_in_a_row = 0
         try:
             record = self.run_trial(trial.number, params)
         except KeyboardInterrupt:

@@ -28,14 +28,27 @@ def apply(
 ) -> dict:
     recipe = write_recipe(train.format(parallel=parallel), family=family, config=config)
     out = tmp_path / "run"
-    done = subprocess.run(
-        [RECIPE_BIN, "apply", "--nproc", str(nproc), str(recipe), "--output", str(out), "--json", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    command = [RECIPE_BIN, "apply", "--nproc", str(nproc), str(recipe), "--output", str(out), "--json", "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
+    if done.returncode != 0 and GLOO_ABORT in done.stderr:
+        # gloo's TCP transport can abort a rank when collectives of two process groups interleave under
+        # load (upstream, "gloo::EnforceNotMet ... op.preamble.length"; seen once in CI on 4 ranks on 2
+        # cores): the run says it was interrupted and resumes, which is what this second call does
+        done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
+    assert done.returncode == 0, causes(done.stderr)
     return json.loads(done.stdout)
+
+
+#: How torch's elastic agent reports a rank that a C++ abort (gloo's, among others) ended.
+GLOO_ABORT = "Signal 6 (SIGABRT) received by PID"
+
+
+def causes(stderr: str) -> str:
+    """What a failed multi-process run said: the ranks' own error lines first (the launcher's summary
+    of which rank died where would push them out of a tail), then the tail."""
+    marks = ("terminate called", "what():", "Error", "error:", "enforce fail")
+    found = [line for line in stderr.splitlines() if any(mark in line for mark in marks)]
+    return "\n".join(found[:40]) + "\n...\n" + stderr[-3000:]
 
 
 @pytest.mark.parametrize(
