@@ -120,6 +120,40 @@ def test_a_run_folder_on_a_read_only_disk(write_recipe, small_disk):
     assert fixed.returncode == 0, fixed.stderr[-3000:]
 
 
+@pytest.mark.parametrize("where", ["ft/start", "ft/report"], ids=["inside a stage", "writing the report"])
+def test_a_run_folder_that_turns_read_only_during_the_run(write_recipe, small_disk, where):
+    """The run folder bound read-only over itself while the run is paused: the files the run holds open
+    stay on the writable mount (so the kernel allows it, where a remount of the busy tmpfs is refused),
+    every file it opens from then on meets a read-only file system."""
+    recipe, out = write_recipe(TRAIN), small_disk / "run"
+    run = PausedRun([str(recipe), "--output", str(out), "-q"], at=[where], folder=small_disk.parent / "pause")
+    assert run.wait_paused() == where
+    bound = subprocess.run(["mount", "--bind", str(out), str(out)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        run.resume()
+        run.wait()
+        pytest.skip(f"this machine cannot bind-mount the run folder: {bound.stderr.strip()}")
+    try:
+        read_only = subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], capture_output=True, text=True)
+        assert read_only.returncode == 0, read_only.stderr
+        run.resume()
+        assert run.wait() == 3, run.stderr()[-3000:]
+        assert "read-only" in run.stderr() and str(out) in run.stderr()
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
+    no_half_written(out)
+    finished = ["input"] if where == "ft/start" else ["input", "ft"]
+    again = subprocess.run(
+        [*recipe_command(), "apply", str(recipe), "--output", str(out), "-q", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = json.loads(again.stdout)["stages"]
+    assert [row["name"] for row in rows if row["reused"]] == finished  # what finished is intact and reused
+
+
 def test_the_default_recipe_on_a_3_mb_disk(small_disk):
     """The held-out check that found the bug: MiniLM (91 MB) cannot be saved there; exit 3, not 4."""
     if not (ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv").is_file():
