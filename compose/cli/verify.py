@@ -10,6 +10,7 @@ from compose import atomic
 from compose.cli._common import CommandError, dump_json, stderr
 from compose.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from compose.run import integrity
+from compose.run.resume import in_this_folder
 from compose.run.run_folder import STAGE_RECORD, read_stage_record, stage_record_paths
 
 HELP = "check a run folder's finished stages against the hashes recorded when they were written"
@@ -46,7 +47,7 @@ def run(args) -> int:
         folder = path.parent
         record = read_stage_record(folder)
         try:
-            artifact = atomic.recover(Path(record["row"]["artifact"]))
+            artifact = atomic.recover(in_this_folder(folder, Path(record["row"]["artifact"])))
         except (OSError, ValueError, KeyError, TypeError):
             results.append({"stage": folder.name, "ok": False, "problems": [f"{STAGE_RECORD} cannot be read"]})
             continue

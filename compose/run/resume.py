@@ -20,6 +20,17 @@ def record_finished_stage(folder: Path, row: StageRow, fingerprint: str, evaluat
     )
 
 
+def in_this_folder(folder: Path, artifact: Path) -> Path:
+    """Where the artifact of the stage in ``folder`` is now. A record names its artifact by the path it was
+    saved at; a run folder moved or copied since holds it under the same name inside ``folder`` (the record
+    says so: the artifact was its stage folder's, ``.../NN-name/model``). An artifact a plugin keeps
+    elsewhere stays where its record says."""
+    moved = Path(folder) / artifact.name
+    if artifact.parent.name == Path(folder).name and not artifact.is_relative_to(folder) and moved.exists():
+        return moved
+    return artifact
+
+
 def reusable_rows(
     folders: list[Path], names: list[str], fingerprints: list[str], evaluation: str, host
 ) -> tuple[list[StageRow], dict | None]:
@@ -32,6 +43,8 @@ def reusable_rows(
         if record is None or record.get("fingerprint") != fingerprint:
             break
         row = row_from_json(record["row"])
+        if row.artifact:
+            row.artifact = str(in_this_folder(folder, Path(row.artifact)))
         artifact = atomic.recover(Path(row.artifact)) if row.artifact else None
         if artifact is None or not (artifact / "config.json").is_file():
             break

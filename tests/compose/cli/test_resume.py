@@ -50,6 +50,24 @@ def test_second_apply_reuses_everything_and_a_change_reruns_from_there(write_rec
     capsys.readouterr()
 
 
+def test_a_run_folder_copied_elsewhere_reuses_its_stages_from_the_copy(write_recipe, tmp_path, capsys):
+    """Copying a finished run to try a variant of its last stages: the copy's stages are reused (and the
+    original's files are neither read nor changed)."""
+    import shutil
+
+    recipe, run = write_recipe(STAGES), tmp_path / "run"
+    assert main(["apply", str(recipe), "--output", str(run), "-q"]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)  # the original is gone: only the copy's own files can be reused
+    assert main(["apply", str(recipe), "stages.c.with.learning_rate=2.0e-3", "--output", str(copy), "-q"]) == 0
+    report = report_of(copy)
+    assert report["reused_stages"] == ["input", "a", "b"] and not report["reuse_refused"]
+    assert all(str(copy) in stage["artifact"] for stage in report["stages"])
+    assert main(["verify", str(copy)]) == 0  # and the copy verifies as intact
+    capsys.readouterr()
+
+
 def test_changed_data_reruns_everything(write_recipe, tmp_path, tiny_data_dir, capsys):
     data = tmp_path / "train.tsv"
     data.write_bytes((tiny_data_dir / "train.tsv").read_bytes())
