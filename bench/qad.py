@@ -8,8 +8,9 @@ For each export setting (int8 matmuls or 4-bit MatMulNBits, 4-bit embeddings bot
 runs, in folders under --out seeded with the base run's finished stages (so the fine-tune,
 the student and both prunings are the very same):
 
-- ptq-W: recipes/minilm-sst2.yaml with the export's weights W (the student exported as is);
-- qad-W-S: recipes/minilm-sst2-qad.yaml with weights W and the qad stage's seed S.
+- ptq-W: recipes/minilm-sst2.yaml without its qad stage (``~stages.qad``), the export's weights W
+  (the student exported as is);
+- qad-W-S: recipes/minilm-sst2.yaml with weights W and the qad stage's seed S.
 
 It reads each run's report: the float student's accuracy (prune-ffn), the exported model's
 accuracy, retained against the fine-tuned model with its paired interval, agreement, size
@@ -89,11 +90,13 @@ def main() -> None:
     results = {"command": " ".join(["python bench/qad.py", *sys.argv[1:]]), "base": str(args.base), "arms": {}}
     for weights in args.weights:
         deploy = [f"stages.deploy.with.weights={weights}"]
-        ptq = summary(apply("recipes/minilm-sst2.yaml", args.out / f"ptq-{weights}", args.base, deploy))
+        ptq = summary(
+            apply("recipes/minilm-sst2.yaml", args.out / f"ptq-{weights}", args.base, [*deploy, "~stages.qad"])
+        )
         runs = [
             summary(
                 apply(
-                    "recipes/minilm-sst2-qad.yaml",
+                    "recipes/minilm-sst2.yaml",
                     args.out / f"qad-{weights}-{seed}",
                     args.base,
                     [*deploy, f"stages.qad.seed={seed}"],

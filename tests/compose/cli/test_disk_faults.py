@@ -56,6 +56,18 @@ def apply(recipe, out: Path, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
 
 
+def reused_on_rerun(recipe, out: Path) -> list[str]:
+    """Apply ``recipe`` on ``out`` again (with space now): the stages it reused."""
+    again = subprocess.run(
+        [*recipe_command(), "apply", str(recipe), "--output", str(out), "-q", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    return [row["name"] for row in json.loads(again.stdout)["stages"] if row["reused"]]
+
+
 def no_half_written(out: Path) -> None:
     assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.startswith(".tmp")]
     if (out / "report.json").exists():
@@ -89,15 +101,7 @@ def test_a_disk_that_fills_during_the_run(write_recipe, small_disk, where):
         record = json.loads((out / "stages" / f"{index:02d}-{name}" / "stage.json").read_text())
         assert Path(record["row"]["artifact"]).is_dir()
     filler.unlink()
-    again = subprocess.run(
-        [*recipe_command(), "apply", str(recipe), "--output", str(out), "-q", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    rows = json.loads(again.stdout)["stages"]
-    assert [row["name"] for row in rows if row["reused"]] == finished  # and reused, not run again
+    assert reused_on_rerun(recipe, out) == finished  # and reused, not run again
 
 
 def test_a_run_folder_on_a_read_only_disk(write_recipe, small_disk):
@@ -143,15 +147,7 @@ def test_a_run_folder_that_turns_read_only_during_the_run(write_recipe, small_di
         subprocess.run(["umount", "-l", str(out)], capture_output=True)
     no_half_written(out)
     finished = ["input"] if where == "ft/start" else ["input", "ft"]
-    again = subprocess.run(
-        [*recipe_command(), "apply", str(recipe), "--output", str(out), "-q", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    rows = json.loads(again.stdout)["stages"]
-    assert [row["name"] for row in rows if row["reused"]] == finished  # what finished is intact and reused
+    assert reused_on_rerun(recipe, out) == finished  # what finished is intact and reused
 
 
 def test_the_default_recipe_on_a_3_mb_disk(small_disk):
