@@ -30,11 +30,14 @@ def lines(folder) -> list[dict]:
 
 
 def study_trials(folder, storage: str | None = None) -> list:
+    """The study's trials, less the twins a worker skipped (drawn while another worker ran the same
+    settings: they never ran, and trials.jsonl does not list them)."""
     import optuna
 
-    from compose.tune.driver import storage_for
+    from compose.tune.driver import TWIN_OF, storage_for
 
-    return optuna.load_study(study_name="recipe", storage=storage_for(storage, folder)).get_trials(deepcopy=False)
+    study = optuna.load_study(study_name="recipe", storage=storage_for(storage, folder))
+    return [trial for trial in study.get_trials(deepcopy=False) if TWIN_OF not in trial.user_attrs]
 
 
 def test_two_workers_add_trials_to_one_sqlite_study_without_repeating_one(write_recipe, tmp_path):
