@@ -125,8 +125,23 @@ def test_the_export_stores_exactly_the_weights_the_model_was_trained_with(tiny_t
         assert any(np.allclose(dense, c, rtol=1e-6, atol=1e-9) for c in candidates), dense.shape
 
 
+def exact_int8_kernels() -> str | None:
+    """None where ONNX Runtime's int8 kernels on this CPU compute the exact integer products (VNNI or AMX:
+    32-bit sums), else why not: AVX2's u8s8 kernel adds pairs of products in 16 bits, which saturate
+    (docs/results.md, "The export's kernels": on the default's student, 4 of 872 predictions)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "this machine does not say which instructions its CPU has (/proc/cpuinfo)"
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return None
+    return "this CPU has no VNNI or AMX: ONNX Runtime's u8s8 kernel saturates 16-bit pair sums here"
+
+
 @pytest.mark.parametrize("chosen", list(SCHEMES.values())[:2], ids=list(SCHEMES)[:2])
 def test_the_simulated_forward_is_what_onnx_runtime_computes(tiny_tokenizer_dir, tiny_data_dir, tmp_path, chosen):
+    if (why := exact_int8_kernels()) is not None:
+        pytest.skip(f"the simulation is exact only where the kernel is: {why}")
     from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
 
     settings = {**EXPORT_DEFAULTS, **chosen}
