@@ -40,6 +40,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from deploy import export_folder, load_run  # noqa: E402 - the deploy benchmark's export of a stage
 
+#: The row every other is measured against: the run's fine-tuned model as it was saved.
+BASELINE = "fine-tuned, PyTorch fp32"
+
 
 def openvino_module(compiled, config):
     """A ``torch.nn.Module`` running an OpenVINO compiled model as the core evaluates models:
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {}
     started = time.perf_counter()
 
-    rows["fine-tuned, PyTorch fp32"] = {"model": model, "folder": Path(finetuned["artifact"])}
+    rows[BASELINE] = {"model": model, "folder": Path(finetuned["artifact"])}
 
     ov_folder = work / "openvino"
     ov_folder.mkdir()
@@ -199,7 +202,7 @@ def main(argv=None) -> int:
         predicted, reference = records["predictions"], baseline_records["predictions"]
         row["accuracy"] = round(accuracy, 4)
         row["agreement"] = round(float((predicted == reference).float().mean()), 4)
-        row["retained"] = round(accuracy / rows["fine-tuned, PyTorch fp32"]["accuracy"], 4)
+        row["retained"] = round(accuracy / rows[BASELINE]["accuracy"], 4)
         interval = retained_interval(task, "accuracy", True, baseline_records, records, 1000, 0.95, recipe["seed"])
         row["retained_ci"] = [round(v, 4) for v in interval] if interval else None
         row["bytes"] = size_on_disk(row["folder"])
@@ -220,29 +223,27 @@ def main(argv=None) -> int:
             )
             print(f"round {round_number + 1}: {name:<34} {row['rounds'][-1]}", flush=True)
 
-    base = rows["fine-tuned, PyTorch fp32"]
-    out_rows = []
-    for row in rows.values():
-        p50 = statistics.median(r["batch1_p50_ms"] for r in row["rounds"])
-        throughput = statistics.median(r["throughput_per_s"] for r in row["rounds"])
-        row["batch1_p50_ms"], row["throughput_per_s"] = round(p50, 3), round(throughput, 1)
-    for name, row in rows.items():
-        out_rows.append(
-            {
-                "name": name,
-                "accuracy": row["accuracy"],
-                "retained": row["retained"],
-                "retained_ci": row["retained_ci"],
-                "agreement": row["agreement"],
-                "bytes": row["bytes"],
-                "x_smaller": round(base["bytes"] / row["bytes"], 2),
-                "batch1_p50_ms": row["batch1_p50_ms"],
-                "throughput_per_s": row["throughput_per_s"],
-                "x_throughput": round(row["throughput_per_s"] / base["throughput_per_s"], 2),
-                "rounds": row["rounds"],
-                "build_s": row.get("build_s"),
-            }
-        )
+    for row in rows.values():  # each row's median round
+        row["batch1_p50_ms"] = round(statistics.median(r["batch1_p50_ms"] for r in row["rounds"]), 3)
+        row["throughput_per_s"] = round(statistics.median(r["throughput_per_s"] for r in row["rounds"]), 1)
+    base = rows[BASELINE]
+    out_rows = [
+        {
+            "name": name,
+            "accuracy": row["accuracy"],
+            "retained": row["retained"],
+            "retained_ci": row["retained_ci"],
+            "agreement": row["agreement"],
+            "bytes": row["bytes"],
+            "x_smaller": round(base["bytes"] / row["bytes"], 2),
+            "batch1_p50_ms": row["batch1_p50_ms"],
+            "throughput_per_s": row["throughput_per_s"],
+            "x_throughput": round(row["throughput_per_s"] / base["throughput_per_s"], 2),
+            "rounds": row["rounds"],
+            "build_s": row.get("build_s"),
+        }
+        for name, row in rows.items()
+    ]
     result = {
         "command": "python bench/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "run": str(args.run),

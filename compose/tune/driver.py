@@ -181,10 +181,7 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose() else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # feasibility: each trial's own constraint (``Trial.set_constraint``, FLOOR_CONSTRAINT), read by both samplers
-    kind = optuna.samplers.TPESampler if len(objectives) == 1 else optuna.samplers.NSGAIISampler
-
-    def sampler(seeded: int):
-        return kind(seed=seeded)
+    sampler = optuna.samplers.TPESampler if len(objectives) == 1 else optuna.samplers.NSGAIISampler
 
     # a database or journal given by URL is opened first: one that cannot be reached leaves nothing behind
     storage = storage_for(storage_url, tune_dir, stale_after) if storage_url else None
@@ -194,11 +191,11 @@ def open_study(
         study = optuna.create_study(
             study_name=name,
             storage=storage or storage_for(storage_url, tune_dir, stale_after),
-            sampler=sampler(seed),
+            sampler=sampler(seed=seed),
             directions=[DIRECTIONS[objective] for objective in objectives],
             load_if_exists=True,
         )
     held = len(study.get_trials(deepcopy=False))
     if held:
-        study.sampler = sampler(seed + held)
+        study.sampler = sampler(seed=seed + held)
     return study
